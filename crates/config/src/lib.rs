@@ -1,0 +1,681 @@
+//! authrelay's configuration.
+//!
+//! One TOML file plus environment overrides (`AUTHRELAY__SECTION__KEY`), the
+//! same keys for every service. The seed's sendmail knobs map onto it:
+//! `confAUTH_MECHANISMS` → `sasl.mechanisms`, `TRUST_AUTH_MECH` →
+//! `sasl.trusted`, `confCW_FILE` → `frontend.local_domains`,
+//! `relay_entire_domain`/access map → `frontend.relay_domains`,
+//! `frontend.trusted_networks`, `frontend.access`, `confMAX_MESSAGE_SIZE` →
+//! `frontend.max_message_size`, `confMAX_DAEMON_CHILDREN` →
+//! `frontend.max_connections`, `confCONNECTION_RATE_THROTTLE` →
+//! `frontend.connection_rate`, `confTO_*` → `frontend.timeouts`,
+//! `confPRIVACY_FLAGS` → `frontend.privacy`, the AuthInfo map →
+//! `relay_queue.authinfo`.
+//!
+//! A configuration is validated whole before anything starts: a bad one is
+//! refused naming the key, the value and why — never half-applied.
+
+mod lists;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use lists::WordList;
+pub use validate::{ConfigError, parse_host_port, parse_network};
+
+/// Environment variables with this prefix override file keys; `__` separates
+/// levels: `AUTHRELAY__REDIS__URL=redis://…` sets `redis.url`.
+pub const ENV_PREFIX: &str = "AUTHRELAY";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This host's name in the greeting, EHLO reply and `Received:` (sendmail's `$j`).
+    pub hostname: String,
+    /// Realm for a login name without `@REALM`.
+    pub default_realm: String,
+    /// Where the embedded credential database, the spool and generated
+    /// certificates live unless their own keys say otherwise.
+    pub data_dir: PathBuf,
+    pub redis: RedisConfig,
+    pub endpoints: Endpoints,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub sasl: SaslConfig,
+    pub frontend: FrontendConfig,
+    pub sasl_auth: ServiceListen,
+    pub credential_store: CredentialStoreConfig,
+    pub relay_queue: RelayQueueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let hostname = system_hostname();
+        Config {
+            default_realm: hostname.clone(),
+            hostname,
+            data_dir: default_data_dir(),
+            redis: RedisConfig::default(),
+            endpoints: Endpoints::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            sasl: SaslConfig::default(),
+            frontend: FrontendConfig::default(),
+            sasl_auth: ServiceListen {
+                listen: "127.0.0.1:7341".parse().expect("literal"),
+            },
+            credential_store: CredentialStoreConfig::default(),
+            relay_queue: RelayQueueConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. Empty: an in-process store, which only the
+    /// all-in-one `authrelay serve` may use (separate services must share Redis).
+    pub url: String,
+    /// Per-command deadline; past it the operation fails closed (AUTH → 454).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Prefix for every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            timeout: Duration::from_millis(500),
+            key_prefix: "authrelay:".into(),
+        }
+    }
+}
+
+/// Where each service is reached. A comma-separated list (or TOML array)
+/// balances requests over several replicas.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Endpoints {
+    pub sasl_auth: WordList,
+    pub credential_store: WordList,
+    pub relay_queue: WordList,
+    /// The frontends' admin gRPC (sessions); used by `authrelay sessions`.
+    pub frontend: WordList,
+    /// Deadline for one gRPC call between services.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints {
+            sasl_auth: WordList::from(["http://127.0.0.1:7341"]),
+            credential_store: WordList::from(["http://127.0.0.1:7342"]),
+            relay_queue: WordList::from(["http://127.0.0.1:7343"]),
+            frontend: WordList::from(["http://127.0.0.1:7340"]),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the admin token that user management calls must present.
+    /// Unset: the admin calls are open to anyone who can reach the port
+    /// (acceptable only on loopback, as in the quick start).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info` or `info,sasl_auth=debug`.
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaslConfig {
+    /// Offered mechanisms, in EHLO order (`confAUTH_MECHANISMS`).
+    pub mechanisms: WordList,
+    /// Mechanisms whose sessions may relay (`TRUST_AUTH_MECH`).
+    pub trusted: WordList,
+    /// Offer PLAIN and LOGIN on a connection without TLS. Off: they appear
+    /// only after STARTTLS, and using them before is `538 5.7.11`.
+    pub allow_plaintext_without_tls: bool,
+    /// DIGEST-MD5 realms offered; empty = `[default_realm]`.
+    pub realms: WordList,
+    /// Lifetime of an unfinished exchange in the session store.
+    #[serde(with = "humantime_serde")]
+    pub exchange_ttl: Duration,
+    /// Proxy rights: authentication id (NAME@REALM) → authorization ids it
+    /// may act as (`*` = any). Without an entry an authzid different from the
+    /// authcid is refused.
+    pub proxy: BTreeMap<String, WordList>,
+    pub limits: BruteForceLimits,
+    /// EXTERNAL: how a verified client-certificate identity maps to a user.
+    pub external: ExternalConfig,
+}
+
+impl Default for SaslConfig {
+    fn default() -> Self {
+        let all = WordList::from([
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-1",
+            "DIGEST-MD5",
+            "CRAM-MD5",
+            "PLAIN",
+            "LOGIN",
+        ]);
+        SaslConfig {
+            trusted: all.clone(),
+            mechanisms: all,
+            allow_plaintext_without_tls: false,
+            realms: WordList::default(),
+            exchange_ttl: Duration::from_secs(60),
+            proxy: BTreeMap::new(),
+            limits: BruteForceLimits::default(),
+            external: ExternalConfig::default(),
+        }
+    }
+}
+
+/// Brute-force defence, counted in the shared store so every replica sees
+/// the same totals.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BruteForceLimits {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Failures from one client IP within the window before it is blocked (0 = off).
+    pub max_failures_per_ip: u32,
+    /// Failures against one (user, realm) within the window before it is blocked (0 = off).
+    pub max_failures_per_user: u32,
+    /// Added delay before answering a blocked attempt.
+    #[serde(with = "humantime_serde")]
+    pub block_delay: Duration,
+}
+
+impl Default for BruteForceLimits {
+    fn default() -> Self {
+        BruteForceLimits {
+            window: Duration::from_secs(600),
+            max_failures_per_ip: 20,
+            max_failures_per_user: 10,
+            block_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalConfig {
+    /// Certificate identity (subject CN or SAN e-mail) → NAME@REALM.
+    /// Unmapped identities are used as they are.
+    pub map: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRole {
+    /// Port-25 style: AUTH optional, relaying only for trusted sources.
+    Relay,
+    /// Port-587 style (RFC 6409): STARTTLS offered, AUTH required before MAIL.
+    Submission,
+    /// Port-465 style (RFC 8314): implicit TLS, AUTH required before MAIL.
+    Submissions,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub role: ListenerRole,
+    /// Require AUTH before MAIL; defaults to true for submission roles.
+    #[serde(default)]
+    pub require_auth: Option<bool>,
+    /// Expect a PROXY protocol v2 header first (load balancers that cannot keep the client address).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl Listener {
+    pub fn requires_auth(&self) -> bool {
+        self.require_auth
+            .unwrap_or(!matches!(self.role, ListenerRole::Relay))
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// Waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+    /// Waiting for the next block of DATA (RFC 5321: 3 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+    /// Whole-connection cap (slow-loris defence).
+    #[serde(with = "humantime_serde")]
+    pub session: Duration,
+    /// TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            command: Duration::from_secs(300),
+            data_block: Duration::from_secs(180),
+            session: Duration::from_secs(3600),
+            tls_handshake: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    pub noexpn: bool,
+    pub novrfy: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            noexpn: true,
+            novrfy: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Reloaded when the file changes.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle for client certificates (EXTERNAL); unset = none requested.
+    pub client_ca: Option<PathBuf>,
+    /// Run without TLS at all (only for tests and trusted networks).
+    pub disabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccessAction {
+    Ok,
+    Relay,
+    Reject,
+    Discard,
+}
+
+/// One access-map entry: an address, a domain or a network, and what to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// `user@domain`, `domain`, or a CIDR network.
+    pub key: String,
+    pub action: AccessAction,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontendConfig {
+    pub listeners: Vec<Listener>,
+    /// gRPC health and admin (sessions) endpoint.
+    pub admin_listen: SocketAddr,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Simultaneous connections on this frontend (`confMAX_DAEMON_CHILDREN`).
+    pub max_connections: usize,
+    /// Simultaneous connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// New connections per client address per second, summed over every
+    /// frontend through the shared store (`confCONNECTION_RATE_THROTTLE`); 0 = off.
+    pub connection_rate: u32,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512 at least).
+    pub max_line_length: usize,
+    /// Longest AUTH line (RFC 4954 §4: 12288 octets).
+    pub max_auth_line_length: usize,
+    /// Bad commands before `421` and close.
+    pub max_errors: u32,
+    /// AUTH attempts per connection before `421` and close.
+    pub max_auth_attempts: u32,
+    pub timeouts: TimeoutConfig,
+    /// Domains delivered here (`confCW_FILE`); `hostname` is always local.
+    pub local_domains: WordList,
+    /// Domains anyone may relay to (`relay_entire_domain`, access RELAY).
+    pub relay_domains: WordList,
+    /// Client networks that may relay without AUTH.
+    pub trusted_networks: WordList,
+    pub access: Vec<AccessRule>,
+    pub privacy: PrivacyConfig,
+    pub tls: TlsConfig,
+    /// Name the authenticated user in `Received:` (as the seed's header does).
+    pub received_shows_auth: bool,
+    /// On SIGTERM: how long transactions in flight may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        FrontendConfig {
+            listeners: vec![
+                Listener {
+                    address: "127.0.0.1:2587".parse().expect("literal"),
+                    role: ListenerRole::Submission,
+                    require_auth: None,
+                    proxy_protocol: false,
+                },
+                Listener {
+                    address: "127.0.0.1:2525".parse().expect("literal"),
+                    role: ListenerRole::Relay,
+                    require_auth: None,
+                    proxy_protocol: false,
+                },
+            ],
+            admin_listen: "127.0.0.1:7340".parse().expect("literal"),
+            max_message_size: 10_000_000,
+            max_recipients: 100,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            connection_rate: 0,
+            max_line_length: 1000,
+            max_auth_line_length: 12288,
+            max_errors: 10,
+            max_auth_attempts: 5,
+            timeouts: TimeoutConfig::default(),
+            local_domains: WordList::default(),
+            relay_domains: WordList::default(),
+            trusted_networks: WordList::default(),
+            access: Vec::new(),
+            privacy: PrivacyConfig::default(),
+            tls: TlsConfig::default(),
+            received_shows_auth: true,
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceListen {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialBackend {
+    /// Embedded crash-safe file database (redb) under `data_dir`.
+    #[default]
+    File,
+    /// PostgreSQL at `database_url` (replicas, HA).
+    Postgres,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CredentialStoreConfig {
+    pub listen: SocketAddr,
+    pub backend: CredentialBackend,
+    /// File backend: the database file; default `data_dir/credentials.redb`.
+    pub path: Option<PathBuf>,
+    /// Postgres backend: `postgres://user@host/db`.
+    pub database_url: String,
+    /// Mechanisms a new user gets when `--mech` is not given.
+    pub default_mechanisms: WordList,
+    pub scram_iterations: u32,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+}
+
+impl Default for CredentialStoreConfig {
+    fn default() -> Self {
+        CredentialStoreConfig {
+            listen: "127.0.0.1:7342".parse().expect("literal"),
+            backend: CredentialBackend::File,
+            path: None,
+            database_url: String::new(),
+            default_mechanisms: WordList::from([
+                "SCRAM-SHA-256",
+                "SCRAM-SHA-1",
+                "DIGEST-MD5",
+                "CRAM-MD5",
+                "PLAIN",
+                "LOGIN",
+            ]),
+            scram_iterations: 4096,
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayQueueConfig {
+    pub listen: SocketAddr,
+    /// Spool directory; default `data_dir/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// Default next hop `host:port` for every domain without a route.
+    pub smarthost: String,
+    /// Per-domain next hops, like sendmail's mailertable: domain → `host:port`.
+    pub routes: BTreeMap<String, String>,
+    /// First retry delay; doubles per attempt up to `retry_max`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Give up and bounce after this long (`confTO_QUEUERETURN`).
+    #[serde(with = "humantime_serde")]
+    pub max_queue_lifetime: Duration,
+    /// Outbound connect + command deadline.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Concurrent deliveries.
+    pub max_deliveries: usize,
+    /// Name we announce in EHLO to the next hop; default `hostname`.
+    pub helo_name: String,
+    /// Sendmail-style AuthInfo map file (`AuthInfo:host "U:…" "P:…" …` lines).
+    pub authinfo_file: Option<PathBuf>,
+}
+
+impl Default for RelayQueueConfig {
+    fn default() -> Self {
+        RelayQueueConfig {
+            listen: "127.0.0.1:7343".parse().expect("literal"),
+            spool_dir: None,
+            smarthost: String::new(),
+            routes: BTreeMap::new(),
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_queue_lifetime: Duration::from_secs(5 * 86400),
+            connect_timeout: Duration::from_secs(30),
+            max_deliveries: 16,
+            helo_name: String::new(),
+            authinfo_file: None,
+        }
+    }
+}
+
+impl Config {
+    /// Load `path` (if any) on top of the defaults, then the `AUTHRELAY__*`
+    /// environment, then validate the whole.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`] with an explicit environment (tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::new(
+                    "--config",
+                    path.display().to_string(),
+                    "no such file",
+                ));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError::new("(file)", "", e.to_string()))?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(ConfigError::from_deserialize)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Realms offered by DIGEST-MD5: the configured list, or the default realm.
+    pub fn realms(&self) -> Vec<String> {
+        if self.sasl.realms.is_empty() {
+            vec![self.default_realm.clone()]
+        } else {
+            self.sasl.realms.iter().map(str::to_owned).collect()
+        }
+    }
+
+    pub fn credential_db_path(&self) -> PathBuf {
+        self.credential_store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("credentials.redb"))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.relay_queue
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spool"))
+    }
+
+    pub fn helo_name(&self) -> &str {
+        if self.relay_queue.helo_name.is_empty() {
+            &self.hostname
+        } else {
+            &self.relay_queue.helo_name
+        }
+    }
+
+    /// Domains delivered locally: the configured ones plus `hostname`.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        domain.eq_ignore_ascii_case(&self.hostname)
+            || self
+                .frontend
+                .local_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// The effective configuration as TOML (for `authrelay config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Offered mechanisms, parsed (validation guarantees they parse).
+    pub fn offered_mechanisms(&self) -> Vec<authrelay_sasl::Mechanism> {
+        parse_mechs(&self.sasl.mechanisms)
+    }
+
+    pub fn trusted_mechanisms(&self) -> Vec<authrelay_sasl::Mechanism> {
+        parse_mechs(&self.sasl.trusted)
+    }
+}
+
+fn parse_mechs(list: &WordList) -> Vec<authrelay_sasl::Mechanism> {
+    list.iter()
+        .filter_map(authrelay_sasl::Mechanism::from_name)
+        .collect()
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `$XDG_DATA_HOME/authrelay` when set, else `./authrelay-data`.
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x).join("authrelay"),
+        _ => PathBuf::from("authrelay-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl Config {
+    /// Mechanisms to offer a session in this state, in configured order:
+    /// plain-text ones only on TLS unless allowed in the clear, `-PLUS` only
+    /// with channel binding data, EXTERNAL only with a verified client
+    /// certificate. The frontend renders EHLO from this and sasl-auth
+    /// enforces the same rule, from the same configuration.
+    pub fn mechanisms_for(
+        &self,
+        tls: bool,
+        channel_binding: bool,
+        client_cert: bool,
+    ) -> Vec<authrelay_sasl::Mechanism> {
+        self.offered_mechanisms()
+            .into_iter()
+            .filter(|m| tls || self.sasl.allow_plaintext_without_tls || !m.is_plaintext())
+            .filter(|m| channel_binding || !m.needs_channel_binding())
+            .filter(|m| client_cert || *m != authrelay_sasl::Mechanism::External)
+            .collect()
+    }
+}

@@ -1,0 +1,120 @@
+use super::*;
+
+fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("authrelay-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.toml", toml.len() + env.len() * 7919));
+    std::fs::write(&path, toml).unwrap();
+    let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    Config::load_with_env(Some(&path), env)
+}
+
+#[test]
+fn defaults_are_valid() {
+    let cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+    assert_eq!(cfg.frontend.listeners[0].address.port(), 2587);
+    assert!(cfg.offered_mechanisms().len() >= 6);
+}
+
+#[test]
+fn sendmail_style_mechanism_list_is_accepted() {
+    let cfg = load_str(
+        "[sasl]\nmechanisms = \"DIGEST-MD5 CRAM-MD5 LOGIN\"\ntrusted = \"DIGEST-MD5 CRAM-MD5 LOGIN\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.sasl.mechanisms.as_slice(),
+        ["DIGEST-MD5", "CRAM-MD5", "LOGIN"]
+    );
+}
+
+#[test]
+fn unknown_mechanism_is_refused_naming_key_and_value() {
+    let err = load_str(
+        "[sasl]\nmechanisms = [\"PLAIN\", \"NTLM\"]\ntrusted = []\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "sasl.mechanisms");
+    assert_eq!(err.value, "NTLM");
+    assert!(err.to_string().contains("unknown SASL mechanism"));
+}
+
+#[test]
+fn trusted_must_be_offered() {
+    let err = load_str(
+        "[sasl]\nmechanisms = [\"PLAIN\"]\ntrusted = [\"CRAM-MD5\"]\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "sasl.trusted");
+}
+
+#[test]
+fn environment_overrides_file() {
+    let cfg = load_str(
+        "[frontend]\nmax_recipients = 10\n",
+        &[
+            ("AUTHRELAY__FRONTEND__MAX_RECIPIENTS", "42"),
+            ("AUTHRELAY__REDIS__URL", "redis://127.0.0.1:1/"),
+            ("AUTHRELAY__ENDPOINTS__SASL_AUTH", "http://a:1,http://b:2"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.frontend.max_recipients, 42);
+    assert_eq!(cfg.redis.url, "redis://127.0.0.1:1/");
+    assert_eq!(cfg.endpoints.sasl_auth.len(), 2);
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let err = load_str("[frontend]\nmax_recipients = \"many\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("max_recipients"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let err = load_str("[frontend]\nmax_recipiants = 5\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("max_recipiants"), "{err}");
+}
+
+#[test]
+fn line_length_below_rfc_minimum_is_refused() {
+    let err = load_str("[frontend]\nmax_line_length = 100\n", &[]).unwrap_err();
+    assert_eq!(err.key, "frontend.max_line_length");
+    assert!(err.reason.contains("RFC 5321"));
+}
+
+#[test]
+fn postgres_backend_needs_url() {
+    let err = load_str("[credential_store]\nbackend = \"postgres\"\n", &[]).unwrap_err();
+    assert_eq!(err.key, "credential_store.database_url");
+}
+
+#[test]
+fn bad_trusted_network_is_refused() {
+    let err = load_str("[frontend]\ntrusted_networks = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
+    assert_eq!(err.key, "frontend.trusted_networks");
+}
+
+#[test]
+fn missing_file_is_refused() {
+    let err = Config::load_with_env(
+        Some(Path::new("/nonexistent/authrelay.toml")),
+        std::iter::empty(),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason, "no such file");
+}
+
+#[test]
+fn effective_config_round_trips_through_toml() {
+    let cfg = Config::default();
+    let text = cfg.to_toml();
+    let back: Config = toml::from_str(&text).unwrap();
+    assert_eq!(
+        back.frontend.max_message_size,
+        cfg.frontend.max_message_size
+    );
+}

@@ -1,0 +1,339 @@
+use std::fmt;
+
+use authrelay_sasl::Mechanism;
+
+use crate::{Config, CredentialBackend, ListenerRole};
+
+/// A refused configuration: which key, which value, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "configuration key `{}`: {}", self.key, self.reason)
+        } else {
+            write!(
+                f,
+                "configuration key `{}` = {:?}: {}",
+                self.key, self.value, self.reason
+            )
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn new(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            key: key.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The config crate reports type errors as text naming the key
+    /// ("invalid type: … for key `frontend.max_recipients`"): keep its words
+    /// and lift the key out so the message leads with it.
+    pub(crate) fn from_deserialize(err: config::ConfigError) -> Self {
+        let text = err.to_string();
+        let key = text
+            .split("for key `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .or_else(|| {
+                text.split("unknown field `")
+                    .nth(1)
+                    .and_then(|rest| rest.split('`').next())
+            })
+            .unwrap_or("(file)")
+            .to_owned();
+        ConfigError::new(key, "", text)
+    }
+}
+
+impl Config {
+    /// Checks everything that types alone do not. Runs before any service
+    /// starts, so a bad configuration is never half-applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "hostname",
+                &self.hostname,
+                "must be a host name without spaces",
+            ));
+        }
+        if self.default_realm.is_empty() {
+            return Err(ConfigError::new("default_realm", "", "must not be empty"));
+        }
+        for (key, list) in [
+            ("sasl.mechanisms", &self.sasl.mechanisms),
+            ("sasl.trusted", &self.sasl.trusted),
+        ] {
+            for m in list.iter() {
+                if Mechanism::from_name(m).is_none() {
+                    return Err(ConfigError::new(
+                        key,
+                        m,
+                        format!("unknown SASL mechanism; known: {}", known_mechanisms()),
+                    ));
+                }
+            }
+        }
+        for m in self.sasl.trusted.iter() {
+            if !self.sasl.mechanisms.contains_ignore_case(m) {
+                return Err(ConfigError::new(
+                    "sasl.trusted",
+                    m,
+                    "is not in sasl.mechanisms (a mechanism must be offered to be trusted)",
+                ));
+            }
+        }
+        for m in self.credential_store.default_mechanisms.iter() {
+            match Mechanism::from_name(m) {
+                Some(mech) if mech.family().is_some() => {}
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        "credential_store.default_mechanisms",
+                        m,
+                        "needs no stored secret; list password mechanisms only",
+                    ));
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        "credential_store.default_mechanisms",
+                        m,
+                        format!("unknown SASL mechanism; known: {}", known_mechanisms()),
+                    ));
+                }
+            }
+        }
+        if self.sasl.exchange_ttl.as_secs() == 0 {
+            return Err(ConfigError::new(
+                "sasl.exchange_ttl",
+                "0s",
+                "must be at least one second",
+            ));
+        }
+        let lim = &self.sasl.limits;
+        if (lim.max_failures_per_ip > 0 || lim.max_failures_per_user > 0)
+            && lim.window.as_secs() == 0
+        {
+            return Err(ConfigError::new(
+                "sasl.limits.window",
+                "0s",
+                "must be at least one second when a limit is set",
+            ));
+        }
+        if !self.redis.url.is_empty()
+            && !(self.redis.url.starts_with("redis://")
+                || self.redis.url.starts_with("rediss://")
+                || self.redis.url.starts_with("redis+unix://")
+                || self.redis.url.starts_with("unix://"))
+        {
+            return Err(ConfigError::new(
+                "redis.url",
+                &self.redis.url,
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        for (key, list) in [
+            ("endpoints.sasl_auth", &self.endpoints.sasl_auth),
+            (
+                "endpoints.credential_store",
+                &self.endpoints.credential_store,
+            ),
+            ("endpoints.relay_queue", &self.endpoints.relay_queue),
+            ("endpoints.frontend", &self.endpoints.frontend),
+        ] {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    key,
+                    "",
+                    "needs at least one http:// or https:// URL",
+                ));
+            }
+            for url in list.iter() {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::new(
+                        key,
+                        url,
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+        }
+        let fe = &self.frontend;
+        if fe.max_line_length < 512 {
+            return Err(ConfigError::new(
+                "frontend.max_line_length",
+                fe.max_line_length.to_string(),
+                "RFC 5321 §4.5.3.1.4 requires at least 512",
+            ));
+        }
+        if fe.max_auth_line_length < 12288 {
+            return Err(ConfigError::new(
+                "frontend.max_auth_line_length",
+                fe.max_auth_line_length.to_string(),
+                "RFC 4954 §4 requires at least 12288",
+            ));
+        }
+        if fe.max_recipients == 0 {
+            return Err(ConfigError::new(
+                "frontend.max_recipients",
+                "0",
+                "must be at least 1 (RFC 5321 §4.5.3.1.8 asks for 100)",
+            ));
+        }
+        if fe.max_connections == 0 {
+            return Err(ConfigError::new(
+                "frontend.max_connections",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if fe.max_message_size == 0 {
+            return Err(ConfigError::new(
+                "frontend.max_message_size",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        for (i, l) in fe.listeners.iter().enumerate() {
+            if l.role == ListenerRole::Submissions && fe.tls.disabled {
+                return Err(ConfigError::new(
+                    format!("frontend.listeners[{i}].role"),
+                    "submissions",
+                    "implicit TLS needs TLS; frontend.tls.disabled is true",
+                ));
+            }
+        }
+        for (i, a) in fe.listeners.iter().map(|l| l.address).enumerate() {
+            if fe.listeners.iter().skip(i + 1).any(|l| l.address == a) {
+                return Err(ConfigError::new(
+                    format!("frontend.listeners[{i}].address"),
+                    a.to_string(),
+                    "listed twice",
+                ));
+            }
+        }
+        if fe.tls.cert.is_some() != fe.tls.key.is_some() {
+            return Err(ConfigError::new(
+                "frontend.tls",
+                "",
+                "cert and key must be given together",
+            ));
+        }
+        for net in fe.trusted_networks.iter() {
+            parse_network(net)
+                .map_err(|why| ConfigError::new("frontend.trusted_networks", net, why))?;
+        }
+        for (i, rule) in fe.access.iter().enumerate() {
+            if rule.key.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("frontend.access[{i}].key"),
+                    "",
+                    "must not be empty",
+                ));
+            }
+        }
+        let cs = &self.credential_store;
+        if cs.backend == CredentialBackend::Postgres && cs.database_url.is_empty() {
+            return Err(ConfigError::new(
+                "credential_store.database_url",
+                "",
+                "is required when credential_store.backend = \"postgres\"",
+            ));
+        }
+        if !(1..=10_000_000).contains(&cs.scram_iterations) || cs.scram_iterations < 4096 {
+            return Err(ConfigError::new(
+                "credential_store.scram_iterations",
+                cs.scram_iterations.to_string(),
+                "must be at least 4096 (RFC 7677 §4)",
+            ));
+        }
+        if cs.argon2_memory_kib < 8 * 1024 {
+            return Err(ConfigError::new(
+                "credential_store.argon2_memory_kib",
+                cs.argon2_memory_kib.to_string(),
+                "must be at least 8192 KiB",
+            ));
+        }
+        if cs.argon2_iterations == 0 {
+            return Err(ConfigError::new(
+                "credential_store.argon2_iterations",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        let rq = &self.relay_queue;
+        if !rq.smarthost.is_empty() {
+            parse_host_port(&rq.smarthost)
+                .map_err(|why| ConfigError::new("relay_queue.smarthost", &rq.smarthost, why))?;
+        }
+        for (domain, hop) in &rq.routes {
+            parse_host_port(hop).map_err(|why| {
+                ConfigError::new(format!("relay_queue.routes.{domain}"), hop, why)
+            })?;
+        }
+        if rq.max_deliveries == 0 {
+            return Err(ConfigError::new(
+                "relay_queue.max_deliveries",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if rq.retry_initial.is_zero() || rq.retry_max < rq.retry_initial {
+            return Err(ConfigError::new(
+                "relay_queue.retry_max",
+                humantime_fmt(rq.retry_max),
+                "must be at least relay_queue.retry_initial, which must be above zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn humantime_fmt(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+fn known_mechanisms() -> String {
+    Mechanism::ALL
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A CIDR network or a single address.
+pub fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| "not an IP network (use CIDR like 192.0.2.0/24 or an address)".to_owned())
+}
+
+/// `host:port` or `[v6]:port`; the port is required.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "must be host:port".to_owned())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| "port must be a number 1-65535".to_owned())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err("must be host:port".into());
+    }
+    Ok((host.to_owned(), port))
+}

@@ -1,0 +1,34 @@
+//! SASL mechanisms for authrelay, as sans-IO state machines.
+//!
+//! The server side ([`ServerExchange`]) is fed the client's decoded responses and answers with
+//! a [`Step`]: a challenge to send, a request for the user's stored secret, or the outcome. It
+//! never touches a socket or a database, and its state serialises (serde) so that `sasl-auth`
+//! can keep an exchange in Redis between SMTP round trips. That serialised state never holds a
+//! password or anything derived from one: secrets are passed into [`ServerExchange::resume`]
+//! and dropped.
+//!
+//! The client side ([`ClientExchange`]) is what the relay uses towards a next hop, and what the
+//! load tool uses towards us.
+//!
+//! Base64 is the SMTP layer's business (RFC 4954 §4): every challenge and response here is raw
+//! bytes.
+
+pub mod client;
+pub mod mechanism;
+pub mod secret;
+pub mod server;
+
+mod digest;
+mod md5ctx;
+mod scram;
+
+pub use client::{ClientCredentials, ClientError, ClientExchange, ClientStep, set_scram_cache};
+pub use mechanism::{Mechanism, UnknownMechanism};
+pub use secret::{
+    SecretFamily, SecretParams, StoredSecret, derive_scram_secret, derive_secret, dummy_secret,
+    verify_password,
+};
+pub use server::{
+    ChannelBinding, ChannelBindingType, Failure, Outcome, SecretRequest, ServerConfig,
+    ServerExchange, Step,
+};

@@ -1,0 +1,261 @@
+//! The SASL mechanisms authrelay speaks, and the facts about each that the SMTP layer, the
+//! credential store and the client's mechanism choice need.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::secret::SecretFamily;
+
+/// A SASL mechanism, serialised as its IANA name (e.g. `"SCRAM-SHA-256"`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
+pub enum Mechanism {
+    /// RFC 4616.
+    Plain,
+    /// The de-facto `LOGIN` mechanism (draft-murchison-sasl-login).
+    Login,
+    /// RFC 2195.
+    CramMd5,
+    /// RFC 2831 (historic, RFC 6331), kept for old clients.
+    DigestMd5,
+    /// RFC 5802.
+    ScramSha1,
+    /// RFC 5802 with channel binding.
+    ScramSha1Plus,
+    /// RFC 7677.
+    ScramSha256,
+    /// RFC 7677 with channel binding.
+    ScramSha256Plus,
+    /// RFC 4422 Appendix A: identity from the TLS client certificate.
+    External,
+}
+
+/// A mechanism name that authrelay does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown SASL mechanism \"{0}\"")]
+pub struct UnknownMechanism(String);
+
+impl UnknownMechanism {
+    fn new(name: &str) -> Self {
+        // The name may come from a client and ends up in logs: keep it only when it has the
+        // shape of a mechanism name (RFC 4422 §3.1), so nothing else can be injected there.
+        let looks_like_a_name = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        Self(if looks_like_a_name {
+            name.to_owned()
+        } else {
+            "<invalid>".to_owned()
+        })
+    }
+
+    /// The offending name, or `<invalid>` when it was not even shaped like one.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Mechanism {
+    /// Every mechanism, in declaration order.
+    pub const ALL: [Mechanism; 9] = [
+        Mechanism::Plain,
+        Mechanism::Login,
+        Mechanism::CramMd5,
+        Mechanism::DigestMd5,
+        Mechanism::ScramSha1,
+        Mechanism::ScramSha1Plus,
+        Mechanism::ScramSha256,
+        Mechanism::ScramSha256Plus,
+        Mechanism::External,
+    ];
+
+    /// The IANA-registered name, as offered in EHLO and given in AUTH.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+            Mechanism::CramMd5 => "CRAM-MD5",
+            Mechanism::DigestMd5 => "DIGEST-MD5",
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::ScramSha1Plus => "SCRAM-SHA-1-PLUS",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+            Mechanism::External => "EXTERNAL",
+        }
+    }
+
+    /// Looks a mechanism up by name; SASL names are case-insensitive (RFC 4954 §4).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s))
+    }
+
+    /// The password itself crosses the wire, so these may only be offered under TLS
+    /// (RFC 4954 §4, RFC 4616 §6).
+    pub fn is_plaintext(self) -> bool {
+        matches!(self, Mechanism::Plain | Mechanism::Login)
+    }
+
+    /// The kind of stored secret the server needs to verify this mechanism; `None` for
+    /// EXTERNAL, which is verified by the TLS layer.
+    pub fn family(self) -> Option<SecretFamily> {
+        match self {
+            Mechanism::Plain | Mechanism::Login => Some(SecretFamily::Password),
+            Mechanism::CramMd5 => Some(SecretFamily::CramMd5),
+            Mechanism::DigestMd5 => Some(SecretFamily::DigestMd5),
+            Mechanism::ScramSha1 | Mechanism::ScramSha1Plus => Some(SecretFamily::ScramSha1),
+            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus => Some(SecretFamily::ScramSha256),
+            Mechanism::External => None,
+        }
+    }
+
+    /// The `-PLUS` variants, which bind the exchange to the TLS channel (RFC 5802 §6).
+    pub fn needs_channel_binding(self) -> bool {
+        matches!(self, Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus)
+    }
+
+    /// Security strength factor logged as `bits=`. DIGEST-MD5 reports 128 because that is
+    /// what Cyrus SASL logs for it, and logs are compared against Cyrus-era ones.
+    pub fn ssf(self) -> u32 {
+        match self {
+            Mechanism::DigestMd5 => 128,
+            _ => 0,
+        }
+    }
+
+    /// Preference when a client picks among the server's mechanisms: higher is better.
+    /// EXTERNAL wins because a client certificate is stronger than any password.
+    pub fn strength(self) -> u8 {
+        match self {
+            Mechanism::Login => 1,
+            Mechanism::Plain => 2,
+            Mechanism::CramMd5 => 3,
+            Mechanism::DigestMd5 => 4,
+            Mechanism::ScramSha1 => 5,
+            Mechanism::ScramSha1Plus => 6,
+            Mechanism::ScramSha256 => 7,
+            Mechanism::ScramSha256Plus => 8,
+            Mechanism::External => 9,
+        }
+    }
+
+    /// Client-first mechanisms, which may put their first message on the AUTH line
+    /// (RFC 4954 §4 initial response).
+    pub fn has_initial_response(self) -> bool {
+        matches!(
+            self,
+            Mechanism::Plain
+                | Mechanism::ScramSha1
+                | Mechanism::ScramSha1Plus
+                | Mechanism::ScramSha256
+                | Mechanism::ScramSha256Plus
+                | Mechanism::External
+        )
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mechanism {
+    type Err = UnknownMechanism;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_name(s).ok_or_else(|| UnknownMechanism::new(s))
+    }
+}
+
+impl From<Mechanism> for String {
+    fn from(m: Mechanism) -> String {
+        m.name().to_owned()
+    }
+}
+
+impl TryFrom<String> for Mechanism {
+    type Error = UnknownMechanism;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl TryFrom<&str> for Mechanism {
+    type Error = UnknownMechanism;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_case_insensitively() {
+        for m in Mechanism::ALL {
+            assert_eq!(Mechanism::from_name(m.name()), Some(m));
+            assert_eq!(
+                Mechanism::from_name(&m.name().to_ascii_lowercase()),
+                Some(m)
+            );
+            assert_eq!(m.to_string().parse::<Mechanism>(), Ok(m));
+        }
+        assert_eq!(Mechanism::from_name("GSSAPI"), None);
+    }
+
+    #[test]
+    fn unknown_mechanism_error_never_echoes_odd_input() {
+        let e = "GSS\r\nAPI".parse::<Mechanism>().unwrap_err();
+        assert_eq!(e.name(), "<invalid>");
+        let e = "XOAUTH2".parse::<Mechanism>().unwrap_err();
+        assert_eq!(e.name(), "XOAUTH2");
+    }
+
+    #[test]
+    fn serialises_as_its_name() {
+        let json = serde_json::to_string(&Mechanism::ScramSha256Plus).unwrap();
+        assert_eq!(json, "\"SCRAM-SHA-256-PLUS\"");
+        let back: Mechanism = serde_json::from_str("\"cram-md5\"").unwrap();
+        assert_eq!(back, Mechanism::CramMd5);
+        assert!(serde_json::from_str::<Mechanism>("\"NTLM\"").is_err());
+    }
+
+    #[test]
+    fn strength_orders_scram_plus_first_and_login_last() {
+        let mut ms = Mechanism::ALL.to_vec();
+        ms.sort_by_key(|m| std::cmp::Reverse(m.strength()));
+        assert_eq!(
+            ms,
+            [
+                Mechanism::External,
+                Mechanism::ScramSha256Plus,
+                Mechanism::ScramSha256,
+                Mechanism::ScramSha1Plus,
+                Mechanism::ScramSha1,
+                Mechanism::DigestMd5,
+                Mechanism::CramMd5,
+                Mechanism::Plain,
+                Mechanism::Login,
+            ]
+        );
+    }
+
+    #[test]
+    fn families_map_back_to_their_mechanisms() {
+        for m in Mechanism::ALL {
+            match m.family() {
+                Some(f) => assert!(f.mechanisms().contains(&m), "{m}"),
+                None => assert_eq!(m, Mechanism::External),
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Shared state for authrelay replicas.
+//!
+//! Everything that must hold across replicas lives here: SASL exchange state
+//! (so any sasl-auth replica can take any step), single-use DIGEST-MD5 nonces,
+//! brute-force counters, live SMTP session records and connection rates.
+//! In a deployment that is Redis; the all-in-one `authrelay serve` may use
+//! the in-process store instead, which has the same semantics for one process.
+//!
+//! Every Redis operation has a deadline: a dead or hung Redis turns into
+//! [`StateError::Unavailable`] quickly, and callers fail closed on it
+//! (AUTH → `454 4.7.0`), never open.
+
+mod memory;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use memory::MemoryState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store cannot be reached or did not answer in time.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("session store configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+/// The shared store: Redis, or in-process for a single all-in-one process.
+/// An enum rather than a trait object: two implementations, chosen once at
+/// start, and no boxing on the AUTH hot path.
+#[derive(Clone)]
+pub enum SharedState {
+    Redis(RedisState),
+    Memory(MemoryState),
+}
+
+#[derive(Clone)]
+pub struct RedisState {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl SharedState {
+    /// Connects lazily: a Redis that is down at start makes operations fail
+    /// (and readiness report not-ready) until it is back, with no restart.
+    pub fn redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| StateError::Config(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StateError::Config(e.to_string()))?;
+        Ok(SharedState::Redis(RedisState {
+            conn,
+            prefix: prefix.to_owned(),
+            timeout,
+        }))
+    }
+
+    pub fn in_process() -> Self {
+        SharedState::Memory(MemoryState::default())
+    }
+
+    /// `redis` when `url` is set, else in-process.
+    pub fn from_url(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
+        if url.is_empty() {
+            Ok(Self::in_process())
+        } else {
+            Self::redis(url, prefix, timeout)
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SharedState::Redis(_) => "redis",
+            SharedState::Memory(_) => "in-process",
+        }
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                r.run(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+                    .await
+                    .map(|_| ())
+            }
+            SharedState::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Store `value` under `key` for `ttl`.
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                let ms = ttl.as_millis().max(1) as u64;
+                r.run(async move { c.pset_ex::<_, _, ()>(k, value, ms).await })
+                    .await
+            }
+            SharedState::Memory(m) => {
+                m.put(key, value, ttl);
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                r.run(async move { c.get::<_, Option<Vec<u8>>>(k).await })
+                    .await
+            }
+            SharedState::Memory(m) => Ok(m.get(key)),
+        }
+    }
+
+    /// Read and delete in one atomic step (GETDEL). Two replicas handed the
+    /// same step concurrently cannot both continue the exchange: only one of
+    /// them gets the state.
+    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                r.run(async move { c.get_del::<_, Option<Vec<u8>>>(k).await })
+                    .await
+            }
+            SharedState::Memory(m) => Ok(m.take(key)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                r.run(async move { c.del::<_, ()>(k).await }).await
+            }
+            SharedState::Memory(m) => {
+                m.take(key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Set `key` only if absent (SET NX PX): true when this caller claimed it.
+    pub async fn claim(&self, key: &str, ttl: Duration) -> Result<bool> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                let ms = ttl.as_millis().max(1) as u64;
+                r.run(async move {
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(1)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async::<Option<String>>(&mut c)
+                        .await
+                })
+                .await
+                .map(|v| v.is_some())
+            }
+            SharedState::Memory(m) => Ok(m.claim(key, ttl)),
+        }
+    }
+
+    /// Record one event in a sliding window and return how many events the
+    /// window now holds (this one included). One atomic round trip.
+    pub async fn record_event(&self, key: &str, window: Duration) -> Result<u64> {
+        self.window_op(key, window, true).await
+    }
+
+    /// Events in the sliding window, without recording one.
+    pub async fn count_events(&self, key: &str, window: Duration) -> Result<u64> {
+        self.window_op(key, window, false).await
+    }
+
+    async fn window_op(&self, key: &str, window: Duration, add: bool) -> Result<u64> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                let now = now_micros();
+                let from = now.saturating_sub(window.as_micros() as u64);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&k)
+                    .arg("-inf")
+                    .arg(format!("({from}"))
+                    .ignore();
+                if add {
+                    // The member must be unique per event; the score is the time.
+                    let member = format!("{now}:{}", unique_suffix());
+                    pipe.cmd("ZADD").arg(&k).arg(now).arg(member).ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(&k)
+                        .arg(window.as_millis().max(1) as u64)
+                        .ignore();
+                }
+                pipe.cmd("ZCARD").arg(&k);
+                r.run(async move { pipe.query_async::<(u64,)>(&mut c).await })
+                    .await
+                    .map(|(n,)| n)
+            }
+            SharedState::Memory(m) => Ok(m.window(key, window, add)),
+        }
+    }
+
+    /// Keys under `prefix` (without the deployment prefix), for listings.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let pattern = format!("{}*", r.key(prefix));
+                let strip = r.prefix.len();
+                let keys = r
+                    .run(async move {
+                        let mut out = Vec::new();
+                        let mut iter = c.scan_match::<_, String>(pattern).await?;
+                        while let Some(k) = futures_next(&mut iter).await {
+                            out.push(k);
+                        }
+                        Ok(out)
+                    })
+                    .await?;
+                Ok(keys.into_iter().map(|k| k[strip..].to_owned()).collect())
+            }
+            SharedState::Memory(m) => Ok(m.keys(prefix)),
+        }
+    }
+}
+
+async fn futures_next(iter: &mut redis::AsyncIter<'_, String>) -> Option<String> {
+    match iter.next_item().await {
+        Some(Ok(k)) => Some(k),
+        _ => None,
+    }
+}
+
+impl RedisState {
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    async fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
+            Err(_) => Err(StateError::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Process id in the high bits keeps members distinct across replicas.
+    (u64::from(std::process::id()) << 32) | (COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,570 @@
+//! `authrelay`, the operator's binary.
+//!
+//! - `authrelay serve`: all four services in one process, still talking
+//!   gRPC to each other over loopback, on embedded defaults.
+//! - `authrelay user add|passwd|delete|list`: the `saslpasswd` /
+//!   `sasldblistusers` of this system, over gRPC to the credential-store,
+//!   so they work the same against one process and against a cluster.
+//! - `authrelay queue list|flush|delete|hold|release`: the queue.
+//! - `authrelay config check`: the effective configuration and what is
+//!   offered — the role of `sendmail -d0.1 -bt`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use authrelay_config::Config;
+use authrelay_proto::credentials::v1 as cpb;
+use authrelay_proto::credentials::v1::credential_store_client::CredentialStoreClient;
+use authrelay_proto::queue::v1 as qpb;
+use authrelay_proto::queue::v1::relay_queue_client::RelayQueueClient;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "authrelay", version, about = "An authenticated SMTP relay")]
+struct Cli {
+    /// TOML configuration file (AUTHRELAY__* environment variables override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service in one process (the quick start).
+    Serve,
+    /// Manage users (saslpasswd, sasldblistusers).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Inspect and steer the queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user (fails if it exists). The password is read from stdin
+    /// when it is not a terminal, else prompted twice — never from argv.
+    Add(UserArgs),
+    /// Set a new password for a user, creating it if needed.
+    Passwd(UserArgs),
+    /// Delete a user.
+    Delete {
+        #[arg(long, short = 'u')]
+        realm: Option<String>,
+        name: String,
+    },
+    /// List users, one line per user and mechanism (as sasldblistusers).
+    List {
+        #[arg(long, short = 'u')]
+        realm: Option<String>,
+        /// One JSON object per user.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct UserArgs {
+    /// Realm (saslpasswd -u); default: the configured default realm.
+    #[arg(long, short = 'u')]
+    realm: Option<String>,
+    /// Mechanisms this user may use (repeat or comma-separate); default: configured.
+    #[arg(long = "mech", value_delimiter = ',')]
+    mechanisms: Vec<String>,
+    name: String,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Queued messages: id, age, sender, recipients, next try, last error.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try everything now (or everything for one domain, like ETRN).
+    Flush {
+        domain: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    Hold {
+        id: String,
+    },
+    Release {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration, the mechanisms offered and
+    /// trusted, and what this build supports. Exits non-zero on a bad one.
+    Check,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authrelay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authrelay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(cfg).await,
+        Command::User(u) => user(cfg, u).await,
+        Command::Queue(q) => queue(cfg, q).await,
+        Command::Config(ConfigCommand::Check) => {
+            config_check(&cfg);
+            Ok(())
+        }
+    }
+}
+
+fn config_check(cfg: &Config) {
+    println!(
+        "# authrelay {} — effective configuration",
+        env!("CARGO_PKG_VERSION")
+    );
+    print!("{}", cfg.to_toml());
+    let names = |v: Vec<authrelay_sasl::Mechanism>| {
+        v.iter().map(|m| m.name()).collect::<Vec<_>>().join(" ")
+    };
+    println!();
+    println!("# Mechanisms");
+    println!(
+        "offered (confAUTH_MECHANISMS):      {}",
+        names(cfg.offered_mechanisms())
+    );
+    println!(
+        "trusted for relaying (TRUST_AUTH_MECH): {}",
+        names(cfg.trusted_mechanisms())
+    );
+    println!(
+        "offered before STARTTLS:            {}",
+        names(cfg.mechanisms_for(false, false, false))
+    );
+    println!(
+        "offered after STARTTLS (TLS 1.3):   {}",
+        names(cfg.mechanisms_for(true, true, false))
+    );
+    let l = &cfg.sasl.limits;
+    println!();
+    println!("# Brute-force limits");
+    println!(
+        "window {}s; max failures per client address {}; per user {}; delay when blocked {}ms",
+        l.window.as_secs(),
+        l.max_failures_per_ip,
+        l.max_failures_per_user,
+        l.block_delay.as_millis()
+    );
+    println!();
+    println!("# Compiled with");
+    println!(
+        "SASL: {}",
+        authrelay_sasl::Mechanism::ALL
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("TLS: rustls (TLS 1.2, TLS 1.3), STARTTLS, implicit TLS (RFC 8314)");
+    println!("credential backends: file (redb), postgres");
+    println!(
+        "session store: {}",
+        if cfg.redis.url.is_empty() {
+            "in-process (no redis.url)"
+        } else {
+            "redis"
+        }
+    );
+}
+
+/// All four services in one process, gRPC between them over loopback.
+async fn serve(mut cfg: Config) -> anyhow::Result<()> {
+    authrelay_telemetry::init("authrelay", &cfg.log);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+    let state = authrelay_state::SharedState::from_url(
+        &cfg.redis.url,
+        &cfg.redis.key_prefix,
+        cfg.redis.timeout,
+    )?;
+
+    let cs = tokio::net::TcpListener::bind(cfg.credential_store.listen)
+        .await
+        .with_context(|| format!("credential_store.listen {}", cfg.credential_store.listen))?;
+    let sa = tokio::net::TcpListener::bind(cfg.sasl_auth.listen)
+        .await
+        .with_context(|| format!("sasl_auth.listen {}", cfg.sasl_auth.listen))?;
+    let rq = tokio::net::TcpListener::bind(cfg.relay_queue.listen)
+        .await
+        .with_context(|| format!("relay_queue.listen {}", cfg.relay_queue.listen))?;
+    // In one process the services find each other where they actually bound.
+    cfg.endpoints.credential_store = vec![format!("http://{}", cs.local_addr()?)].into();
+    cfg.endpoints.sasl_auth = vec![format!("http://{}", sa.local_addr()?)].into();
+    cfg.endpoints.relay_queue = vec![format!("http://{}", rq.local_addr()?)].into();
+    let fe = smtp_frontend::bind(&cfg).await?;
+    cfg.endpoints.frontend = vec![format!("http://{}", fe.admin.local_addr()?)].into();
+
+    authrelay_telemetry::announce("credential-store", "grpc", cs.local_addr()?);
+    authrelay_telemetry::announce("sasl-auth", "grpc", sa.local_addr()?);
+    authrelay_telemetry::announce("relay-queue", "grpc", rq.local_addr()?);
+    println!(
+        "data directory {} ; session store {}",
+        cfg.data_dir.display(),
+        if cfg.redis.url.is_empty() {
+            "in-process"
+        } else {
+            "redis"
+        }
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let frontend = tokio::spawn(smtp_frontend::serve(
+        cfg.clone(),
+        state.clone(),
+        fe,
+        true,
+        stopped(),
+    ));
+    let creds = tokio::spawn(credential_store::serve(cfg.clone(), cs, stopped()));
+    let sasl = tokio::spawn(sasl_auth::serve(cfg.clone(), state, sa, stopped()));
+    let queue = tokio::spawn(relay_queue::serve(cfg.clone(), rq, stopped()));
+
+    let mut tasks = [
+        ("smtp-frontend", frontend),
+        ("credential-store", creds),
+        ("sasl-auth", sasl),
+        ("relay-queue", queue),
+    ];
+    tokio::select! {
+        _ = authrelay_telemetry::shutdown_signal() => {},
+        (res, i, _) = futures_select_any(&mut tasks) => {
+            let name = i;
+            match res {
+                Ok(Ok(())) => anyhow::bail!("{name} stopped unexpectedly"),
+                Ok(Err(e)) => anyhow::bail!("{name}: {e:#}"),
+                Err(e) => anyhow::bail!("{name} panicked: {e}"),
+            }
+        }
+    }
+    // The frontend drains first (transactions in flight still need the
+    // queue); the back-end services stop with it.
+    let _ = stop_tx.send(true);
+    for (name, task) in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("authrelay: {name}: {e:#}"),
+            Err(e) => eprintln!("authrelay: {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+type ServiceTask = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Resolves when the first of the service tasks ends (which it should not).
+async fn futures_select_any(
+    tasks: &mut [(&'static str, ServiceTask); 4],
+) -> (
+    Result<anyhow::Result<()>, tokio::task::JoinError>,
+    &'static str,
+    (),
+) {
+    let [(n0, t0), (n1, t1), (n2, t2), (n3, t3)] = tasks;
+    tokio::select! {
+        r = t0 => (r, *n0, ()),
+        r = t1 => (r, *n1, ()),
+        r = t2 => (r, *n2, ()),
+        r = t3 => (r, *n3, ()),
+    }
+}
+
+fn admin_request<T>(cfg: &Config, msg: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(token) = credential_store::read_token(cfg)? {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    Ok(req)
+}
+
+fn credential_client(
+    cfg: &Config,
+) -> anyhow::Result<CredentialStoreClient<tonic::transport::Channel>> {
+    let ch = authrelay_proto::channel::lazy_channel(
+        cfg.endpoints.credential_store.as_slice(),
+        cfg.endpoints.timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("endpoints.credential_store: {e}"))?;
+    Ok(CredentialStoreClient::new(ch))
+}
+
+fn status_error(what: &str, endpoint: &[String], s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!(
+            "{what}: cannot reach the service at {} ({}); is `authrelay serve` (or the service) running?",
+            endpoint.join(","),
+            s.message()
+        ),
+        _ => anyhow::anyhow!("{what}: {}", s.message()),
+    }
+}
+
+/// The password from stdin (not a terminal: first line) or a double prompt.
+fn read_password() -> anyhow::Result<Vec<u8>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again (for verification): ")?;
+        if a != b {
+            anyhow::bail!("passwords do not match");
+        }
+        Ok(a.into_bytes())
+    } else {
+        let mut buf = Vec::new();
+        stdin.lock().take(64 * 1024).read_to_end(&mut buf)?;
+        // One line: drop the line ending a pipe or here-doc adds.
+        let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+        buf.truncate(end);
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        Ok(buf)
+    }
+}
+
+async fn user(cfg: Config, cmd: UserCommand) -> anyhow::Result<()> {
+    let mut client = credential_client(&cfg)?;
+    let eps = cfg.endpoints.credential_store.as_slice().to_vec();
+    match cmd {
+        UserCommand::Add(a) => put_user(&cfg, &mut client, a, true).await,
+        UserCommand::Passwd(a) => put_user(&cfg, &mut client, a, false).await,
+        UserCommand::Delete { realm, name } => {
+            let realm = realm.unwrap_or_else(|| cfg.default_realm.clone());
+            client
+                .delete_user(admin_request(
+                    &cfg,
+                    cpb::DeleteUserRequest {
+                        name: name.clone(),
+                        realm: realm.clone(),
+                    },
+                )?)
+                .await
+                .map_err(|s| status_error("user delete", &eps, s))?;
+            println!("deleted user: {name} realm: {realm}");
+            Ok(())
+        }
+        UserCommand::List { realm, json } => {
+            let users = client
+                .list_users(admin_request(
+                    &cfg,
+                    cpb::ListUsersRequest {
+                        realm: realm.unwrap_or_default(),
+                    },
+                )?)
+                .await
+                .map_err(|s| status_error("user list", &eps, s))?
+                .into_inner()
+                .users;
+            let mut out = std::io::stdout().lock();
+            for u in users {
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"user": u.name, "realm": u.realm, "mechanisms": u.mechanisms})
+                    )?;
+                } else {
+                    for m in &u.mechanisms {
+                        writeln!(out, "user: {} realm: {} mech: {}", u.name, u.realm, m)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn put_user(
+    cfg: &Config,
+    client: &mut CredentialStoreClient<tonic::transport::Channel>,
+    a: UserArgs,
+    create_only: bool,
+) -> anyhow::Result<()> {
+    let realm = a.realm.unwrap_or_else(|| cfg.default_realm.clone());
+    let password = read_password()?;
+    let resp = client
+        .put_user(admin_request(
+            cfg,
+            cpb::PutUserRequest {
+                name: a.name.clone(),
+                realm: realm.clone(),
+                password,
+                mechanisms: a.mechanisms,
+                create_only,
+            },
+        )?)
+        .await
+        .map_err(|s| {
+            status_error(
+                if create_only {
+                    "user add"
+                } else {
+                    "user passwd"
+                },
+                cfg.endpoints.credential_store.as_slice(),
+                s,
+            )
+        })?
+        .into_inner();
+    println!(
+        "{} user: {} realm: {} mechs: {}",
+        if resp.created { "created" } else { "updated" },
+        a.name,
+        realm,
+        resp.mechanisms.join(" ")
+    );
+    Ok(())
+}
+
+async fn queue(cfg: Config, cmd: QueueCommand) -> anyhow::Result<()> {
+    let eps = cfg.endpoints.relay_queue.as_slice().to_vec();
+    let ch = authrelay_proto::channel::lazy_channel(&eps, cfg.endpoints.timeout)
+        .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
+    let mut client = RelayQueueClient::new(ch);
+    let err = |what: &'static str| {
+        let eps = eps.clone();
+        move |s| status_error(what, &eps, s)
+    };
+    match cmd {
+        QueueCommand::List { json } => {
+            let entries = client
+                .list_queue(admin_request(&cfg, qpb::ListQueueRequest {})?)
+                .await
+                .map_err(err("queue list"))?
+                .into_inner()
+                .entries;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            if !json && entries.is_empty() {
+                println!("queue is empty");
+            }
+            for e in entries {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": e.queue_id, "age_secs": now - e.queued_at, "from": e.mail_from,
+                            "recipients": e.recipients, "size": e.size, "attempts": e.attempts,
+                            "next_attempt_in_secs": (e.next_attempt - now).max(0), "last_error": e.last_error, "held": e.held,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}{} age={}s size={} from=<{}> to={} attempts={} next_try_in={}s{}",
+                        e.queue_id,
+                        if e.held { " (held)" } else { "" },
+                        now - e.queued_at,
+                        e.size,
+                        e.mail_from,
+                        e.recipients
+                            .iter()
+                            .map(|r| format!("<{r}>"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        e.attempts,
+                        (e.next_attempt - now).max(0),
+                        if e.last_error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" last_error=\"{}\"", e.last_error)
+                        }
+                    );
+                }
+            }
+        }
+        QueueCommand::Flush { domain } => {
+            let n = client
+                .flush(admin_request(
+                    &cfg,
+                    qpb::FlushRequest {
+                        domain: domain.unwrap_or_default(),
+                    },
+                )?)
+                .await
+                .map_err(err("queue flush"))?
+                .into_inner()
+                .scheduled;
+            println!("{n} message(s) scheduled for delivery now");
+        }
+        QueueCommand::Delete { id } => {
+            client
+                .delete_message(admin_request(
+                    &cfg,
+                    qpb::MessageRef {
+                        queue_id: id.clone(),
+                    },
+                )?)
+                .await
+                .map_err(err("queue delete"))?;
+            println!("{id}: deleted");
+        }
+        QueueCommand::Hold { id } => {
+            client
+                .hold_message(admin_request(
+                    &cfg,
+                    qpb::MessageRef {
+                        queue_id: id.clone(),
+                    },
+                )?)
+                .await
+                .map_err(err("queue hold"))?;
+            println!("{id}: held");
+        }
+        QueueCommand::Release { id } => {
+            client
+                .release_message(admin_request(
+                    &cfg,
+                    qpb::MessageRef {
+                        queue_id: id.clone(),
+                    },
+                )?)
+                .await
+                .map_err(err("queue release"))?;
+            println!("{id}: released");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! credential-store: the sasldb of authrelay.
+//!
+//! Users are `(name, realm)`. For each the store keeps one derived secret per
+//! mechanism family — Argon2id for PLAIN/LOGIN, SCRAM StoredKey/ServerKey,
+//! the CRAM-MD5 HMAC contexts, DIGEST-MD5's H(user:realm:password) — and
+//! never the password. Only sasl-auth and the admin tools talk to it.
+
+pub mod backend;
+mod error;
+pub mod names;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use authrelay_config::{Config, CredentialBackend};
+use authrelay_proto::credentials::v1 as pb;
+use authrelay_proto::credentials::v1::credential_store_server::{
+    CredentialStore, CredentialStoreServer,
+};
+use authrelay_sasl::{Mechanism, SecretFamily, SecretParams, StoredSecret, derive_secret};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+pub use backend::{Backend, FileBackend, PostgresBackend, UserRecord, UserSummary};
+pub use error::StoreError;
+
+/// Metadata key carrying the admin token (`authorization: Bearer …`).
+pub const AUTHORIZATION: &str = "authorization";
+
+pub struct CredentialService {
+    backend: Arc<Backend>,
+    default_families: Vec<SecretFamily>,
+    params: SecretParams,
+    admin_token: Option<String>,
+}
+
+impl CredentialService {
+    pub fn new(backend: Backend, cfg: &Config) -> Result<Self, anyhow::Error> {
+        let default_families = families_for(cfg.credential_store.default_mechanisms.iter())
+            .map_err(|e| anyhow::anyhow!("credential_store.default_mechanisms: {e}"))?;
+        let params = SecretParams {
+            scram_iterations: cfg.credential_store.scram_iterations,
+            argon2_m_cost_kib: cfg.credential_store.argon2_memory_kib,
+            argon2_t_cost: cfg.credential_store.argon2_iterations,
+            ..SecretParams::default()
+        };
+        Ok(CredentialService {
+            backend: Arc::new(backend),
+            default_families,
+            params,
+            admin_token: read_token(cfg)?,
+        })
+    }
+
+    pub fn backend(&self) -> Arc<Backend> {
+        self.backend.clone()
+    }
+
+    fn check_admin<T>(&self, req: &Request<T>) -> Result<(), StoreError> {
+        let Some(want) = &self.admin_token else {
+            return Ok(());
+        };
+        let got = req
+            .metadata()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(got.as_bytes(), want.as_bytes()) {
+            Ok(())
+        } else {
+            Err(StoreError::Unauthenticated)
+        }
+    }
+}
+
+/// The admin token from `admin.token_file`, trimmed; None when unset.
+pub fn read_token(cfg: &Config) -> Result<Option<String>, anyhow::Error> {
+    match &cfg.admin.token_file {
+        None => Ok(None),
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
+            let t = t.trim().to_owned();
+            if t.len() < 16 {
+                anyhow::bail!(
+                    "admin.token_file {}: token shorter than 16 characters",
+                    path.display()
+                );
+            }
+            Ok(Some(t))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret (tokens have a fixed length); the bytes are.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Mechanism names → the secret families they need.
+pub fn families_for<'a>(
+    mechs: impl Iterator<Item = &'a str>,
+) -> Result<Vec<SecretFamily>, StoreError> {
+    let mut out = Vec::new();
+    for m in mechs {
+        let family = Mechanism::from_name(m)
+            .and_then(Mechanism::family)
+            .ok_or_else(|| StoreError::UnknownMechanism(m.to_owned()))?;
+        if !out.contains(&family) {
+            out.push(family);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The mechanisms a set of families allows, as `sasldblistusers` shows them.
+pub fn mechanisms_of(families: &[SecretFamily]) -> Vec<Mechanism> {
+    let mut m: Vec<Mechanism> = families
+        .iter()
+        .flat_map(|f| f.mechanisms().iter().copied())
+        .collect();
+    m.sort_by_key(|m| std::cmp::Reverse(m.strength()));
+    m
+}
+
+pub fn secret_to_proto(s: &StoredSecret) -> pb::Secret {
+    use pb::secret::Kind;
+    let kind = match s {
+        StoredSecret::Password { phc } => Kind::Password(pb::PasswordHash { phc: phc.clone() }),
+        StoredSecret::CramMd5 { inner, outer } => Kind::CramMd5(pb::CramMd5 {
+            inner: inner.to_vec(),
+            outer: outer.to_vec(),
+        }),
+        StoredSecret::DigestMd5 { ha1 } => Kind::DigestMd5(pb::DigestMd5 { ha1: ha1.to_vec() }),
+        StoredSecret::ScramSha1 {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        } => Kind::ScramSha1(pb::Scram {
+            salt: salt.clone(),
+            iterations: *iterations,
+            stored_key: stored_key.to_vec(),
+            server_key: server_key.to_vec(),
+        }),
+        StoredSecret::ScramSha256 {
+            salt,
+            iterations,
+            stored_key,
+            server_key,
+        } => Kind::ScramSha256(pb::Scram {
+            salt: salt.clone(),
+            iterations: *iterations,
+            stored_key: stored_key.to_vec(),
+            server_key: server_key.to_vec(),
+        }),
+    };
+    pb::Secret { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl CredentialStore for CredentialService {
+    #[tracing::instrument(name = "credential-store GetSecret", skip_all, fields(family = %req.get_ref().family))]
+    async fn get_secret(
+        &self,
+        req: Request<pb::GetSecretRequest>,
+    ) -> Result<Response<pb::GetSecretResponse>, Status> {
+        self.check_admin(&req)?;
+        let r = req.into_inner();
+        let family = SecretFamily::from_name(&r.family)
+            .ok_or(StoreError::UnknownFamily(r.family.clone()))?;
+        let secret = self.backend.get_secret(&r.name, &r.realm, family).await?;
+        Ok(Response::new(pb::GetSecretResponse {
+            found: secret.is_some(),
+            secret: secret.as_ref().map(secret_to_proto),
+        }))
+    }
+
+    #[tracing::instrument(name = "credential-store PutUser", skip_all)]
+    async fn put_user(
+        &self,
+        req: Request<pb::PutUserRequest>,
+    ) -> Result<Response<pb::PutUserResponse>, Status> {
+        self.check_admin(&req)?;
+        let r = req.into_inner();
+        names::check_name(&r.name)?;
+        names::check_realm(&r.realm)?;
+        names::check_password(&r.password)?;
+        let families = if r.mechanisms.is_empty() {
+            self.default_families.clone()
+        } else {
+            families_for(r.mechanisms.iter().map(String::as_str))?
+        };
+        // Argon2id and PBKDF2 are deliberately slow: off the async workers.
+        let params = self.params.clone();
+        let (name, realm, password) = (r.name.clone(), r.realm.clone(), r.password);
+        let fams = families.clone();
+        let secrets: BTreeMap<SecretFamily, StoredSecret> =
+            tokio::task::spawn_blocking(move || {
+                fams.iter()
+                    .map(|f| (*f, derive_secret(*f, &name, &realm, &password, &params)))
+                    .collect()
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("derive: {e}")))?;
+        let created = self
+            .backend
+            .put_user(
+                UserRecord {
+                    name: r.name.clone(),
+                    realm: r.realm.clone(),
+                    secrets,
+                },
+                r.create_only,
+            )
+            .await?;
+        tracing::info!(user = %r.name, realm = %r.realm, created, "user stored");
+        Ok(Response::new(pb::PutUserResponse {
+            mechanisms: mechanisms_of(&families)
+                .iter()
+                .map(|m| m.name().to_owned())
+                .collect(),
+            created,
+        }))
+    }
+
+    #[tracing::instrument(name = "credential-store DeleteUser", skip_all)]
+    async fn delete_user(
+        &self,
+        req: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        self.check_admin(&req)?;
+        let r = req.into_inner();
+        self.backend.delete_user(&r.name, &r.realm).await?;
+        tracing::info!(user = %r.name, realm = %r.realm, "user deleted");
+        Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+
+    #[tracing::instrument(name = "credential-store ListUsers", skip_all)]
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        self.check_admin(&req)?;
+        let r = req.into_inner();
+        let realm = Some(r.realm.as_str()).filter(|s| !s.is_empty());
+        let users = self.backend.list_users(realm).await?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| pb::UserEntry {
+                    mechanisms: mechanisms_of(&u.families)
+                        .iter()
+                        .map(|m| m.name().to_owned())
+                        .collect(),
+                    name: u.name,
+                    realm: u.realm,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Open the configured backend (migrating PostgreSQL).
+pub async fn open_backend(cfg: &Config) -> Result<Backend, anyhow::Error> {
+    Ok(match cfg.credential_store.backend {
+        CredentialBackend::File => Backend::File(FileBackend::open(&cfg.credential_db_path())?),
+        CredentialBackend::Postgres => Backend::Postgres(
+            PostgresBackend::connect(&cfg.credential_store.database_url, None).await?,
+        ),
+    })
+}
+
+/// Serve on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), anyhow::Error> {
+    let backend = open_backend(&cfg).await?;
+    let service = CredentialService::new(backend, &cfg)?;
+    let backend = service.backend();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // Readiness follows the backend: PostgreSQL down → NOT_SERVING.
+    tokio::spawn(async move {
+        loop {
+            match backend.ping().await {
+                Ok(()) => {
+                    reporter
+                        .set_serving::<CredentialStoreServer<CredentialService>>()
+                        .await
+                }
+                Err(_) => {
+                    reporter
+                        .set_not_serving::<CredentialStoreServer<CredentialService>>()
+                        .await
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    });
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(CredentialStoreServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Bind the configured address, announce it, and serve until SIGTERM/SIGINT.
+pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
+    let listener = TcpListener::bind(cfg.credential_store.listen).await?;
+    authrelay_telemetry::announce("credential-store", "grpc", listener.local_addr()?);
+    serve(cfg, listener, authrelay_telemetry::shutdown_signal()).await
+}

@@ -1,0 +1,100 @@
+use authrelay_proto::sasl::v1 as pb;
+use authrelay_sasl::{Failure, Mechanism};
+use authrelay_state::StateError;
+
+/// Every way an AUTH can end other than success. Mapped to the wire (and so
+/// to an SMTP reply) in one place: [`AuthError::into_response`].
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{failure}")]
+    Mechanism {
+        failure: Failure,
+        mechanism: Mechanism,
+        authcid: String,
+    },
+    #[error("mechanism not offered")]
+    UnsupportedMechanism,
+    #[error("{0} needs TLS first")]
+    EncryptionRequired(Mechanism),
+    #[error("exchange unknown, finished or expired")]
+    ExchangeExpired,
+    #[error("DIGEST-MD5 nonce replayed")]
+    Replay {
+        mechanism: Mechanism,
+        authcid: String,
+    },
+    #[error("authorization identity not permitted")]
+    AuthzDenied {
+        mechanism: Mechanism,
+        authcid: String,
+    },
+    #[error("too many authentication failures")]
+    RateLimited {
+        mechanism: Mechanism,
+        authcid: String,
+    },
+    /// Redis, credential-store or a task failed: fail closed, temporarily.
+    #[error("temporary failure: {0}")]
+    Dependency(String),
+}
+
+impl From<StateError> for AuthError {
+    fn from(e: StateError) -> Self {
+        AuthError::Dependency(e.to_string())
+    }
+}
+
+impl AuthError {
+    pub fn into_response(self, mech_name: &str) -> pb::StepResponse {
+        use pb::failure::Kind;
+        let reason = self.to_string();
+        let (kind, mechanism, authcid) = match self {
+            AuthError::Mechanism {
+                failure,
+                mechanism,
+                authcid,
+            } => {
+                let kind = match failure {
+                    Failure::Malformed(_) => Kind::Malformed,
+                    Failure::InvalidCredentials
+                    | Failure::ChannelBinding(_)
+                    | Failure::Finished => Kind::InvalidCredentials,
+                    Failure::Unavailable(_) => Kind::UnsupportedMechanism,
+                };
+                (kind, mechanism.name().to_owned(), authcid)
+            }
+            AuthError::UnsupportedMechanism => (
+                Kind::UnsupportedMechanism,
+                mech_name.to_owned(),
+                String::new(),
+            ),
+            AuthError::EncryptionRequired(m) => {
+                (Kind::EncryptionRequired, m.name().to_owned(), String::new())
+            }
+            AuthError::ExchangeExpired => {
+                (Kind::ExchangeExpired, mech_name.to_owned(), String::new())
+            }
+            AuthError::Replay { mechanism, authcid }
+            | AuthError::AuthzDenied { mechanism, authcid } => (
+                Kind::InvalidCredentials,
+                mechanism.name().to_owned(),
+                authcid,
+            ),
+            AuthError::RateLimited { mechanism, authcid } => {
+                (Kind::RateLimited, mechanism.name().to_owned(), authcid)
+            }
+            AuthError::Dependency(_) => (Kind::Temporary, mech_name.to_owned(), String::new()),
+        };
+        if kind == Kind::Temporary {
+            tracing::warn!(%reason, "AUTH failed closed");
+        }
+        pb::StepResponse {
+            result: Some(pb::step_response::Result::Failure(pb::Failure {
+                kind: kind as i32,
+                reason,
+                mechanism,
+                authcid,
+            })),
+        }
+    }
+}

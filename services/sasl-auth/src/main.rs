@@ -1,0 +1,18 @@
+use clap::Parser;
+
+/// authrelay sasl-auth: the SASL server, over gRPC.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (AUTHRELAY__* environment variables override it).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = authrelay_config::Config::load(args.config.as_deref())?;
+    authrelay_telemetry::init("sasl-auth", &cfg.log);
+    sasl_auth::main_with(cfg).await
+}

@@ -1,0 +1,200 @@
+//! Who may log in as whom, and when to stop listening: realms, proxy
+//! rights and the brute-force limits.
+
+use authrelay_config::Config;
+use authrelay_sasl::Mechanism;
+use authrelay_state::SharedState;
+
+use crate::AuthError;
+
+/// A login `NAME@REALM` → (name, realm), split at the last `@` (the seed's
+/// `test@mailserver.foo.com`); a bare `NAME` is in the default realm. A realm
+/// the mechanism carries itself (DIGEST-MD5's `realm=`) wins.
+pub fn split_login(
+    login: &str,
+    explicit_realm: Option<&str>,
+    default_realm: &str,
+) -> (String, String) {
+    if let Some(realm) = explicit_realm.filter(|r| !r.is_empty()) {
+        return (login.to_owned(), realm.to_owned());
+    }
+    match login.rsplit_once('@') {
+        Some((name, realm)) if !name.is_empty() && !realm.is_empty() => {
+            (name.to_owned(), realm.to_owned())
+        }
+        _ => (login.to_owned(), default_realm.to_owned()),
+    }
+}
+
+/// The IP of "ip:port" (or "[v6]:port"), for per-address counters.
+pub fn client_ip(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa.ip().to_string(),
+        Err(_) => addr.to_owned(),
+    }
+}
+
+/// RFC 4616 §2 / RFC 4422 §3.4.1: an authzid different from the authcid is
+/// allowed only with proxy rights (`sasl.proxy`). Returns the effective authzid.
+pub fn authorize(
+    cfg: &Config,
+    authcid: &str,
+    authzid: Option<&str>,
+    raw_authcid: &str,
+) -> Result<String, ()> {
+    let Some(z) = authzid.filter(|z| !z.is_empty()) else {
+        return Ok(authcid.to_owned());
+    };
+    if z == authcid || z == raw_authcid {
+        return Ok(authcid.to_owned());
+    }
+    match cfg.sasl.proxy.get(authcid) {
+        Some(allowed)
+            if allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(z)) =>
+        {
+            Ok(z.to_owned())
+        }
+        _ => Err(()),
+    }
+}
+
+fn ip_key(ip: &str) -> String {
+    format!("bf:ip:{ip}")
+}
+
+fn user_key(name: &str, realm: &str) -> String {
+    format!("bf:user:{realm}:{name}")
+}
+
+async fn blocked_delay(cfg: &Config) {
+    tokio::time::sleep(cfg.sasl.limits.block_delay).await;
+}
+
+/// Before any work: an address past its failure limit is answered 454 after
+/// a delay, whatever it sends.
+pub async fn check_ip_limit(
+    state: &SharedState,
+    cfg: &Config,
+    ip: &str,
+    mech: Mechanism,
+) -> Result<(), AuthError> {
+    let lim = &cfg.sasl.limits;
+    if lim.max_failures_per_ip == 0 {
+        return Ok(());
+    }
+    let n = state.count_events(&ip_key(ip), lim.window).await?;
+    if n >= u64::from(lim.max_failures_per_ip) {
+        log_block_once(state, cfg, &ip_key(ip), "client address", ip).await;
+        blocked_delay(cfg).await;
+        return Err(AuthError::RateLimited {
+            mechanism: mech,
+            authcid: String::new(),
+        });
+    }
+    Ok(())
+}
+
+/// Once the user is known. A user past its limit is blocked for addresses
+/// that have failed recently; a clean address still gets through, so an
+/// attacker cannot lock the real user out (the lockout-DoS), while each
+/// attacking address gets at most one more guess per window.
+pub async fn check_user_limit(
+    state: &SharedState,
+    cfg: &Config,
+    ip: &str,
+    name: &str,
+    realm: &str,
+    mech: Mechanism,
+) -> Result<(), AuthError> {
+    let lim = &cfg.sasl.limits;
+    if lim.max_failures_per_user == 0 {
+        return Ok(());
+    }
+    let key = user_key(name, realm);
+    let n = state.count_events(&key, lim.window).await?;
+    if n >= u64::from(lim.max_failures_per_user)
+        && state.count_events(&ip_key(ip), lim.window).await? > 0
+    {
+        log_block_once(state, cfg, &key, "user", &format!("{name}@{realm}")).await;
+        blocked_delay(cfg).await;
+        return Err(AuthError::RateLimited {
+            mechanism: mech,
+            authcid: format!("{name}@{realm}"),
+        });
+    }
+    Ok(())
+}
+
+pub async fn record_failure(
+    state: &SharedState,
+    cfg: &Config,
+    ip: &str,
+    login: Option<&(String, String)>,
+) {
+    let w = cfg.sasl.limits.window;
+    // Counting is best effort: the failure itself is already an answer.
+    let _ = state.record_event(&ip_key(ip), w).await;
+    if let Some((name, realm)) = login {
+        let _ = state.record_event(&user_key(name, realm), w).await;
+    }
+}
+
+async fn log_block_once(state: &SharedState, cfg: &Config, key: &str, what: &str, who: &str) {
+    if state
+        .claim(&format!("{key}:logged"), cfg.sasl.limits.window)
+        .await
+        .unwrap_or(false)
+    {
+        tracing::warn!(target: "auth", "AUTH blocked: too many failures for {what} {who} within {}s", cfg.sasl.limits.window.as_secs());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_splits_at_last_at() {
+        assert_eq!(
+            split_login("test@mailserver.foo.com", None, "d"),
+            ("test".into(), "mailserver.foo.com".into())
+        );
+        assert_eq!(split_login("test", None, "d"), ("test".into(), "d".into()));
+        assert_eq!(
+            split_login("test", Some("foo"), "d"),
+            ("test".into(), "foo".into())
+        );
+        assert_eq!(split_login("a@b@c", None, "d"), ("a@b".into(), "c".into()));
+        assert_eq!(
+            split_login("test@", None, "d"),
+            ("test@".into(), "d".into())
+        );
+    }
+
+    #[test]
+    fn authzid_needs_proxy_rights() {
+        let mut cfg = Config::default();
+        assert_eq!(
+            authorize(&cfg, "kurt@r", None, "kurt@r"),
+            Ok("kurt@r".into())
+        );
+        assert_eq!(
+            authorize(&cfg, "kurt@r", Some("kurt@r"), "kurt@r"),
+            Ok("kurt@r".into())
+        );
+        assert_eq!(
+            authorize(&cfg, "kurt@r", Some("ursel@r"), "kurt@r"),
+            Err(())
+        );
+        cfg.sasl.proxy.insert(
+            "kurt@r".into(),
+            authrelay_config::WordList::from(["ursel@r"]),
+        );
+        assert_eq!(
+            authorize(&cfg, "kurt@r", Some("ursel@r"), "kurt@r"),
+            Ok("ursel@r".into())
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! smtp-frontend: speaks ESMTP to mail clients.
+//!
+//! Owns the SMTP state machine, TLS, the relay policy, limits and the
+//! `Received:` header. Authentication goes to sasl-auth and messages to
+//! relay-queue over gRPC; the frontend never sees a stored secret and keeps
+//! no state beyond its open connections, so it scales horizontally.
+
+pub mod command;
+pub mod policy;
+pub mod received;
+pub mod reply;
+mod session;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authrelay_config::{Config, Listener};
+use authrelay_proto::queue::v1::relay_queue_client::RelayQueueClient;
+use authrelay_proto::sasl::v1::sasl_auth_client::SaslAuthClient;
+use authrelay_state::SharedState;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Channel;
+
+use crate::policy::RelayPolicy;
+use crate::reply::Reply;
+
+/// What every session of this frontend shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub policy: RelayPolicy,
+    pub sasl: SaslAuthClient<Channel>,
+    pub queue: RelayQueueClient<Channel>,
+    pub tls: Option<TlsAcceptor>,
+    pub state: SharedState,
+    /// Flips to true on SIGTERM: idle sessions close with 421, sessions in a
+    /// transaction finish it first.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// Listeners bound and ready (bind first, so a port clash fails at start).
+pub struct Bound {
+    pub listeners: Vec<(Listener, TcpListener)>,
+    pub admin: TcpListener,
+}
+
+pub async fn bind(cfg: &Config) -> Result<Bound, anyhow::Error> {
+    let mut listeners = Vec::new();
+    for l in &cfg.frontend.listeners {
+        let sock = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("frontend.listeners {}: {e}", l.address))?;
+        listeners.push((l.clone(), sock));
+    }
+    let admin = TcpListener::bind(cfg.frontend.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("frontend.admin_listen {}: {e}", cfg.frontend.admin_listen))?;
+    Ok(Bound { listeners, admin })
+}
+
+/// Serve the bound listeners until `shutdown`, then drain: stop taking new
+/// work (new connections get `421 4.3.2`), let transactions in flight finish
+/// within `frontend.drain_grace`, and return.
+pub async fn serve(
+    cfg: Config,
+    state: SharedState,
+    bound: Bound,
+    self_signed_ok: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), anyhow::Error> {
+    let tls = match tls::setup(&cfg, self_signed_ok)? {
+        tls::TlsSetup::Disabled => None,
+        tls::TlsSetup::Enabled(c) => Some(TlsAcceptor::from(c)),
+    };
+    let sasl = authrelay_proto::channel::lazy_channel(
+        cfg.endpoints.sasl_auth.as_slice(),
+        cfg.endpoints.timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("endpoints.sasl_auth: {e}"))?;
+    // Enqueue streams a whole message: the per-call deadline must cover a
+    // slow client's DATA, so the queue channel gets a generous one.
+    let queue = authrelay_proto::channel::lazy_channel(
+        cfg.endpoints.relay_queue.as_slice(),
+        cfg.frontend.timeouts.data_block * 4,
+    )
+    .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
+    let (drain_tx, draining) = watch::channel(false);
+    let max_conn = cfg.frontend.max_connections;
+    let grace = cfg.frontend.drain_grace;
+    let shared = Arc::new(Shared {
+        policy: RelayPolicy::from_config(&cfg),
+        sasl: SaslAuthClient::new(sasl),
+        queue: RelayQueueClient::new(queue),
+        tls,
+        state,
+        draining,
+        cfg,
+    });
+    let slots = Arc::new(Semaphore::new(max_conn));
+
+    for (listener, sock) in bound.listeners {
+        let local = sock.local_addr()?;
+        authrelay_telemetry::announce(
+            "smtp-frontend",
+            &format!("smtp {:?}", listener.role).to_lowercase(),
+            local,
+        );
+        tokio::spawn(accept_loop(shared.clone(), listener, sock, slots.clone()));
+    }
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let admin_addr = bound.admin.local_addr()?;
+    authrelay_telemetry::announce("smtp-frontend", "grpc admin", admin_addr);
+    let mut admin_drain = shared.draining.clone();
+    let admin = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(bound.admin),
+            async move {
+                let _ = admin_drain.wait_for(|d| *d).await;
+            },
+        );
+    let admin_task = tokio::spawn(admin);
+
+    shutdown.await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "draining: new connections get 421, transactions in flight may finish"
+    );
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let _ = drain_tx.send(true);
+    let deadline = tokio::time::Instant::now() + grace;
+    while slots.available_permits() < max_conn && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = max_conn - slots.available_permits();
+    if left > 0 {
+        tracing::warn!(
+            sessions = left,
+            "drain grace period over; closing remaining sessions"
+        );
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: Listener,
+    sock: TcpListener,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let (stream, peer) = match sock.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if *shared.draining.borrow() {
+            let host = shared.cfg.hostname.clone();
+            tokio::spawn(refuse(stream, reply::r::shutting_down(&host)));
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // confMAX_DAEMON_CHILDREN reached.
+            let host = shared.cfg.hostname.clone();
+            tokio::spawn(refuse(
+                stream,
+                Reply::new(
+                    421,
+                    "4.3.2",
+                    format!("{host} Too many connections, try again later"),
+                ),
+            ));
+            continue;
+        };
+        let s = session::Session::new(shared.clone(), stream, listener.clone(), peer);
+        tokio::spawn(async move {
+            s.run().await;
+            drop(permit);
+        });
+    }
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream, reply: Reply) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Bind, announce and serve until SIGTERM/SIGINT, then drain.
+pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
+    if cfg.redis.url.is_empty() {
+        anyhow::bail!(
+            "configuration key `redis.url` is empty: separate frontends share sessions and rates through Redis (only `authrelay serve` may run without it)"
+        );
+    }
+    // Fail at start, not at the first STARTTLS, when TLS is misconfigured.
+    tls::setup(&cfg, false)?;
+    let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
+    let bound = bind(&cfg).await?;
+    serve(
+        cfg,
+        state,
+        bound,
+        false,
+        authrelay_telemetry::shutdown_signal(),
+    )
+    .await
+}

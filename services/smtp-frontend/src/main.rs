@@ -1,0 +1,18 @@
+use clap::Parser;
+
+/// authrelay smtp-frontend: ESMTP for mail clients.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (AUTHRELAY__* environment variables override it).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = authrelay_config::Config::load(args.config.as_deref())?;
+    authrelay_telemetry::init("smtp-frontend", &cfg.log);
+    smtp_frontend::main_with(cfg).await
+}

@@ -1,0 +1,930 @@
+//! One SMTP session: the I/O around the sans-IO pieces (line framing and
+//! command parsing in `command`, replies in `reply`, relay decisions in
+//! `policy`, the trace header in `received`).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use authrelay_config::Listener;
+use authrelay_proto::queue::v1 as qpb;
+use authrelay_proto::sasl::v1 as spb;
+use authrelay_sasl::Mechanism;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use smtp_proto::request::receiver::DataReceiver;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::Shared;
+use crate::command::{self, Command, Line, MailFrom, ParseError, RcptTo};
+use crate::policy::Client;
+use crate::received;
+use crate::reply::{Reply, r};
+
+/// Body bytes forwarded to relay-queue per gRPC message.
+const CHUNK: usize = 64 * 1024;
+
+/// The client connection, before or after TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Handed to the TLS acceptor; a failed handshake ends the session.
+    Gone,
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::NotConnected)
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+struct TlsInfo {
+    version: String,
+    cipher: String,
+    exporter: Option<Vec<u8>>,
+}
+
+struct AuthInfo {
+    authzid: String,
+    mechanism: String,
+    bits: u32,
+    trusted: bool,
+}
+
+struct Transaction {
+    from: MailFrom,
+    rcpts: Vec<RcptTo>,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+enum ReadError {
+    Closed,
+    Timeout,
+    Draining,
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    stream: Stream,
+    listener: Listener,
+    peer: SocketAddr,
+    id: String,
+    lines: command::LineBuffer,
+    out: Vec<u8>,
+    helo: Option<(String, bool)>,
+    tls: Option<TlsInfo>,
+    auth: Option<AuthInfo>,
+    tx: Option<Transaction>,
+    errors: u32,
+    auth_attempts: u32,
+}
+
+fn new_id(bytes: usize) -> String {
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    hex::encode_upper(raw)
+}
+
+impl Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        stream: TcpStream,
+        listener: Listener,
+        peer: SocketAddr,
+    ) -> Self {
+        Session {
+            shared,
+            stream: Stream::Plain(stream),
+            listener,
+            peer,
+            id: new_id(8),
+            lines: command::LineBuffer::default(),
+            out: Vec::with_capacity(512),
+            helo: None,
+            tls: None,
+            auth: None,
+            tx: None,
+            errors: 0,
+            auth_attempts: 0,
+        }
+    }
+
+    fn hostname(&self) -> &str {
+        &self.shared.cfg.hostname
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    pub async fn run(mut self) {
+        let span = tracing::info_span!("smtp", session = %self.id, peer = %self.peer);
+        let _ = tracing::Instrument::instrument(self.run_inner(), span).await;
+    }
+
+    async fn run_inner(&mut self) -> std::io::Result<()> {
+        if let Err(reply) = self.shared.policy.check_connect(self.peer.ip()) {
+            self.reply(reply);
+            return self.flush().await;
+        }
+        if self.listener.role == authrelay_config::ListenerRole::Submissions
+            && !self.start_tls().await
+        {
+            return Ok(());
+        }
+        let greeting = format!("{} ESMTP authrelay ready", self.hostname());
+        self.reply(Reply::new(220, "", greeting));
+        let session_deadline =
+            tokio::time::Instant::now() + self.shared.cfg.frontend.timeouts.session;
+        loop {
+            if tokio::time::Instant::now() > session_deadline {
+                let host = self.hostname().to_owned();
+                self.reply(r::timeout(&host));
+                break;
+            }
+            let max = self.shared.cfg.frontend.max_line_length;
+            let line = match self.read_line(max, true).await {
+                Ok(l) => l,
+                Err(ReadError::Closed) => break,
+                Err(ReadError::Timeout) => {
+                    let host = self.hostname().to_owned();
+                    self.reply(r::timeout(&host));
+                    break;
+                }
+                Err(ReadError::Draining) => {
+                    let host = self.hostname().to_owned();
+                    self.reply(r::shutting_down(&host));
+                    break;
+                }
+            };
+            let flow = match line {
+                Line::TooLong => {
+                    self.reply(r::line_too_long());
+                    self.count_error()
+                }
+                Line::Complete(bytes) => self.handle(&bytes).await,
+            };
+            if let Flow::Close = flow {
+                break;
+            }
+        }
+        self.flush().await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    /// The next line; flushes pending replies before waiting (pipelining,
+    /// RFC 2920: replies to a batch go out together). `idle`: waiting for a
+    /// command between transactions, where a drain may end the session.
+    async fn read_line(&mut self, max: usize, idle: bool) -> Result<Line, ReadError> {
+        loop {
+            if let Some(line) = self.lines.next_line(max) {
+                return Ok(line);
+            }
+            self.flush().await.map_err(|_| ReadError::Closed)?;
+            let drain_ok = idle && self.tx.is_none();
+            if drain_ok && *self.shared.draining.borrow() {
+                return Err(ReadError::Draining);
+            }
+            let mut buf = [0u8; 4096];
+            let timeout = self.shared.cfg.frontend.timeouts.command;
+            let mut draining = self.shared.draining.clone();
+            let n = tokio::select! {
+                res = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match res {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadError::Closed),
+                    Ok(Ok(n)) => n,
+                    Err(_) => return Err(ReadError::Timeout),
+                },
+                _ = draining.wait_for(|d| *d), if drain_ok => return Err(ReadError::Draining),
+            };
+            self.lines.push(&buf[..n]);
+        }
+    }
+
+    fn count_error(&mut self) -> Flow {
+        self.errors += 1;
+        if self.errors >= self.shared.cfg.frontend.max_errors {
+            self.reply(r::too_many_errors());
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn handle(&mut self, line: &[u8]) -> Flow {
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reply(match e {
+                    ParseError::Unrecognized => r::unrecognized(),
+                    ParseError::Syntax(s) => Reply::new(501, "5.5.4", format!("Syntax: {s}")),
+                    ParseError::Parameter(p) => {
+                        Reply::new(555, "5.5.4", format!("Unsupported parameter {p}"))
+                    }
+                    ParseError::BadCharacters => {
+                        Reply::new(500, "5.5.2", "Invalid characters in command")
+                    }
+                });
+                return self.count_error();
+            }
+        };
+        match cmd {
+            Command::Ehlo(host) => self.ehlo(host, true),
+            Command::Helo(host) => self.ehlo(host, false),
+            Command::StartTls => return self.starttls_command().await,
+            Command::Auth { mechanism, initial } => return self.auth(&mechanism, initial).await,
+            Command::Mail(m) => self.mail(m),
+            Command::Rcpt(rc) => self.rcpt(rc),
+            Command::Data => return self.data().await,
+            Command::Bdat { .. } => self.reply(Reply::new(502, "5.5.1", "BDAT not implemented here; use DATA")),
+            Command::Rset => {
+                self.tx = None;
+                self.reply(Reply::new(250, "2.0.0", "Reset state"));
+            }
+            Command::Noop => self.reply(r::ok()),
+            Command::Quit => {
+                let text = format!("{} closing connection", self.hostname());
+                self.reply(Reply::new(221, "2.0.0", text));
+                return Flow::Close;
+            }
+            Command::Help => self.reply(Reply::multi(
+                214,
+                "2.0.0",
+                vec![
+                    "This is authrelay, an authenticated SMTP relay".into(),
+                    "Topics: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN ETRN".into(),
+                    "End of HELP info".into(),
+                ],
+            )),
+            // Sendmail's `novrfy`/`noexpn` answers: nothing about who exists.
+            Command::Vrfy => self.reply(Reply::new(252, "2.5.2", "Cannot VRFY user; try RCPT to attempt delivery")),
+            Command::Expn => self.reply(Reply::new(502, "5.7.0", "Sorry, we do not allow this operation")),
+            Command::Etrn(node) => self.etrn(node).await,
+        }
+        Flow::Continue
+    }
+
+    fn offered(&self) -> Vec<Mechanism> {
+        let cb = self.tls.as_ref().is_some_and(|t| t.exporter.is_some());
+        self.shared
+            .cfg
+            .mechanisms_for(self.tls.is_some(), cb, false)
+    }
+
+    fn ehlo(&mut self, host: String, esmtp: bool) {
+        self.tx = None;
+        let greet = format!(
+            "{} Hello {} [{}], pleased to meet you",
+            self.hostname(),
+            host,
+            self.peer.ip()
+        );
+        self.helo = Some((host, esmtp));
+        if !esmtp {
+            self.reply(Reply::new(250, "", greet));
+            return;
+        }
+        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![
+            greet.into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "PIPELINING".into(),
+            "8BITMIME".into(),
+            format!("SIZE {}", self.shared.cfg.frontend.max_message_size).into(),
+            "DSN".into(),
+            "SMTPUTF8".into(),
+        ];
+        if self.tls.is_none() && self.shared.tls.is_some() {
+            lines.push("STARTTLS".into());
+        }
+        let mechs = self.offered();
+        if !mechs.is_empty() {
+            let names: Vec<&str> = mechs.iter().map(|m| m.name()).collect();
+            lines.push(format!("AUTH {}", names.join(" ")).into());
+        }
+        lines.push("ETRN".into());
+        lines.push("HELP".into());
+        self.reply(Reply::multi(250, "", lines));
+    }
+
+    async fn starttls_command(&mut self) -> Flow {
+        if self.tls.is_some() {
+            self.reply(Reply::new(503, "5.5.1", "TLS already active"));
+            return Flow::Continue;
+        }
+        if self.shared.tls.is_none() {
+            self.reply(Reply::new(454, "4.7.0", "TLS not available"));
+            return Flow::Continue;
+        }
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // RFC 3207 §4.2 and the STARTTLS injection class: anything the
+        // client pipelined after STARTTLS came in the clear; discard it.
+        self.lines.clear();
+        if !self.start_tls().await {
+            return Flow::Close;
+        }
+        // RFC 3207 §4.2: forget everything learnt before TLS.
+        self.helo = None;
+        self.auth = None;
+        self.tx = None;
+        Flow::Continue
+    }
+
+    /// Handshake on the current plain stream; false when it failed.
+    async fn start_tls(&mut self) -> bool {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            return false;
+        };
+        let plain = match std::mem::replace(&mut self.stream, Stream::Gone) {
+            Stream::Plain(s) => s,
+            other => {
+                self.stream = other;
+                return false;
+            }
+        };
+        let timeout = self.shared.cfg.frontend.timeouts.tls_handshake;
+        match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
+            Ok(Ok(tls)) => {
+                let (_, conn) = tls.get_ref();
+                let version = conn
+                    .protocol_version()
+                    .map(|v| match v {
+                        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+                        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                let cipher = conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default();
+                let exporter = crate::tls::tls_exporter(conn);
+                tracing::info!(version = %version, cipher = %cipher, "STARTTLS=server");
+                self.tls = Some(TlsInfo {
+                    version,
+                    cipher,
+                    exporter,
+                });
+                self.stream = Stream::Tls(Box::new(tls));
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::info!("TLS handshake timed out");
+                false
+            }
+        }
+    }
+
+    fn session_facts(&self) -> spb::SessionFacts {
+        spb::SessionFacts {
+            session_id: self.id.clone(),
+            client_address: self.peer.to_string(),
+            tls: self.tls.is_some(),
+            server_name: self.shared.cfg.hostname.clone(),
+            tls_version: self
+                .tls
+                .as_ref()
+                .map(|t| t.version.clone())
+                .unwrap_or_default(),
+            cb_tls_exporter: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.exporter.clone())
+                .unwrap_or_default(),
+            cb_tls_server_end_point: Vec::new(),
+            client_cert_identity: String::new(),
+            listener: format!("{:?}", self.listener.role).to_lowercase(),
+        }
+    }
+
+    fn log_auth_failure(&self, mech: &str, reason: &str, authcid: &str) {
+        tracing::info!(
+            target: "auth",
+            "AUTH failure ({mech}): {reason}, relay=[{}], authid={}",
+            self.peer.ip(),
+            if authcid.is_empty() { "-" } else { authcid }
+        );
+    }
+
+    async fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Flow {
+        if self.helo.as_ref().is_none_or(|(_, esmtp)| !esmtp) {
+            self.reply(r::bad_sequence("Send EHLO first"));
+            return Flow::Continue;
+        }
+        if self.auth.is_some() {
+            self.reply(r::bad_sequence("Already authenticated"));
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.reply(r::bad_sequence(
+                "AUTH not permitted during a mail transaction",
+            ));
+            return Flow::Continue;
+        }
+        self.auth_attempts += 1;
+        if self.auth_attempts > self.shared.cfg.frontend.max_auth_attempts {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many authentication attempts, closing connection",
+            ));
+            return Flow::Close;
+        }
+        let Some(mech) = Mechanism::from_name(mechanism) else {
+            self.reply(r::auth_unsupported());
+            return Flow::Continue;
+        };
+        if !self.offered().contains(&mech) {
+            let clear_text_refused = mech.is_plaintext()
+                && self.tls.is_none()
+                && self
+                    .shared
+                    .cfg
+                    .mechanisms_for(true, true, true)
+                    .contains(&mech);
+            self.reply(if clear_text_refused {
+                r::auth_encryption_required()
+            } else {
+                r::auth_unsupported()
+            });
+            return Flow::Continue;
+        }
+        // RFC 4954 §4: "=" is an empty initial response.
+        let initial_response = match initial.as_deref() {
+            None => None,
+            Some("=") => Some(Vec::new()),
+            Some(b64) => match B64.decode(b64) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.reply(r::auth_malformed());
+                    return Flow::Continue;
+                }
+            },
+        };
+        let facts = self.session_facts();
+        let mut sasl = self.shared.sasl.clone();
+        let mut resp = sasl
+            .start(spb::StartRequest {
+                mechanism: mech.name().to_owned(),
+                initial_response,
+                session: Some(facts.clone()),
+            })
+            .await;
+        loop {
+            let result = match resp {
+                Ok(r) => r.into_inner().result,
+                Err(status) => {
+                    self.log_auth_failure(
+                        mech.name(),
+                        &format!("sasl-auth unavailable ({})", status.code()),
+                        "",
+                    );
+                    self.reply(r::auth_temporary());
+                    return Flow::Continue;
+                }
+            };
+            match result {
+                Some(spb::step_response::Result::Challenge(ch)) => {
+                    self.reply(Reply::challenge(B64.encode(&ch.data)));
+                    let max = self.shared.cfg.frontend.max_auth_line_length;
+                    let line = match self.read_line(max, false).await {
+                        Ok(Line::Complete(l)) => l,
+                        Ok(Line::TooLong) => {
+                            let _ = sasl
+                                .abort(spb::AbortRequest {
+                                    exchange_id: ch.exchange_id,
+                                })
+                                .await;
+                            self.reply(Reply::new(
+                                500,
+                                "5.5.6",
+                                "Authentication Exchange line is too long",
+                            ));
+                            return Flow::Continue;
+                        }
+                        Err(_) => {
+                            let _ = sasl
+                                .abort(spb::AbortRequest {
+                                    exchange_id: ch.exchange_id,
+                                })
+                                .await;
+                            return Flow::Close;
+                        }
+                    };
+                    if line == b"*" {
+                        let _ = sasl
+                            .abort(spb::AbortRequest {
+                                exchange_id: ch.exchange_id,
+                            })
+                            .await;
+                        self.reply(r::auth_cancelled());
+                        return Flow::Continue;
+                    }
+                    let Ok(response) = B64.decode(&line) else {
+                        let _ = sasl
+                            .abort(spb::AbortRequest {
+                                exchange_id: ch.exchange_id,
+                            })
+                            .await;
+                        self.reply(r::auth_malformed());
+                        return Flow::Continue;
+                    };
+                    resp = sasl
+                        .step(spb::StepRequest {
+                            exchange_id: ch.exchange_id,
+                            response,
+                            session: Some(facts.clone()),
+                        })
+                        .await;
+                }
+                Some(spb::step_response::Result::Success(s)) => {
+                    if let Some(extra) = &s.additional_data {
+                        // RFC 4954 §4: server data with success goes in a 334
+                        // and the client answers with an empty line.
+                        self.reply(Reply::challenge(B64.encode(extra)));
+                        let max = self.shared.cfg.frontend.max_auth_line_length;
+                        match self.read_line(max, false).await {
+                            Ok(Line::Complete(l)) if l == b"*" => {
+                                self.reply(r::auth_cancelled());
+                                return Flow::Continue;
+                            }
+                            Ok(_) => {}
+                            Err(_) => return Flow::Close,
+                        }
+                    }
+                    let authz = if s.authzid != s.authcid {
+                        format!(", authzid={}", s.authzid)
+                    } else {
+                        String::new()
+                    };
+                    tracing::info!(
+                        target: "auth",
+                        "AUTH=server, relay=[{}], authid={}{authz}, mech={}, bits={}",
+                        self.peer.ip(),
+                        s.authcid,
+                        s.mechanism,
+                        s.bits
+                    );
+                    self.auth = Some(AuthInfo {
+                        authzid: s.authzid,
+                        mechanism: s.mechanism,
+                        bits: s.bits,
+                        trusted: s.trusted,
+                    });
+                    self.reply(r::auth_ok());
+                    return Flow::Continue;
+                }
+                Some(spb::step_response::Result::Failure(f)) => {
+                    use spb::failure::Kind;
+                    let kind = Kind::try_from(f.kind).unwrap_or(Kind::Temporary);
+                    let mech_name = if f.mechanism.is_empty() {
+                        mech.name().to_owned()
+                    } else {
+                        f.mechanism.clone()
+                    };
+                    self.log_auth_failure(&mech_name, &f.reason, &f.authcid);
+                    self.reply(match kind {
+                        Kind::InvalidCredentials | Kind::ExchangeExpired => r::auth_invalid(),
+                        Kind::Malformed => r::auth_malformed(),
+                        Kind::UnsupportedMechanism => r::auth_unsupported(),
+                        Kind::EncryptionRequired => r::auth_encryption_required(),
+                        Kind::Temporary | Kind::RateLimited | Kind::Unspecified => {
+                            r::auth_temporary()
+                        }
+                    });
+                    return Flow::Continue;
+                }
+                None => {
+                    self.log_auth_failure(mech.name(), "empty answer from sasl-auth", "");
+                    self.reply(r::auth_temporary());
+                    return Flow::Continue;
+                }
+            }
+        }
+    }
+
+    fn mail(&mut self, m: MailFrom) {
+        if self.helo.is_none() {
+            self.reply(r::bad_sequence("Polite people say HELO first"));
+            return;
+        }
+        if self.tx.is_some() {
+            self.reply(r::bad_sequence("Sender already specified"));
+            return;
+        }
+        if self.listener.requires_auth() && self.auth.is_none() {
+            self.reply(r::auth_required());
+            return;
+        }
+        if m.size
+            .is_some_and(|s| s > self.shared.cfg.frontend.max_message_size)
+        {
+            self.reply(r::too_big());
+            return;
+        }
+        if let Err(reply) = self.shared.policy.check_sender(&m.address) {
+            self.reply(reply);
+            return;
+        }
+        self.tx = Some(Transaction {
+            from: m,
+            rcpts: Vec::new(),
+        });
+        self.reply(Reply::new(250, "2.1.0", "Sender ok"));
+    }
+
+    fn rcpt(&mut self, rc: RcptTo) {
+        let client = Client {
+            ip: self.peer.ip(),
+            trusted_auth: self.auth.as_ref().is_some_and(|a| a.trusted),
+        };
+        let max = self.shared.cfg.frontend.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            self.reply(r::bad_sequence("Need MAIL before RCPT"));
+            return;
+        };
+        if tx.rcpts.len() >= max {
+            self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return;
+        }
+        match self.shared.policy.check_recipient(&rc.address, client) {
+            Ok(()) => {
+                tx.rcpts.push(rc);
+                self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
+            }
+            Err(reply) => {
+                tracing::info!(rcpt = %rc.address, code = reply.code, "recipient refused");
+                self.reply(reply);
+            }
+        }
+    }
+
+    async fn etrn(&mut self, node: String) {
+        let domain = node.trim_start_matches(['@', '#']).to_owned();
+        let mut queue = self.shared.queue.clone();
+        match queue
+            .flush(qpb::FlushRequest {
+                domain: domain.clone(),
+            })
+            .await
+        {
+            Ok(_) => self.reply(Reply::new(
+                250,
+                "2.0.0",
+                format!("Queuing for node {domain} started"),
+            )),
+            Err(_) => self.reply(Reply::new(
+                458,
+                "4.3.0",
+                format!("Unable to queue messages for node {domain}"),
+            )),
+        }
+    }
+
+    fn envelope(&self, tx: &Transaction, queue_id: &str) -> qpb::Envelope {
+        qpb::Envelope {
+            mail_from: tx.from.address.clone(),
+            recipients: tx
+                .rcpts
+                .iter()
+                .map(|r| qpb::Recipient {
+                    address: r.address.clone(),
+                    notify: r.notify.iter().map(|n| (*n).to_owned()).collect(),
+                    orcpt: r.orcpt.clone().unwrap_or_default(),
+                })
+                .collect(),
+            auth_id: self
+                .auth
+                .as_ref()
+                .map(|a| a.authzid.clone())
+                .unwrap_or_default(),
+            // RFC 4954 §5: pass AUTH= on only from an authenticated, trusted
+            // session; otherwise the identity is unknown (`<>`).
+            auth_param: match (&self.auth, &tx.from.auth) {
+                (Some(a), _) if a.trusted => a.authzid.clone(),
+                (_, Some(_)) => "<>".into(),
+                _ => String::new(),
+            },
+            env_id: tx.from.env_id.clone().unwrap_or_default(),
+            ret: tx.from.ret.unwrap_or_default().to_owned(),
+            body: tx.from.body.unwrap_or_default().to_owned(),
+            smtputf8: tx.from.smtputf8,
+            client_address: self.peer.to_string(),
+            session_id: self.id.clone(),
+            traceparent: String::new(),
+            queue_id: queue_id.to_owned(),
+        }
+    }
+
+    async fn data(&mut self) -> Flow {
+        let Some(tx) = self.tx.as_ref() else {
+            self.reply(r::bad_sequence("Need MAIL command"));
+            return Flow::Continue;
+        };
+        if tx.rcpts.is_empty() {
+            // RFC 2920 §3.1: with pipelining, DATA after all RCPTs failed is 554.
+            self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
+            return Flow::Continue;
+        }
+        let queue_id = new_id(8);
+        let envelope = self.envelope(tx, &queue_id);
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let header = received::header(&received::ReceivedInfo {
+            helo: &helo,
+            client_ip: self.peer.ip(),
+            hostname: &self.shared.cfg.hostname,
+            esmtp,
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| (t.version.as_str(), t.cipher.as_str())),
+            auth: self
+                .auth
+                .as_ref()
+                .filter(|_| self.shared.cfg.frontend.received_shows_auth)
+                .map(|a| (a.authzid.as_str(), a.mechanism.as_str(), a.bits)),
+            authenticated: self.auth.is_some(),
+            id: &queue_id,
+            single_recipient: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
+            date: time::OffsetDateTime::now_utc(),
+        });
+        self.reply(Reply::new(
+            354,
+            "",
+            "Enter mail, end with \".\" on a line by itself",
+        ));
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+
+        // Stream to relay-queue while the client sends: the body is never
+        // held whole in memory, and SIZE is enforced as it arrives.
+        let (sender, rx) = tokio::sync::mpsc::channel::<qpb::EnqueueRequest>(8);
+        let mut queue = self.shared.queue.clone();
+        let call = tokio::spawn(async move { queue.enqueue(ReceiverStream::new(rx)).await });
+        let part = |p| qpb::EnqueueRequest { part: Some(p) };
+        let mut queue_ok = sender
+            .send(part(qpb::enqueue_request::Part::Envelope(envelope)))
+            .await
+            .is_ok()
+            && sender
+                .send(part(qpb::enqueue_request::Part::Chunk(
+                    header.clone().into_bytes(),
+                )))
+                .await
+                .is_ok();
+        let max = self.shared.cfg.frontend.max_message_size;
+        let mut size: u64 = 0;
+        let mut too_big = false;
+        let mut receiver = DataReceiver::new();
+        let mut body = Vec::with_capacity(CHUNK + 4096);
+        let mut pending = self.lines.take_rest();
+        let mut read_buf = vec![0u8; 16 * 1024];
+        loop {
+            let mut iter = pending.iter();
+            let done = receiver.ingest(&mut iter, &mut body);
+            let rest = iter.as_slice().to_vec();
+            if body.len() >= CHUNK || done {
+                // Keep the last two bytes back until the end: the receiver
+                // may still take back a trailing CR when it sees CRLF.CRLF.
+                let keep = if done { 0 } else { 2.min(body.len()) };
+                let out: Vec<u8> = body.drain(..body.len() - keep).collect();
+                size += out.len() as u64;
+                if size > max {
+                    too_big = true;
+                }
+                if queue_ok && !too_big && !out.is_empty() {
+                    queue_ok = sender
+                        .send(part(qpb::enqueue_request::Part::Chunk(out)))
+                        .await
+                        .is_ok();
+                }
+            }
+            if done {
+                self.lines.push(&rest);
+                break;
+            }
+            let timeout = self.shared.cfg.frontend.timeouts.data_block;
+            let n = match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => {
+                    // Client gone or silent: no commit, so the queue discards it.
+                    call.abort();
+                    tracing::info!(queue_id = %queue_id, "connection lost during DATA");
+                    return Flow::Close;
+                }
+            };
+            pending = read_buf[..n].to_vec();
+        }
+        let tx = self.tx.take().expect("checked above");
+        if too_big {
+            drop(sender);
+            call.abort();
+            tracing::info!(queue_id = %queue_id, size, "message refused: over SIZE");
+            self.reply(r::too_big());
+            return Flow::Continue;
+        }
+        if queue_ok {
+            queue_ok = sender
+                .send(part(qpb::enqueue_request::Part::Commit(qpb::Commit {
+                    size: size + header.len() as u64,
+                })))
+                .await
+                .is_ok();
+        }
+        drop(sender);
+        let answer = tokio::time::timeout(Duration::from_secs(120), call).await;
+        match answer {
+            Ok(Ok(Ok(resp))) if queue_ok => {
+                let id = resp.into_inner().queue_id;
+                tracing::info!(
+                    "{id}: from=<{}>, size={size}, nrcpts={}, relay=[{}], authid={}",
+                    tx.from.address,
+                    tx.rcpts.len(),
+                    self.peer.ip(),
+                    self.auth.as_ref().map_or("-", |a| a.authzid.as_str())
+                );
+                self.reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("{id} Message accepted for delivery"),
+                ));
+            }
+            other => {
+                let why = match other {
+                    Ok(Ok(Err(status))) => {
+                        format!("relay-queue: {} {}", status.code(), status.message())
+                    }
+                    Ok(Err(e)) => format!("relay-queue call: {e}"),
+                    Err(_) => "relay-queue: no answer in time".into(),
+                    Ok(Ok(Ok(_))) => "relay-queue: stream closed early".into(),
+                };
+                tracing::warn!(queue_id = %queue_id, reason = %why, "message not queued");
+                self.reply(r::queue_unavailable());
+            }
+        }
+        Flow::Continue
+    }
+}
