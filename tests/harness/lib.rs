@@ -1,1 +1,564 @@
+//! The end-to-end harness: real binaries as separate processes on ephemeral
+//! loopback ports, a real `redis-server` per test (so a test may stop it),
+//! an independent sink SMTP server (aiosmtpd), and independent clients
+//! (Python's smtplib). Nothing here fakes a part of the system.
+//!
+//! Missing tools fail loudly with how to get them: `scripts/test.sh`
+//! installs and builds everything these tests need.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-xxxx → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test.sh does it)",
+        p.display()
+    );
+    p
+}
+
+pub fn support(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("support")
+        .join(file)
+}
+
+/// A fresh scratch directory per test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("authrelay-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A child process whose stdout lines are collected (to learn the ports it
+/// announces) and whose stderr goes to a log file (to grep log lines).
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            seen: Vec::new(),
+            log,
+        }
+    }
+
+    /// Wait for a stdout line containing `needle`; returns it.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "{} did not print {needle:?} within 30s; its log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// The address from "… listening on ADDR (what)".
+    pub fn addr(&mut self, what: &str) -> SocketAddr {
+        let line = self.wait_line(&format!("({what})"));
+        line.split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&mut self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A private redis-server on an ephemeral port.
+pub struct Redis {
+    proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        let server = which("redis-server").unwrap_or_else(|| {
+            panic!("redis-server is not on PATH: install it (`apt-get install redis-server`) or run scripts/test.sh, which does")
+        });
+        let port = free_port();
+        let mut cmd = Command::new(server);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir);
+        let proc = Proc::spawn("redis-server", cmd, dir.join(format!("redis-{port}.log")));
+        let r = Redis { proc, port };
+        r.wait_ready();
+        r
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 16];
+                if s.read(&mut buf)
+                    .map(|n| buf[..n].starts_with(b"+PONG"))
+                    .unwrap_or(false)
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not become ready", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A port that was free a moment ago (for services that must be restarted
+/// on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sink next hop: aiosmtpd storing each message as JSON.
+pub struct Sink {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Sink {
+    pub fn start(dir: &Path) -> Sink {
+        let out = dir.join("sink");
+        let mut cmd = Command::new("python3");
+        cmd.arg(support("sink.py")).arg(&out);
+        let mut proc = Proc::spawn("sink", cmd, dir.join("sink.log"));
+        let line = proc.wait_line("sink listening on");
+        let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+        Sink {
+            _proc: proc,
+            addr,
+            dir: out,
+        }
+    }
+
+    /// Messages received so far (JSON objects), waiting up to `within` for `n`.
+    pub fn wait_messages(&self, n: usize, within: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let msgs = self.messages();
+            if msgs.len() >= n || Instant::now() > deadline {
+                return msgs;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect()
+    }
+}
+
+/// Options for a stack of separate service processes.
+pub struct StackOptions {
+    pub hostname: String,
+    pub realm: String,
+    pub smarthost: Option<SocketAddr>,
+    /// Extra TOML appended to the shared config file.
+    pub extra_toml: String,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            hostname: "mailserver.foo.com".into(),
+            realm: "mailserver.foo.com".into(),
+            smarthost: None,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// The four services as separate processes sharing one config file, found
+/// by each other through the environment (AUTHRELAY__ENDPOINTS__*).
+pub struct Stack {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub creds: Proc,
+    pub sasl: Proc,
+    pub queue: Proc,
+    pub frontend: Proc,
+    pub submission: SocketAddr,
+    pub relay: SocketAddr,
+    pub endpoints: Vec<(String, String)>,
+    pub queue_addr: SocketAddr,
+}
+
+impl Stack {
+    pub fn start(dir: &Path, redis: &Redis, opts: StackOptions) -> Stack {
+        let config = dir.join("authrelay.toml");
+        let (cert, key) = test_certificate(dir, &opts.hostname);
+        let smarthost = opts.smarthost.map(|a| a.to_string()).unwrap_or_default();
+        let toml = format!(
+            r#"hostname = "{host}"
+default_realm = "{realm}"
+data_dir = "{data}"
+
+[redis]
+url = "{redis}"
+
+[sasl_auth]
+listen = "127.0.0.1:0"
+
+[credential_store]
+listen = "127.0.0.1:0"
+# Fast hashing parameters keep the suite quick; production uses the defaults.
+argon2_memory_kib = 8192
+argon2_iterations = 1
+
+[relay_queue]
+listen = "127.0.0.1:0"
+smarthost = "{smarthost}"
+retry_initial = "1s"
+retry_max = "2s"
+
+[frontend]
+admin_listen = "127.0.0.1:0"
+drain_grace = "10s"
+
+[frontend.tls]
+cert = "{cert}"
+key = "{key}"
+
+[[frontend.listeners]]
+address = "127.0.0.1:0"
+role = "submission"
+
+[[frontend.listeners]]
+address = "127.0.0.1:0"
+role = "relay"
+
+{extra}
+"#,
+            host = opts.hostname,
+            realm = opts.realm,
+            data = dir.join("data").display(),
+            redis = redis.url(),
+            extra = opts.extra_toml,
+            cert = cert.display(),
+            key = key.display(),
+        );
+        std::fs::write(&config, toml).unwrap();
+
+        let mut creds = spawn_service("credential-store", &config, dir, &[]);
+        let creds_addr = creds.addr("grpc");
+        let mut endpoints = vec![(
+            "AUTHRELAY__ENDPOINTS__CREDENTIAL_STORE".to_owned(),
+            format!("http://{creds_addr}"),
+        )];
+        let mut sasl = spawn_service("sasl-auth", &config, dir, &endpoints);
+        let sasl_addr = sasl.addr("grpc");
+        endpoints.push((
+            "AUTHRELAY__ENDPOINTS__SASL_AUTH".into(),
+            format!("http://{sasl_addr}"),
+        ));
+        let mut queue = spawn_service("relay-queue", &config, dir, &endpoints);
+        let queue_addr = queue.addr("grpc");
+        endpoints.push((
+            "AUTHRELAY__ENDPOINTS__RELAY_QUEUE".into(),
+            format!("http://{queue_addr}"),
+        ));
+        let mut frontend = spawn_service("smtp-frontend", &config, dir, &endpoints);
+        let submission = frontend.addr("smtp submission");
+        let relay = frontend.addr("smtp relay");
+        frontend.addr("grpc admin");
+        Stack {
+            dir: dir.to_owned(),
+            config,
+            creds,
+            sasl,
+            queue,
+            frontend,
+            submission,
+            relay,
+            endpoints,
+            queue_addr,
+        }
+    }
+
+    /// `authrelay ARGS` against this stack, `stdin` piped in. Returns (status, stdout, stderr).
+    pub fn authrelay(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        run_authrelay(&self.config, &self.endpoints, args, stdin)
+    }
+
+    pub fn add_user(&self, name: &str, realm: &str, password: &str) {
+        let (ok, out, err) = self.authrelay(
+            &["user", "add", "--realm", realm, name],
+            &format!("{password}\n"),
+        );
+        assert!(ok, "user add failed: {out} {err}");
+    }
+
+    /// Restart relay-queue on the address it had.
+    pub fn restart_queue(&mut self) {
+        self.queue.kill();
+        let mut env = self.endpoints.clone();
+        env.push((
+            "AUTHRELAY__RELAY_QUEUE__LISTEN".into(),
+            self.queue_addr.to_string(),
+        ));
+        self.queue = spawn_service("relay-queue", &self.config, &self.dir, &env);
+        self.queue.addr("grpc");
+    }
+
+    /// All service logs, for greps.
+    pub fn logs(&self) -> String {
+        [&self.creds, &self.sasl, &self.queue, &self.frontend]
+            .iter()
+            .map(|p| p.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A self-signed certificate for `host`, made with rcgen, as PEM files.
+pub fn test_certificate(dir: &Path, host: &str) -> (PathBuf, PathBuf) {
+    let made =
+        rcgen::generate_simple_self_signed(vec![host.to_owned(), "localhost".to_owned()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+pub fn spawn_service(name: &str, config: &Path, dir: &Path, env: &[(String, String)]) -> Proc {
+    let mut cmd = Command::new(bin(name));
+    cmd.arg("--config")
+        .arg(config)
+        .envs(env.iter().cloned())
+        .env("RUST_LOG", "info");
+    Proc::spawn(name, cmd, dir.join(format!("{name}.log")))
+}
+
+pub fn run_authrelay(
+    config: &Path,
+    env: &[(String, String)],
+    args: &[&str],
+    stdin: &str,
+) -> (bool, String, String) {
+    let mut child = Command::new(bin("authrelay"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run authrelay");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run tests/support/client.py (Python's smtplib) with a JSON plan; the
+/// password travels in the environment, never in argv.
+pub fn smtplib(plan: serde_json::Value, password: &str) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(support("client.py"))
+        .arg(plan.to_string())
+        .env("SMTP_PASSWORD", password)
+        .output()
+        .expect("python3 must be installed (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "client.py gave no JSON:\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A raw line-level SMTP client for exact reply codes.
+pub struct Raw {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut r = Raw { stream, reader };
+        let (code, _) = r.read();
+        assert_eq!(code, 220, "greeting");
+        r
+    }
+
+    /// One reply: (code, full text).
+    pub fn read(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return (0, text);
+            }
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (line[..3].parse().unwrap_or(0), text);
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(line);
+        self.read()
+    }
+}
+
+pub fn b64(s: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

@@ -132,11 +132,9 @@ impl Config {
                 "must be at least one second when a limit is set",
             ));
         }
+        let redis_schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
         if !self.redis.url.is_empty()
-            && !(self.redis.url.starts_with("redis://")
-                || self.redis.url.starts_with("rediss://")
-                || self.redis.url.starts_with("redis+unix://")
-                || self.redis.url.starts_with("unix://"))
+            && !redis_schemes.iter().any(|s| self.redis.url.starts_with(s))
         {
             return Err(ConfigError::new(
                 "redis.url",
@@ -216,7 +214,8 @@ impl Config {
             }
         }
         for (i, a) in fe.listeners.iter().map(|l| l.address).enumerate() {
-            if fe.listeners.iter().skip(i + 1).any(|l| l.address == a) {
+            // Port 0 (tests, ephemeral) never clashes.
+            if a.port() != 0 && fe.listeners.iter().skip(i + 1).any(|l| l.address == a) {
                 return Err(ConfigError::new(
                     format!("frontend.listeners[{i}].address"),
                     a.to_string(),

@@ -21,7 +21,7 @@ struct Inner {
 impl Inner {
     fn sweep(&mut self) {
         self.writes += 1;
-        if self.writes % 100 == 0 {
+        if self.writes.is_multiple_of(100) {
             let now = Instant::now();
             self.values.retain(|_, (_, exp)| *exp > now);
             self.windows.retain(|_, q| {

@@ -267,9 +267,9 @@ impl CredentialStore for CredentialService {
 pub async fn open_backend(cfg: &Config) -> Result<Backend, anyhow::Error> {
     Ok(match cfg.credential_store.backend {
         CredentialBackend::File => Backend::File(FileBackend::open(&cfg.credential_db_path())?),
-        CredentialBackend::Postgres => Backend::Postgres(
+        CredentialBackend::Postgres => Backend::Postgres(Box::new(
             PostgresBackend::connect(&cfg.credential_store.database_url, None).await?,
-        ),
+        )),
     })
 }
 

@@ -49,36 +49,29 @@ impl LineBuffer {
 
     /// The next line, if a whole one is buffered. `max` counts the CRLF.
     pub fn next_line(&mut self, max: usize) -> Option<Line> {
-        loop {
-            match self.buf.iter().position(|&b| b == b'\n') {
-                Some(pos) => {
-                    let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                    if self.discarding {
-                        self.discarding = false;
-                        return Some(Line::TooLong);
-                    }
-                    if line.len() > max {
-                        return Some(Line::TooLong);
-                    }
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                    return Some(Line::Complete(line));
-                }
-                None => {
-                    if self.buf.len() > max {
-                        // Do not buffer an endless line: remember to skip its rest.
-                        self.buf.clear();
-                        self.discarding = true;
-                    }
-                    if self.discarding {
-                        self.buf.clear();
-                    }
-                    return None;
-                }
+        let Some(pos) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.len() > max {
+                // Do not buffer an endless line: remember to skip its rest.
+                self.discarding = true;
             }
+            if self.discarding {
+                self.buf.clear();
+            }
+            return None;
+        };
+        let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+        if self.discarding {
+            self.discarding = false;
+            return Some(Line::TooLong);
         }
+        if line.len() > max {
+            return Some(Line::TooLong);
+        }
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Some(Line::Complete(line))
     }
 }
 

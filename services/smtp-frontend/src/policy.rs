@@ -210,8 +210,10 @@ mod tests {
     use super::*;
 
     fn policy() -> RelayPolicy {
-        let mut cfg = Config::default();
-        cfg.hostname = "mail.local.example".into();
+        let mut cfg = Config {
+            hostname: "mail.local.example".into(),
+            ..Config::default()
+        };
         cfg.frontend.local_domains = authrelay_config::WordList::from(["local.example"]);
         cfg.frontend.relay_domains = authrelay_config::WordList::from(["partner.example"]);
         cfg.frontend.trusted_networks = authrelay_config::WordList::from(["10.1.0.0/16"]);

@@ -32,7 +32,7 @@ pub struct UserSummary {
 /// An enum, not a trait object: two backends chosen once at start.
 pub enum Backend {
     File(FileBackend),
-    Postgres(PostgresBackend),
+    Postgres(Box<PostgresBackend>),
 }
 
 impl Backend {

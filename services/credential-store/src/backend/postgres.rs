@@ -32,7 +32,11 @@ pub struct PostgresBackend {
 }
 
 fn pg_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |e| StoreError::Backend(format!("postgres {what}: {e}"))
+    // The server's own message says what went wrong; "db error" alone does not.
+    move |e| match e.as_db_error() {
+        Some(db) => StoreError::Backend(format!("postgres {what}: {}", db.message())),
+        None => StoreError::Backend(format!("postgres {what}: {e}")),
+    }
 }
 
 impl PostgresBackend {
@@ -150,7 +154,7 @@ impl PostgresBackend {
         let client = guard.as_mut().expect("connected");
         let txn = client.transaction().await.map_err(pg_err("begin"))?;
         // Serialise writers of the same user: the row lock is on the user key.
-        let key = format!("{}\0{}", user.realm, user.name);
+        let key = format!("{}@{}", user.name, user.realm);
         txn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
             .await
             .map_err(pg_err("lock"))?;

@@ -29,7 +29,7 @@ async fn backends() -> Vec<Backend> {
                 database_url()
             )
         });
-    vec![Backend::File(file), Backend::Postgres(pg)]
+    vec![Backend::File(file), Backend::Postgres(Box::new(pg))]
 }
 
 fn quick_params() -> SecretParams {
