@@ -5,7 +5,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY of intent: build scripts are single-threaded; set_var is how prost-build finds protoc.
     unsafe_set_protoc(&protoc);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["sasl.proto", "credentials.proto", "queue.proto"].map(|f| root.join(f));
+    let files = [
+        "sasl.proto",
+        "credentials.proto",
+        "queue.proto",
+        "frontend.proto",
+    ]
+    .map(|f| root.join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -356,18 +356,15 @@ role = "submission"
 [[frontend.listeners]]
 address = "127.0.0.1:0"
 role = "relay"
-
-{extra}
 "#,
             host = opts.hostname,
             realm = opts.realm,
             data = dir.join("data").display(),
             redis = redis.url(),
-            extra = opts.extra_toml,
             cert = cert.display(),
             key = key.display(),
         );
-        std::fs::write(&config, toml).unwrap();
+        std::fs::write(&config, merge_toml(&toml, &opts.extra_toml)).unwrap();
 
         let mut creds = spawn_service("credential-store", &config, dir, &[]);
         let creds_addr = creds.addr("grpc");
@@ -438,6 +435,31 @@ role = "relay"
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// `extra` merged over `base`, table by table (extra wins), so a test can
+/// set any key — also in tables the harness already writes — without
+/// redefining a TOML table.
+pub fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (Some(toml::Value::Array(a)), toml::Value::Array(b)) if k == "listeners" => {
+                    a.extend(b)
+                }
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut base: toml::Table = base.parse().expect("harness TOML");
+    let extra: toml::Table = extra
+        .parse()
+        .unwrap_or_else(|e| panic!("extra_toml does not parse: {e}"));
+    merge(&mut base, extra);
+    toml::to_string(&base).unwrap()
 }
 
 /// A self-signed certificate for `host`, made with rcgen, as PEM files.
@@ -561,4 +583,246 @@ impl Raw {
 pub fn b64(s: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A TLS client that accepts any server certificate (the tests' servers
+/// use throwaway self-signed ones) — for STARTTLS and implicit-TLS tests.
+pub mod tls_client {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{
+        ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
+    };
+
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub fn config() -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth(),
+        )
+    }
+
+    /// An SMTP connection over TLS, line oriented like `Raw`.
+    pub struct TlsRaw {
+        pub stream: BufReader<StreamOwned<ClientConnection, TcpStream>>,
+    }
+
+    impl TlsRaw {
+        /// Handshake on an already connected socket.
+        pub fn handshake(tcp: TcpStream) -> TlsRaw {
+            let conn = ClientConnection::new(config(), ServerName::try_from("localhost").unwrap())
+                .unwrap();
+            let mut s = StreamOwned::new(conn, tcp);
+            while s.conn.is_handshaking() {
+                s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+            }
+            TlsRaw {
+                stream: BufReader::new(s),
+            }
+        }
+
+        /// The server's leaf certificate.
+        pub fn peer_cert(&self) -> Vec<u8> {
+            self.stream.get_ref().conn.peer_certificates().unwrap()[0]
+                .as_ref()
+                .to_vec()
+        }
+
+        pub fn read(&mut self) -> (u16, String) {
+            let mut text = String::new();
+            loop {
+                let mut line = String::new();
+                if self.stream.read_line(&mut line).unwrap_or(0) == 0 {
+                    return (0, text);
+                }
+                text.push_str(&line);
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return (line[..3].parse().unwrap_or(0), text);
+                }
+            }
+        }
+
+        pub fn cmd(&mut self, line: &str) -> (u16, String) {
+            let s = self.stream.get_mut();
+            s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+            s.flush().unwrap();
+            self.read()
+        }
+
+        pub fn write(&mut self, bytes: &[u8]) {
+            let s = self.stream.get_mut();
+            s.write_all(bytes).unwrap();
+            s.flush().unwrap();
+        }
+
+        pub fn read_some(&mut self) -> Vec<u8> {
+            let mut buf = vec![0u8; 4096];
+            let n = self.stream.read(&mut buf).unwrap_or(0);
+            buf.truncate(n);
+            buf
+        }
+    }
+}
+
+impl Raw {
+    /// Hand the socket over for STARTTLS (after the 220 reply).
+    pub fn into_tls(self) -> tls_client::TlsRaw {
+        drop(self.reader);
+        tls_client::TlsRaw::handshake(self.stream)
+    }
+
+    /// Connect from a given local address (e.g. 127.0.0.2) to `addr`.
+    pub fn connect_from(local: &str, addr: SocketAddr) -> Option<(Raw, u16, String)> {
+        let stream = bind_connect(local, addr)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut r = Raw { stream, reader };
+        let (code, text) = r.read();
+        Some((r, code, text))
+    }
+}
+
+/// A TCP connection from a chosen loopback source address (std has no
+/// bind-before-connect; tokio's TcpSocket does).
+fn bind_connect(local: &str, addr: SocketAddr) -> Option<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        sock.bind(format!("{local}:0").parse().ok()?).ok()?;
+        let s = sock.connect(addr).await.ok()?;
+        s.into_std().ok()
+    })
+    .and_then(|s| {
+        s.set_nonblocking(false).ok()?;
+        Some(s)
+    })
+}
+
+impl Stack {
+    /// Another smtp-frontend process sharing this stack's Redis, sasl-auth
+    /// and relay-queue. Returns it with its (submission, relay) addresses.
+    pub fn spawn_frontend(&self, name: &str) -> (Proc, SocketAddr, SocketAddr) {
+        let mut cmd = Command::new(bin("smtp-frontend"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .envs(self.endpoints.iter().cloned())
+            .env("RUST_LOG", "info");
+        let mut p = Proc::spawn(name, cmd, self.dir.join(format!("{name}.log")));
+        let sub = p.addr("smtp submission");
+        let relay = p.addr("smtp relay");
+        p.addr("grpc admin");
+        (p, sub, relay)
+    }
+
+    /// The frontend's admin gRPC address, for `authrelay sessions`.
+    pub fn frontend_admin(&mut self) -> SocketAddr {
+        self.frontend.addr("grpc admin")
+    }
+}
+
+impl Stack {
+    /// Another sasl-auth process sharing this stack's Redis and
+    /// credential-store: a replica. Returns it with its gRPC address.
+    pub fn spawn_sasl_replica(&self, name: &str) -> (Proc, SocketAddr) {
+        let mut cmd = Command::new(bin("sasl-auth"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .envs(self.endpoints.iter().cloned())
+            .env("RUST_LOG", "info");
+        let mut p = Proc::spawn(name, cmd, self.dir.join(format!("{name}.log")));
+        let addr = p.addr("grpc");
+        (p, addr)
+    }
+
+    /// Another smtp-frontend like [`Stack::spawn_frontend`], with `env`
+    /// overriding the stack's (e.g. `AUTHRELAY__ENDPOINTS__SASL_AUTH` listing
+    /// two replicas). Returns it with its submission address.
+    pub fn spawn_frontend_env(&self, name: &str, env: &[(String, String)]) -> (Proc, SocketAddr) {
+        let mut cmd = Command::new(bin("smtp-frontend"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .envs(self.endpoints.iter().cloned())
+            .envs(env.iter().cloned())
+            .env("RUST_LOG", "info");
+        let mut p = Proc::spawn(name, cmd, self.dir.join(format!("{name}.log")));
+        let sub = p.addr("smtp submission");
+        p.addr("grpc admin");
+        (p, sub)
+    }
+
+    /// The endpoint URL the stack's services were given for `key`
+    /// (e.g. `AUTHRELAY__ENDPOINTS__SASL_AUTH`).
+    pub fn endpoint(&self, key: &str) -> String {
+        self.endpoints
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no endpoint {key}"))
+    }
+}
+
+/// The path of an external client a test drives, or a failure saying how
+/// to get it (never a silent skip): scripts/test.sh installs them all.
+pub fn require_tool(name: &str, how: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!("{name} is not on PATH: install it ({how}) or run scripts/test.sh, which does")
+    })
 }

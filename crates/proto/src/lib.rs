@@ -19,4 +19,10 @@ pub mod queue {
     }
 }
 
+pub mod frontend {
+    pub mod v1 {
+        tonic::include_proto!("authrelay.frontend.v1");
+    }
+}
+
 pub mod channel;

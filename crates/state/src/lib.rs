@@ -222,6 +222,55 @@ impl SharedState {
         }
     }
 
+    /// Append `value` to the list under `key` (expiring after `ttl`).
+    pub async fn push(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("RPUSH")
+                    .arg(&k)
+                    .arg(value)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&k)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .ignore();
+                r.run(async move { pipe.query_async::<()>(&mut c).await })
+                    .await
+            }
+            SharedState::Memory(m) => {
+                m.push(key, value, ttl);
+                Ok(())
+            }
+        }
+    }
+
+    /// Take every value of the list under `key`, atomically (LRANGE + DEL).
+    pub async fn drain(&self, key: &str) -> Result<Vec<Vec<u8>>> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(key);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("LRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .cmd("DEL")
+                    .arg(&k)
+                    .ignore();
+                r.run(async move { pipe.query_async::<(Vec<Vec<u8>>,)>(&mut c).await })
+                    .await
+                    .map(|(v,)| v)
+            }
+            SharedState::Memory(m) => Ok(m.drain(key)),
+        }
+    }
+
     /// Keys under `prefix` (without the deployment prefix), for listings.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         match self {

@@ -15,6 +15,7 @@ pub struct MemoryState {
 struct Inner {
     values: HashMap<String, (Vec<u8>, Instant)>,
     windows: HashMap<String, VecDeque<Instant>>,
+    lists: HashMap<String, (Vec<Vec<u8>>, Instant)>,
     writes: u64,
 }
 
@@ -24,6 +25,7 @@ impl Inner {
         if self.writes.is_multiple_of(100) {
             let now = Instant::now();
             self.values.retain(|_, (_, exp)| *exp > now);
+            self.lists.retain(|_, (_, exp)| *exp > now);
             self.windows.retain(|_, q| {
                 q.back()
                     .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(86400))
@@ -87,6 +89,29 @@ impl MemoryState {
             q.push_back(now);
         }
         q.len() as u64
+    }
+
+    pub fn push(&self, key: &str, value: &[u8], ttl: Duration) {
+        let mut g = self.lock();
+        g.sweep();
+        let now = Instant::now();
+        let entry = g
+            .lists
+            .entry(key.to_owned())
+            .or_insert_with(|| (Vec::new(), now));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.push(value.to_vec());
+        entry.1 = now + ttl;
+    }
+
+    pub fn drain(&self, key: &str) -> Vec<Vec<u8>> {
+        let mut g = self.lock();
+        match g.lists.remove(key) {
+            Some((v, exp)) if exp > Instant::now() => v,
+            _ => Vec::new(),
+        }
     }
 
     pub fn keys(&self, prefix: &str) -> Vec<String> {

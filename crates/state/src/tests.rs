@@ -102,3 +102,18 @@ async fn unreachable_redis_is_unavailable_quickly() {
     assert!(matches!(err, StateError::Unavailable(_)));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn lists_push_and_drain_once() {
+    for s in stores().await {
+        s.push("q", b"a", Duration::from_secs(10)).await.unwrap();
+        s.push("q", b"b", Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            s.drain("q").await.unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()],
+            "{}",
+            s.kind()
+        );
+        assert!(s.drain("q").await.unwrap().is_empty());
+    }
+}

@@ -39,6 +39,12 @@ impl LineBuffer {
         std::mem::take(&mut self.buf)
     }
 
+    /// Up to `n` buffered bytes from the front (BDAT payload).
+    pub fn take(&mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.buf.len());
+        self.buf.drain(..n).collect()
+    }
+
     /// Drop whatever the client sent ahead. STARTTLS must do this: bytes
     /// pipelined after it arrived in plain text and must not be executed
     /// inside TLS (CVE-2011-0411 and the STARTTLS injection class).

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod received;
 pub mod reply;
 mod session;
+pub mod sessions;
 pub mod tls;
 
 use std::sync::Arc;
@@ -34,10 +35,13 @@ pub struct Shared {
     pub sasl: SaslAuthClient<Channel>,
     pub queue: RelayQueueClient<Channel>,
     pub tls: Option<TlsAcceptor>,
+    /// The certificate in use (for tls-server-end-point channel binding).
+    pub cert: Option<Arc<tls::ReloadingCert>>,
     pub state: SharedState,
     /// Flips to true on SIGTERM: idle sessions close with 421, sessions in a
     /// transaction finish it first.
     pub draining: watch::Receiver<bool>,
+    pub registry: Arc<sessions::Registry>,
 }
 
 /// Listeners bound and ready (bind first, so a port clash fails at start).
@@ -70,9 +74,12 @@ pub async fn serve(
     self_signed_ok: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
-    let tls = match tls::setup(&cfg, self_signed_ok)? {
-        tls::TlsSetup::Disabled => None,
-        tls::TlsSetup::Enabled(c) => Some(TlsAcceptor::from(c)),
+    let (tls, cert) = match tls::setup(&cfg, self_signed_ok)? {
+        tls::TlsSetup::Disabled => (None, None),
+        tls::TlsSetup::Enabled(c, cert) => {
+            tokio::spawn(cert.clone().watch());
+            (Some(TlsAcceptor::from(c)), Some(cert))
+        }
     };
     let sasl = authrelay_proto::channel::lazy_channel(
         cfg.endpoints.sasl_auth.as_slice(),
@@ -89,11 +96,15 @@ pub async fn serve(
     let (drain_tx, draining) = watch::channel(false);
     let max_conn = cfg.frontend.max_connections;
     let grace = cfg.frontend.drain_grace;
+    let registry = sessions::Registry::new(state.clone());
+    tokio::spawn(registry.clone().run());
     let shared = Arc::new(Shared {
+        registry: registry.clone(),
         policy: RelayPolicy::from_config(&cfg),
         sasl: SaslAuthClient::new(sasl),
         queue: RelayQueueClient::new(queue),
         tls,
+        cert,
         state,
         draining,
         cfg,
@@ -119,6 +130,11 @@ pub async fn serve(
     let mut admin_drain = shared.draining.clone();
     let admin = tonic::transport::Server::builder()
         .add_service(health)
+        .add_service(
+            authrelay_proto::frontend::v1::sessions_server::SessionsServer::new(
+                sessions::SessionsService { registry },
+            ),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(bound.admin),
             async move {
@@ -186,9 +202,42 @@ async fn accept_loop(
             ));
             continue;
         };
-        let s = session::Session::new(shared.clone(), stream, listener.clone(), peer);
+        let shared = shared.clone();
+        let listener = listener.clone();
         tokio::spawn(async move {
-            s.run().await;
+            // confCONNECTION_RATE_THROTTLE, summed over every frontend through
+            // the shared store. A throttle, not a lock: if the store is down,
+            // connections are let through (AUTH still fails closed).
+            let fe = &shared.cfg.frontend;
+            let host = shared.cfg.hostname.clone();
+            if fe.connection_rate > 0 {
+                let key = format!("fe:rate:{}", peer.ip());
+                if let Ok(n) = shared
+                    .state
+                    .record_event(&key, fe.connection_rate_window)
+                    .await
+                    && n > u64::from(fe.connection_rate)
+                {
+                    tracing::info!(peer = %peer, "connection rate limit exceeded");
+                    let text = format!("{host} Connection rate limit exceeded, try again later");
+                    refuse(stream, Reply::new(421, "4.7.0", text)).await;
+                    return;
+                }
+            }
+            let id = session::new_id(8);
+            let role = format!("{:?}", listener.role).to_lowercase();
+            let Some(registration) =
+                shared
+                    .registry
+                    .register(&id, peer, &role, fe.max_connections_per_ip)
+            else {
+                let text = format!("{host} Too many connections from your address");
+                refuse(stream, Reply::new(421, "4.7.0", text)).await;
+                return;
+            };
+            session::Session::new(shared.clone(), stream, listener, peer, id, registration)
+                .run()
+                .await;
             drop(permit);
         });
     }

@@ -86,6 +86,9 @@ struct TlsInfo {
     version: String,
     cipher: String,
     exporter: Option<Vec<u8>>,
+    end_point: Vec<u8>,
+    /// Identity from a verified client certificate (EXTERNAL).
+    client_identity: Option<String>,
 }
 
 struct AuthInfo {
@@ -109,6 +112,8 @@ enum ReadError {
     Closed,
     Timeout,
     Draining,
+    /// An operator ended the session (`authrelay sessions end`).
+    Ended,
 }
 
 pub struct Session {
@@ -125,9 +130,12 @@ pub struct Session {
     tx: Option<Transaction>,
     errors: u32,
     auth_attempts: u32,
+    registration: crate::sessions::Registration,
+    /// A BDAT transaction in progress.
+    bdat: Option<Upload>,
 }
 
-fn new_id(bytes: usize) -> String {
+pub fn new_id(bytes: usize) -> String {
     let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     hex::encode_upper(raw)
 }
@@ -138,13 +146,17 @@ impl Session {
         stream: TcpStream,
         listener: Listener,
         peer: SocketAddr,
+        id: String,
+        registration: crate::sessions::Registration,
     ) -> Self {
         Session {
+            registration,
+            bdat: None,
             shared,
             stream: Stream::Plain(stream),
             listener,
             peer,
-            id: new_id(8),
+            id,
             lines: command::LineBuffer::default(),
             out: Vec::with_capacity(512),
             helo: None,
@@ -212,6 +224,15 @@ impl Session {
                     self.reply(r::shutting_down(&host));
                     break;
                 }
+                Err(ReadError::Ended) => {
+                    let host = self.hostname().to_owned();
+                    self.reply(Reply::new(
+                        421,
+                        "4.7.0",
+                        format!("{host} Session ended by operator, closing connection"),
+                    ));
+                    break;
+                }
             };
             let flow = match line {
                 Line::TooLong => {
@@ -245,7 +266,9 @@ impl Session {
             let mut buf = [0u8; 4096];
             let timeout = self.shared.cfg.frontend.timeouts.command;
             let mut draining = self.shared.draining.clone();
+            let end = self.registration.end.clone();
             let n = tokio::select! {
+                _ = end.notified() => return Err(ReadError::Ended),
                 res = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match res {
                     Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadError::Closed),
                     Ok(Ok(n)) => n,
@@ -292,9 +315,9 @@ impl Session {
             Command::Mail(m) => self.mail(m),
             Command::Rcpt(rc) => self.rcpt(rc),
             Command::Data => return self.data().await,
-            Command::Bdat { .. } => self.reply(Reply::new(502, "5.5.1", "BDAT not implemented here; use DATA")),
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
-                self.tx = None;
+                self.reset_transaction();
                 self.reply(Reply::new(250, "2.0.0", "Reset state"));
             }
             Command::Noop => self.reply(r::ok()),
@@ -321,14 +344,27 @@ impl Session {
     }
 
     fn offered(&self) -> Vec<Mechanism> {
-        let cb = self.tls.as_ref().is_some_and(|t| t.exporter.is_some());
-        self.shared
-            .cfg
-            .mechanisms_for(self.tls.is_some(), cb, false)
+        let cb = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.exporter.is_some() || !t.end_point.is_empty());
+        let cert = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_identity.is_some());
+        self.shared.cfg.mechanisms_for(self.tls.is_some(), cb, cert)
+    }
+
+    /// RFC 5321 §4.1.4: RSET, EHLO and STARTTLS abandon a transaction.
+    fn reset_transaction(&mut self) {
+        self.tx = None;
+        if let Some(u) = self.bdat.take() {
+            u.abort();
+        }
     }
 
     fn ehlo(&mut self, host: String, esmtp: bool) {
-        self.tx = None;
+        self.reset_transaction();
         let greet = format!(
             "{} Hello {} [{}], pleased to meet you",
             self.hostname(),
@@ -348,6 +384,7 @@ impl Session {
             format!("SIZE {}", self.shared.cfg.frontend.max_message_size).into(),
             "DSN".into(),
             "SMTPUTF8".into(),
+            "CHUNKING".into(),
         ];
         if self.tls.is_none() && self.shared.tls.is_some() {
             lines.push("STARTTLS".into());
@@ -384,7 +421,7 @@ impl Session {
         // RFC 3207 §4.2: forget everything learnt before TLS.
         self.helo = None;
         self.auth = None;
-        self.tx = None;
+        self.reset_transaction();
         Flow::Continue
     }
 
@@ -417,11 +454,27 @@ impl Session {
                     .map(|c| format!("{:?}", c.suite()))
                     .unwrap_or_default();
                 let exporter = crate::tls::tls_exporter(conn);
+                let client_identity = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::client_identity);
+                let end_point = self
+                    .shared
+                    .cert
+                    .as_ref()
+                    .map(|c| c.end_point_hash())
+                    .unwrap_or_default();
                 tracing::info!(version = %version, cipher = %cipher, "STARTTLS=server");
+                self.shared.registry.update(&self.id, |r| {
+                    r.tls_version = version.clone();
+                    r.tls_cipher = cipher.clone();
+                });
                 self.tls = Some(TlsInfo {
                     version,
                     cipher,
                     exporter,
+                    end_point,
+                    client_identity,
                 });
                 self.stream = Stream::Tls(Box::new(tls));
                 true
@@ -453,8 +506,16 @@ impl Session {
                 .as_ref()
                 .and_then(|t| t.exporter.clone())
                 .unwrap_or_default(),
-            cb_tls_server_end_point: Vec::new(),
-            client_cert_identity: String::new(),
+            cb_tls_server_end_point: self
+                .tls
+                .as_ref()
+                .map(|t| t.end_point.clone())
+                .unwrap_or_default(),
+            client_cert_identity: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_identity.clone())
+                .unwrap_or_default(),
             listener: format!("{:?}", self.listener.role).to_lowercase(),
         }
     }
@@ -627,6 +688,10 @@ impl Session {
                         s.mechanism,
                         s.bits
                     );
+                    self.shared.registry.update(&self.id, |r| {
+                        r.auth_id = s.authzid.clone();
+                        r.mechanism = s.mechanism.clone();
+                    });
                     self.auth = Some(AuthInfo {
                         authzid: s.authzid,
                         mechanism: s.mechanism,
@@ -778,16 +843,10 @@ impl Session {
         }
     }
 
-    async fn data(&mut self) -> Flow {
-        let Some(tx) = self.tx.as_ref() else {
-            self.reply(r::bad_sequence("Need MAIL command"));
-            return Flow::Continue;
-        };
-        if tx.rcpts.is_empty() {
-            // RFC 2920 §3.1: with pipelining, DATA after all RCPTs failed is 554.
-            self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
-            return Flow::Continue;
-        }
+    /// Open the stream to relay-queue for the current transaction: the
+    /// envelope, then our `Received:` header as the first body bytes.
+    async fn begin_upload(&mut self) -> Upload {
+        let tx = self.tx.as_ref().expect("callers check the transaction");
         let queue_id = new_id(8);
         let envelope = self.envelope(tx, &queue_id);
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
@@ -810,95 +869,22 @@ impl Session {
             single_recipient: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
             date: time::OffsetDateTime::now_utc(),
         });
-        self.reply(Reply::new(
-            354,
-            "",
-            "Enter mail, end with \".\" on a line by itself",
-        ));
-        if self.flush().await.is_err() {
-            return Flow::Close;
-        }
+        Upload::begin(&self.shared, queue_id, envelope, header).await
+    }
 
-        // Stream to relay-queue while the client sends: the body is never
-        // held whole in memory, and SIZE is enforced as it arrives.
-        let (sender, rx) = tokio::sync::mpsc::channel::<qpb::EnqueueRequest>(8);
-        let mut queue = self.shared.queue.clone();
-        let call = tokio::spawn(async move { queue.enqueue(ReceiverStream::new(rx)).await });
-        let part = |p| qpb::EnqueueRequest { part: Some(p) };
-        let mut queue_ok = sender
-            .send(part(qpb::enqueue_request::Part::Envelope(envelope)))
-            .await
-            .is_ok()
-            && sender
-                .send(part(qpb::enqueue_request::Part::Chunk(
-                    header.clone().into_bytes(),
-                )))
-                .await
-                .is_ok();
-        let max = self.shared.cfg.frontend.max_message_size;
-        let mut size: u64 = 0;
-        let mut too_big = false;
-        let mut receiver = DataReceiver::new();
-        let mut body = Vec::with_capacity(CHUNK + 4096);
-        let mut pending = self.lines.take_rest();
-        let mut read_buf = vec![0u8; 16 * 1024];
-        loop {
-            let mut iter = pending.iter();
-            let done = receiver.ingest(&mut iter, &mut body);
-            let rest = iter.as_slice().to_vec();
-            if body.len() >= CHUNK || done {
-                // Keep the last two bytes back until the end: the receiver
-                // may still take back a trailing CR when it sees CRLF.CRLF.
-                let keep = if done { 0 } else { 2.min(body.len()) };
-                let out: Vec<u8> = body.drain(..body.len() - keep).collect();
-                size += out.len() as u64;
-                if size > max {
-                    too_big = true;
-                }
-                if queue_ok && !too_big && !out.is_empty() {
-                    queue_ok = sender
-                        .send(part(qpb::enqueue_request::Part::Chunk(out)))
-                        .await
-                        .is_ok();
-                }
-            }
-            if done {
-                self.lines.push(&rest);
-                break;
-            }
-            let timeout = self.shared.cfg.frontend.timeouts.data_block;
-            let n = match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => {
-                    // Client gone or silent: no commit, so the queue discards it.
-                    call.abort();
-                    tracing::info!(queue_id = %queue_id, "connection lost during DATA");
-                    return Flow::Close;
-                }
-            };
-            pending = read_buf[..n].to_vec();
-        }
-        let tx = self.tx.take().expect("checked above");
-        if too_big {
-            drop(sender);
-            call.abort();
+    /// Log and answer the end of a message.
+    async fn finish_upload(&mut self, upload: Upload) {
+        let tx = self.tx.take().expect("callers check the transaction");
+        let size = upload.size;
+        let queue_id = upload.queue_id.clone();
+        if upload.too_big {
+            upload.abort();
             tracing::info!(queue_id = %queue_id, size, "message refused: over SIZE");
             self.reply(r::too_big());
-            return Flow::Continue;
+            return;
         }
-        if queue_ok {
-            queue_ok = sender
-                .send(part(qpb::enqueue_request::Part::Commit(qpb::Commit {
-                    size: size + header.len() as u64,
-                })))
-                .await
-                .is_ok();
-        }
-        drop(sender);
-        let answer = tokio::time::timeout(Duration::from_secs(120), call).await;
-        match answer {
-            Ok(Ok(Ok(resp))) if queue_ok => {
-                let id = resp.into_inner().queue_id;
+        match upload.finish().await {
+            Ok(id) => {
                 tracing::info!(
                     "{id}: from=<{}>, size={size}, nrcpts={}, relay=[{}], authid={}",
                     tx.from.address,
@@ -912,19 +898,241 @@ impl Session {
                     format!("{id} Message accepted for delivery"),
                 ));
             }
-            other => {
-                let why = match other {
-                    Ok(Ok(Err(status))) => {
-                        format!("relay-queue: {} {}", status.code(), status.message())
-                    }
-                    Ok(Err(e)) => format!("relay-queue call: {e}"),
-                    Err(_) => "relay-queue: no answer in time".into(),
-                    Ok(Ok(Ok(_))) => "relay-queue: stream closed early".into(),
-                };
+            Err(QueueFailure { why, disk_full }) => {
                 tracing::warn!(queue_id = %queue_id, reason = %why, "message not queued");
-                self.reply(r::queue_unavailable());
+                self.reply(if disk_full {
+                    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
+                } else {
+                    r::queue_unavailable()
+                });
             }
         }
+    }
+
+    async fn data(&mut self) -> Flow {
+        if self.bdat.is_some() {
+            self.reply(r::bad_sequence("DATA not allowed after BDAT"));
+            return Flow::Continue;
+        }
+        let Some(tx) = self.tx.as_ref() else {
+            self.reply(r::bad_sequence("Need MAIL command"));
+            return Flow::Continue;
+        };
+        if tx.rcpts.is_empty() {
+            // RFC 2920 §3.1: with pipelining, DATA after all RCPTs failed is 554.
+            self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
+            return Flow::Continue;
+        }
+        let mut upload = self.begin_upload().await;
+        self.reply(Reply::new(
+            354,
+            "",
+            "Enter mail, end with \".\" on a line by itself",
+        ));
+        if self.flush().await.is_err() {
+            upload.abort();
+            return Flow::Close;
+        }
+        // Stream to relay-queue while the client sends: the body is never
+        // held whole in memory, and SIZE is enforced as it arrives. Only
+        // CRLF.CRLF ends the data (smtp-proto's receiver): a bare-LF or
+        // bare-CR "end" is content, which stops SMTP smuggling.
+        let mut receiver = DataReceiver::new();
+        let mut body = Vec::with_capacity(CHUNK + 4096);
+        let mut pending = self.lines.take_rest();
+        let mut read_buf = vec![0u8; 16 * 1024];
+        loop {
+            let mut iter = pending.iter();
+            let done = receiver.ingest(&mut iter, &mut body);
+            let rest = iter.as_slice().to_vec();
+            if body.len() >= CHUNK || done {
+                // Keep the last two bytes back until the end: the receiver
+                // may still take back a trailing CR when it sees CRLF.CRLF.
+                let keep = if done { 0 } else { 2.min(body.len()) };
+                let out: Vec<u8> = body.drain(..body.len() - keep).collect();
+                upload.push(out).await;
+            }
+            if done {
+                self.lines.push(&rest);
+                break;
+            }
+            let timeout = self.shared.cfg.frontend.timeouts.data_block;
+            let n = match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => {
+                    // Client gone or silent: no commit, so the queue discards it.
+                    tracing::info!(queue_id = %upload.queue_id, "connection lost during DATA");
+                    upload.abort();
+                    return Flow::Close;
+                }
+            };
+            pending = read_buf[..n].to_vec();
+        }
+        self.finish_upload(upload).await;
         Flow::Continue
+    }
+
+    /// RFC 3030 BDAT: exactly `size` octets follow the command. They are read
+    /// even when the command is refused, so the session stays in step.
+    async fn bdat(&mut self, size: usize, last: bool) -> Flow {
+        let refusal = if self.tx.is_none() {
+            Some(r::bad_sequence("Need MAIL command"))
+        } else if self.tx.as_ref().is_some_and(|t| t.rcpts.is_empty()) {
+            Some(Reply::new(554, "5.5.1", "No valid recipients"))
+        } else {
+            None
+        };
+        if refusal.is_none() && self.bdat.is_none() {
+            self.bdat = Some(self.begin_upload().await);
+        }
+        let mut left = size;
+        let mut read_buf = vec![0u8; 16 * 1024];
+        while left > 0 {
+            let chunk = self.lines.take(left.min(CHUNK));
+            if chunk.is_empty() {
+                let timeout = self.shared.cfg.frontend.timeouts.data_block;
+                match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
+                    Ok(Ok(n)) if n > 0 => self.lines.push(&read_buf[..n]),
+                    _ => {
+                        if let Some(u) = self.bdat.take() {
+                            u.abort();
+                        }
+                        return Flow::Close;
+                    }
+                }
+                continue;
+            }
+            left -= chunk.len();
+            if let Some(u) = self.bdat.as_mut() {
+                u.push(chunk).await;
+            }
+        }
+        if let Some(reply) = refusal {
+            self.reply(reply);
+            return Flow::Continue;
+        }
+        if last {
+            let upload = self.bdat.take().expect("started above");
+            self.finish_upload(upload).await;
+        } else if self.bdat.as_ref().is_some_and(|u| u.too_big) {
+            // Tell the client now; the rest of its chunks are read and dropped.
+            self.reply(r::too_big());
+            if let Some(u) = self.bdat.take() {
+                u.abort();
+            }
+            self.tx = None;
+        } else {
+            self.reply(Reply::new(250, "2.0.0", format!("{size} octets received")));
+        }
+        Flow::Continue
+    }
+}
+
+struct QueueFailure {
+    why: String,
+    disk_full: bool,
+}
+
+/// One message on its way to relay-queue: a client stream of envelope,
+/// chunks, and a final Commit. Dropped without `finish`, the stream ends
+/// without Commit and the queue discards the message.
+pub(crate) struct Upload {
+    queue_id: String,
+    sender: tokio::sync::mpsc::Sender<qpb::EnqueueRequest>,
+    call: tokio::task::JoinHandle<Result<tonic::Response<qpb::EnqueueResponse>, tonic::Status>>,
+    queue_ok: bool,
+    /// Body bytes from the client (SIZE counts these).
+    size: u64,
+    header_len: u64,
+    max: u64,
+    too_big: bool,
+}
+
+fn part(p: qpb::enqueue_request::Part) -> qpb::EnqueueRequest {
+    qpb::EnqueueRequest { part: Some(p) }
+}
+
+impl Upload {
+    async fn begin(
+        shared: &Shared,
+        queue_id: String,
+        envelope: qpb::Envelope,
+        header: String,
+    ) -> Upload {
+        let (sender, rx) = tokio::sync::mpsc::channel::<qpb::EnqueueRequest>(8);
+        let mut queue = shared.queue.clone();
+        let call = tokio::spawn(async move { queue.enqueue(ReceiverStream::new(rx)).await });
+        let header_len = header.len() as u64;
+        let queue_ok = sender
+            .send(part(qpb::enqueue_request::Part::Envelope(envelope)))
+            .await
+            .is_ok()
+            && sender
+                .send(part(qpb::enqueue_request::Part::Chunk(header.into_bytes())))
+                .await
+                .is_ok();
+        Upload {
+            queue_id,
+            sender,
+            call,
+            queue_ok,
+            size: 0,
+            header_len,
+            max: shared.cfg.frontend.max_message_size,
+            too_big: false,
+        }
+    }
+
+    async fn push(&mut self, bytes: Vec<u8>) {
+        self.size += bytes.len() as u64;
+        if self.size > self.max {
+            self.too_big = true;
+        }
+        if self.queue_ok && !self.too_big && !bytes.is_empty() {
+            self.queue_ok = self
+                .sender
+                .send(part(qpb::enqueue_request::Part::Chunk(bytes)))
+                .await
+                .is_ok();
+        }
+    }
+
+    fn abort(self) {
+        self.call.abort();
+    }
+
+    /// Commit and wait for relay-queue's answer: the queue id once the
+    /// message is on disk.
+    async fn finish(self) -> Result<String, QueueFailure> {
+        let Upload {
+            sender,
+            call,
+            mut queue_ok,
+            size,
+            header_len,
+            ..
+        } = self;
+        if queue_ok {
+            let commit = qpb::Commit {
+                size: size + header_len,
+            };
+            queue_ok = sender
+                .send(part(qpb::enqueue_request::Part::Commit(commit)))
+                .await
+                .is_ok();
+        }
+        drop(sender);
+        let answer = tokio::time::timeout(Duration::from_secs(120), call).await;
+        let fail = |why: String, disk_full| Err(QueueFailure { why, disk_full });
+        match answer {
+            Ok(Ok(Ok(resp))) if queue_ok => Ok(resp.into_inner().queue_id),
+            Ok(Ok(Ok(_))) => fail("relay-queue: stream closed early".into(), false),
+            Ok(Ok(Err(status))) => fail(
+                format!("relay-queue: {} {}", status.code(), status.message()),
+                status.code() == tonic::Code::ResourceExhausted,
+            ),
+            Ok(Err(e)) => fail(format!("relay-queue call: {e}"), false),
+            Err(_) => fail("relay-queue: no answer in time".into(), false),
+        }
     }
 }

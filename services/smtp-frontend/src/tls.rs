@@ -7,9 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use authrelay_config::Config;
+use std::sync::RwLock;
+use std::time::SystemTime;
+
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -33,11 +39,13 @@ fn file_err(path: &Path, why: impl ToString) -> TlsError {
 /// What TLS the frontend runs with.
 pub enum TlsSetup {
     Disabled,
-    Enabled(Arc<ServerConfig>),
+    Enabled(Arc<ServerConfig>, Arc<ReloadingCert>),
 }
 
 /// Build the server TLS configuration. `self_signed_ok`: with no certificate
 /// configured, make (once) and use a self-signed one under `data_dir/tls`.
+/// The certificate is re-read when its files change (a Kubernetes Secret
+/// rotation) — see [`ReloadingCert`]; call [`ReloadingCert::watch`].
 pub fn setup(cfg: &Config, self_signed_ok: bool) -> Result<TlsSetup, TlsError> {
     if cfg.frontend.tls.disabled {
         return Ok(TlsSetup::Disabled);
@@ -47,10 +55,37 @@ pub fn setup(cfg: &Config, self_signed_ok: bool) -> Result<TlsSetup, TlsError> {
         _ if self_signed_ok => self_signed(cfg)?,
         _ => return Err(TlsError::NoCertificate),
     };
-    Ok(TlsSetup::Enabled(Arc::new(load(&cert, &key)?)))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(ReloadingCert::new(cert, key, provider.clone())?);
+    // Safe defaults are exactly TLS 1.2 and 1.3.
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &cfg.frontend.tls.client_ca {
+        // Client certificates are optional: asked for, verified when given,
+        // and then EXTERNAL is offered; a client without one goes on as usual.
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
+                roots
+                    .add(c.map_err(|e| file_err(ca, e))?)
+                    .map_err(|e| file_err(ca, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| file_err(ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_cert_resolver(resolver.clone());
+    Ok(TlsSetup::Enabled(Arc::new(config), resolver))
 }
 
-pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+fn load_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| file_err(cert, e))?
         .collect::<Result<_, _>>()
@@ -58,14 +93,119 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     if certs.is_empty() {
         return Err(file_err(cert, "no certificate in file"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // Safe defaults are exactly TLS 1.2 and 1.3.
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(config)
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+    CertifiedKey::from_der(certs, der, provider).map_err(|e| file_err(key, e))
+}
+
+fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    Some((
+        std::fs::metadata(cert).ok()?.modified().ok()?,
+        std::fs::metadata(key).ok()?.modified().ok()?,
+    ))
+}
+
+/// The server certificate, re-read when its files change: new handshakes
+/// get the new certificate, established sessions keep theirs, no restart.
+/// A broken new pair (half-written Secret) is ignored until it is whole.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamp: RwLock<Option<(SystemTime, SystemTime)>>,
+}
+
+impl ReloadingCert {
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let stamp = mtimes(&cert, &key);
+        let current = load_key(&cert, &key, &provider)?;
+        Ok(ReloadingCert {
+            cert,
+            key,
+            provider,
+            current: RwLock::new(Arc::new(current)),
+            stamp: RwLock::new(stamp),
+        })
+    }
+
+    /// Reload if the files' modification times changed; true when reloaded.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = mtimes(&self.cert, &self.key);
+        if now.is_none() || now == *self.stamp.read().unwrap_or_else(|p| p.into_inner()) {
+            return false;
+        }
+        match load_key(&self.cert, &self.key, &self.provider) {
+            Ok(k) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(k);
+                *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = now;
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificate changed but does not load; keeping the old one");
+                false
+            }
+        }
+    }
+
+    /// Poll the files every two seconds, for the life of the process.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            self.reload_if_changed();
+        }
+    }
+
+    /// SHA-256 of the current leaf certificate: RFC 5929 tls-server-end-point
+    /// for SHA-256-signed certificates (the ones we make and expect).
+    pub fn end_point_hash(&self) -> Vec<u8> {
+        use sha2::Digest;
+        let cur = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        cur.cert
+            .first()
+            .map(|c| sha2::Sha256::digest(c.as_ref()).to_vec())
+            .unwrap_or_default()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The identity in a verified client certificate: its first e-mail
+/// subjectAltName, else its subject CN.
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, x) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::RFC822Name(email) = name {
+                return Some((*email).to_owned());
+            }
+        }
+    }
+    x.subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()
+        .map(str::to_owned)
 }
 
 fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {

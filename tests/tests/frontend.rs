@@ -1,0 +1,436 @@
+//! smtp-frontend as a complete ESMTP server: TLS on both submission ports,
+//! a closed relay, pipelining, limits, BDAT, sessions visible across
+//! frontends, and a drain that loses nothing.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use authrelay_e2e::*;
+use authrelay_sasl::{ClientCredentials, ClientExchange, ClientStep, Mechanism};
+use serde_json::json;
+
+const PASSWORD: &str = "frontend-Secret-7";
+const USER: &str = "test@mailserver.foo.com";
+
+fn stack(name: &str, extra: &str) -> (std::path::PathBuf, Redis, Sink, Stack) {
+    let dir = scratch(name);
+    let redis = Redis::start(&dir);
+    let sink = Sink::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            smarthost: Some(sink.addr),
+            extra_toml: extra.to_owned(),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    (dir, redis, sink, stack)
+}
+
+/// AUTH over a plain-text socket with our own client mechanism (for
+/// mechanisms offered before TLS, e.g. CRAM-MD5).
+fn auth_raw(c: &mut Raw, mech: Mechanism, user: &str, password: &str) -> u16 {
+    let mut ex = ClientExchange::new(
+        mech,
+        ClientCredentials::new(user.to_owned(), password.to_owned()),
+    )
+    .unwrap();
+    let (mut code, mut text) = match ex.initial_response() {
+        Some(ir) => c.cmd(&format!("AUTH {} {}", mech.name(), b64(&ir))),
+        None => c.cmd(&format!("AUTH {}", mech.name())),
+    };
+    while code == 334 {
+        use base64::Engine;
+        let challenge = base64::engine::general_purpose::STANDARD
+            .decode(text[4..].trim())
+            .unwrap();
+        let resp = match ex.step(&challenge).unwrap() {
+            ClientStep::Respond(r) => r,
+            ClientStep::Done => Vec::new(),
+        };
+        (code, text) = c.cmd(&b64(&resp));
+    }
+    code
+}
+
+#[test]
+fn plain_and_login_are_offered_only_after_starttls_and_work_there() {
+    let (_d, _r, sink, stack) = stack("offer", "");
+    let before = smtplib(json!({"port": stack.submission.port()}), "");
+    let offered: Vec<String> = serde_json::from_value(before["auth_offered"].clone()).unwrap();
+    assert!(
+        !offered.contains(&"PLAIN".to_owned()) && !offered.contains(&"LOGIN".to_owned()),
+        "{offered:?}"
+    );
+    assert!(offered.contains(&"CRAM-MD5".to_owned()), "{offered:?}");
+    let after = smtplib(
+        json!({"port": stack.submission.port(), "starttls": true, "mech": "LOGIN", "user": USER,
+               "from": USER, "to": ["a@outside.example"]}),
+        PASSWORD,
+    );
+    let offered: Vec<String> = serde_json::from_value(after["auth_offered"].clone()).unwrap();
+    assert!(
+        offered.contains(&"PLAIN".to_owned()) && offered.contains(&"LOGIN".to_owned()),
+        "{offered:?}"
+    );
+    assert!(
+        offered.contains(&"SCRAM-SHA-256-PLUS".to_owned()),
+        "TLS 1.3 gives tls-exporter: {offered:?}"
+    );
+    assert_eq!(after["send"]["ok"], true, "{after}");
+    // PLAIN before TLS is refused with 538 (RFC 4954 §6).
+    let mut c = Raw::connect(stack.submission);
+    c.cmd("EHLO x");
+    let (code, text) = c.cmd(&format!(
+        "AUTH PLAIN {}",
+        b64(format!("\0{USER}\0{PASSWORD}").as_bytes())
+    ));
+    assert_eq!(code, 538, "{text}");
+    assert!(text.contains("5.7.11"));
+    assert_eq!(sink.wait_messages(1, Duration::from_secs(20)).len(), 1);
+}
+
+#[test]
+fn implicit_tls_submissions_with_smtplib_and_swaks() {
+    let (_d, _r, sink, mut stack) = stack(
+        "implicit",
+        "[[frontend.listeners]]\naddress = \"127.0.0.1:0\"\nrole = \"submissions\"\n",
+    );
+    let port = stack.frontend.addr("smtp submissions").port();
+    let res = smtplib(
+        json!({"port": port, "ssl": true, "mech": "PLAIN", "user": USER, "from": USER, "to": ["b@outside.example"]}),
+        PASSWORD,
+    );
+    assert_eq!(res["auth"][0], 235, "{res}");
+    assert_eq!(res["send"]["ok"], true, "{res}");
+    let swaks = which("swaks")
+        .expect("swaks is needed: apt-get install swaks (scripts/test.sh installs it)");
+    // swaks takes the password on its command line; this is a throwaway test password.
+    for (flags, p) in [
+        (vec!["--tlsc"], port),
+        (vec!["--tls"], stack.submission.port()),
+    ] {
+        let out = std::process::Command::new(&swaks)
+            .args(["--server", &format!("127.0.0.1:{p}")])
+            .args(&flags)
+            .args([
+                "--auth",
+                "LOGIN",
+                "--auth-user",
+                USER,
+                "--auth-password",
+                PASSWORD,
+            ])
+            .args([
+                "--from",
+                USER,
+                "--to",
+                "c@outside.example",
+                "--body",
+                "via swaks",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "swaks {flags:?}: {text}");
+        assert!(text.contains("235 2.7.0"), "{text}");
+        assert!(text.contains("Message accepted for delivery"), "{text}");
+    }
+    let msgs = sink.wait_messages(3, Duration::from_secs(20));
+    assert_eq!(msgs.len(), 3);
+    assert!(
+        msgs.iter()
+            .all(|m| m["data"].as_str().unwrap().contains("with ESMTPSA")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn open_relay_battery_is_refused_without_auth_and_with_untrusted_auth() {
+    // CRAM-MD5 is offered but not trusted for relaying.
+    let extra = "[sasl]\nmechanisms = \"SCRAM-SHA-256 DIGEST-MD5 CRAM-MD5 PLAIN LOGIN\"\ntrusted = \"SCRAM-SHA-256 DIGEST-MD5 PLAIN LOGIN\"\n";
+    let (_d, _r, _s, stack) = stack("relay-battery", extra);
+    let battery = [
+        "victim@outside.example",
+        "user%outside.example@mailserver.foo.com",
+        "outside.example!user@mailserver.foo.com",
+        "@mailserver.foo.com:user@outside.example",
+        "\"user@outside.example\"@mailserver.foo.com",
+        "user@[192.0.2.1]",
+        "user@outside.example.",
+        "user@OUTSIDE.Example",
+        "user@mailserver.foo.com.outside.example",
+    ];
+    let try_all = |c: &mut Raw, from: &str| -> Vec<(String, u16)> {
+        battery
+            .iter()
+            .map(|rcpt| {
+                c.cmd("RSET");
+                let (m, t) = c.cmd(&format!("MAIL FROM:<{from}>"));
+                assert_eq!(m, 250, "{t}");
+                (rcpt.to_string(), c.cmd(&format!("RCPT TO:<{rcpt}>")).0)
+            })
+            .collect()
+    };
+    // No AUTH, including a sender forged as a local user.
+    let mut c = Raw::connect(stack.relay);
+    c.cmd("EHLO attacker.example");
+    for from in ["someone@outside.example", "test@mailserver.foo.com"] {
+        for (rcpt, code) in try_all(&mut c, from) {
+            assert!(
+                code >= 500,
+                "relay to {rcpt} from <{from}> without AUTH answered {code}"
+            );
+        }
+    }
+    // AUTH with an untrusted mechanism: still no relaying.
+    let mut c = Raw::connect(stack.relay);
+    c.cmd("EHLO client.example");
+    assert_eq!(auth_raw(&mut c, Mechanism::CramMd5, USER, PASSWORD), 235);
+    for (rcpt, code) in try_all(&mut c, USER) {
+        assert!(
+            code >= 500,
+            "relay to {rcpt} after untrusted CRAM-MD5 answered {code}"
+        );
+    }
+    // AUTH with a trusted mechanism: the outside recipients relay.
+    let mut c = Raw::connect(stack.relay);
+    c.cmd("EHLO client.example");
+    assert_eq!(
+        auth_raw(&mut c, Mechanism::DigestMd5, "test", PASSWORD),
+        235
+    );
+    c.cmd("MAIL FROM:<test@mailserver.foo.com>");
+    for rcpt in ["victim@outside.example", "user@OUTSIDE.Example"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{rcpt}>")).0,
+            250,
+            "{rcpt} after trusted AUTH"
+        );
+    }
+}
+
+#[test]
+fn pipelined_transaction_gets_replies_in_order() {
+    let (_d, _r, sink, stack) = stack("pipelining", "");
+    let mut c = Raw::connect(stack.relay);
+    // Local recipient: no AUTH needed on the relay listener.
+    c.write(
+        b"EHLO client.example\r\nMAIL FROM:<a@outside.example>\r\nRCPT TO:<test@mailserver.foo.com>\r\n\
+          RCPT TO:<nobody@elsewhere.example>\r\nDATA\r\n",
+    );
+    let codes: Vec<u16> = (0..5).map(|_| c.read().0).collect();
+    assert_eq!(codes, [250, 250, 250, 550, 354]);
+    c.write(b"Subject: pipelined\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n");
+    let (code, text) = c.read();
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(c.read().0, 250, "NOOP after the data");
+    assert_eq!(c.read().0, 221);
+    assert_eq!(sink.wait_messages(1, Duration::from_secs(20)).len(), 1);
+}
+
+#[test]
+fn command_pipelined_after_starttls_is_discarded_not_run_inside_tls() {
+    let (_d, _r, _s, stack) = stack("starttls-injection", "");
+    let mut c = Raw::connect(stack.submission);
+    c.cmd("EHLO client.example");
+    // RFC 3207 §4.2 / CVE-2011-0411: the injected command arrives in the
+    // same packet as STARTTLS.
+    c.write(b"STARTTLS\r\nMAIL FROM:<injected@outside.example>\r\n");
+    let (code, _) = c.read();
+    assert_eq!(code, 220);
+    let mut t = c.into_tls();
+    // Had the injected MAIL run, this EHLO would see its reply first; and
+    // MAIL after TLS would be "sender already specified".
+    let (code, text) = t.cmd("EHLO client.example");
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.contains("Hello client.example"),
+        "first reply inside TLS must be EHLO's: {text}"
+    );
+    let (code, text) = t.cmd("MAIL FROM:<x@outside.example>");
+    assert_eq!(
+        code, 530,
+        "state reset after STARTTLS, AUTH needed again: {text}"
+    );
+}
+
+#[test]
+fn message_over_size_is_refused_with_552_and_connection_stays_usable() {
+    let (_d, _r, sink, stack) = stack("size", "[frontend]\nmax_message_size = 100000\n");
+    let mut c = Raw::connect(stack.relay);
+    let (_, ehlo) = c.cmd("EHLO client.example");
+    assert!(ehlo.contains("SIZE 100000"), "{ehlo}");
+    // Declared too big: refused at MAIL (RFC 1870).
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.example> SIZE=200000").0, 552);
+    // Undeclared: refused at the end of DATA, the body not kept.
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.example>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<test@mailserver.foo.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    let line = format!("{}\r\n", "x".repeat(998));
+    let mut body = String::from("Subject: big\r\n\r\n");
+    while body.len() < 300_000 {
+        body.push_str(&line);
+    }
+    c.write(body.as_bytes());
+    let (code, text) = c.cmd(".");
+    assert_eq!(code, 552, "{text}");
+    assert!(text.contains("5.3.4"), "{text}");
+    assert_eq!(c.cmd("NOOP").0, 250, "connection stays usable");
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.example>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<test@mailserver.foo.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    assert_eq!(c.cmd("Subject: small\r\n\r\nok\r\n.").0, 250);
+    let msgs = sink.wait_messages(1, Duration::from_secs(20));
+    assert_eq!(msgs.len(), 1, "only the small message is queued");
+}
+
+#[test]
+fn bdat_chunks_are_queued_and_delivered() {
+    let (_d, _r, sink, stack) = stack("bdat", "");
+    let mut c = Raw::connect(stack.relay);
+    let (_, ehlo) = c.cmd("EHLO client.example");
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+    // BDAT before MAIL: its octets are still read, then 503.
+    c.write(b"BDAT 5\r\nhello");
+    assert_eq!(c.read().0, 503);
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.example>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<test@mailserver.foo.com>").0, 250);
+    let part1 = b"Subject: chunked\r\n\r\nfirst part, ";
+    let part2 = b"second part\r\n.not a terminator\r\n";
+    c.write(format!("BDAT {}\r\n", part1.len()).as_bytes());
+    c.write(part1);
+    assert_eq!(c.read().0, 250);
+    c.write(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
+    c.write(part2);
+    let (code, text) = c.read();
+    assert_eq!(code, 250, "{text}");
+    let msgs = sink.wait_messages(1, Duration::from_secs(20));
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0]["data"]
+            .as_str()
+            .unwrap()
+            .contains("first part, second part\r\n.not a terminator\r\n")
+    );
+}
+
+#[test]
+fn two_frontends_share_sessions_and_the_connection_rate_limit() {
+    let extra = "[frontend]\nconnection_rate = 6\nconnection_rate_window = \"30s\"\n";
+    let (_d, _r, _s, mut stack) = stack("two-frontends", extra);
+    let (_fe2, sub2, _relay2) = stack.spawn_frontend("smtp-frontend-2");
+    // Hold an authenticated session on each frontend.
+    let mut a = Raw::connect(stack.relay);
+    a.cmd("EHLO a.example");
+    assert_eq!(auth_raw(&mut a, Mechanism::CramMd5, USER, PASSWORD), 235);
+    let mut b = Raw::connect(sub2);
+    b.cmd("EHLO b.example");
+    let admin = stack.frontend_admin();
+    let env = [(
+        "AUTHRELAY__ENDPOINTS__FRONTEND".to_owned(),
+        format!("http://{admin}"),
+    )];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listing = loop {
+        let (ok, out, err) = run_authrelay(&stack.config, &env, &["sessions", "--json"], "");
+        assert!(ok, "{err}");
+        let rows: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let instances: std::collections::HashSet<String> = rows
+            .iter()
+            .map(|r| r["instance"].as_str().unwrap().to_owned())
+            .collect();
+        if instances.len() >= 2 || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let authed: Vec<&serde_json::Value> = listing.iter().filter(|r| r["auth_id"] == USER).collect();
+    assert_eq!(authed.len(), 1, "{listing:?}");
+    assert_eq!(authed[0]["mechanism"], "CRAM-MD5");
+    let instances: std::collections::HashSet<&str> = listing
+        .iter()
+        .map(|r| r["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        instances.len(),
+        2,
+        "sessions of both frontends: {listing:?}"
+    );
+    // End the authenticated one: its frontend closes it with 421.
+    let id = authed[0]["id"].as_str().unwrap();
+    let (ok, _, err) = run_authrelay(&stack.config, &env, &["sessions", "end", id], "");
+    assert!(ok, "{err}");
+    let (code, text) = a.read();
+    assert_eq!(code, 421, "{text}");
+    // Rate: 2 connections so far; 6 allowed per 30 s summed over both frontends.
+    let mut results = Vec::new();
+    for i in 0..6 {
+        let target = if i % 2 == 0 { stack.submission } else { sub2 };
+        let (_c, code, _) = Raw::connect_from("127.0.0.1", target).expect("connect");
+        results.push(code);
+    }
+    assert_eq!(
+        results.iter().filter(|c| **c == 220).count(),
+        4,
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|c| **c == 421).count(),
+        2,
+        "{results:?}"
+    );
+    // Another address is not affected.
+    let (_c, code, _) =
+        Raw::connect_from("127.0.0.2", stack.submission).expect("connect from 127.0.0.2");
+    assert_eq!(code, 220);
+}
+
+#[test]
+fn sigterm_during_a_large_data_never_acknowledges_and_loses() {
+    let (_d, _r, sink, mut stack) = stack("drain", "");
+    let mut c = Raw::connect(stack.relay);
+    c.cmd("EHLO client.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.example>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<test@mailserver.foo.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.write(b"Subject: drained\r\n\r\n");
+    let line = format!("{}\r\n", "y".repeat(500));
+    for _ in 0..2000 {
+        c.write(line.as_bytes());
+    }
+    stack.frontend.signal("TERM");
+    // New connections are refused while draining (or the port is closed).
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some((_n, code, _)) = Raw::connect_from("127.0.0.1", stack.relay) {
+        assert!(
+            code == 421 || code == 0,
+            "new connection during drain got {code}"
+        );
+    }
+    for _ in 0..2000 {
+        c.write(line.as_bytes());
+    }
+    let (code, text) = c.cmd(".");
+    let msgs = sink.wait_messages(1, Duration::from_secs(20));
+    if code == 250 {
+        assert_eq!(msgs.len(), 1, "acknowledged ({text}) so it must arrive");
+        assert!(msgs[0]["data"].as_str().unwrap().len() > 2_000_000);
+    } else {
+        assert!(msgs.is_empty(), "not acknowledged ({code}) yet delivered");
+    }
+    assert_eq!(
+        code, 250,
+        "with a drain grace of 10 s the transaction in flight finishes: {text}"
+    );
+    assert!(
+        stack.frontend.wait_exit(Duration::from_secs(15)).is_some(),
+        "frontend exits after the drain"
+    );
+    let _ = std::io::stdout().flush();
+}
