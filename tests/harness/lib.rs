@@ -283,8 +283,10 @@ pub struct StackOptions {
     pub hostname: String,
     pub realm: String,
     pub smarthost: Option<SocketAddr>,
-    /// Extra TOML appended to the shared config file.
+    /// Extra TOML merged into the shared config file.
     pub extra_toml: String,
+    /// Extra environment for every service process (e.g. OTEL_*).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -294,6 +296,7 @@ impl Default for StackOptions {
             realm: "mailserver.foo.com".into(),
             smarthost: None,
             extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -366,12 +369,13 @@ role = "relay"
         );
         std::fs::write(&config, merge_toml(&toml, &opts.extra_toml)).unwrap();
 
-        let mut creds = spawn_service("credential-store", &config, dir, &[]);
+        let mut creds = spawn_service("credential-store", &config, dir, &opts.env);
         let creds_addr = creds.addr("grpc");
-        let mut endpoints = vec![(
+        let mut endpoints = opts.env.clone();
+        endpoints.push((
             "AUTHRELAY__ENDPOINTS__CREDENTIAL_STORE".to_owned(),
             format!("http://{creds_addr}"),
-        )];
+        ));
         let mut sasl = spawn_service("sasl-auth", &config, dir, &endpoints);
         let sasl_addr = sasl.addr("grpc");
         endpoints.push((
@@ -825,4 +829,164 @@ pub fn require_tool(name: &str, how: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {
         panic!("{name} is not on PATH: install it ({how}) or run scripts/test.sh, which does")
     })
+}
+
+/// An OTLP/gRPC trace receiver on loopback, built from the official OTLP
+/// protobuf definitions (opentelemetry-proto): it keeps every span exported
+/// to it, with the service name of the resource that sent it.
+pub mod otlp {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    #[derive(Clone, Debug)]
+    pub struct Received {
+        pub service: String,
+        pub span: Span,
+    }
+
+    impl Received {
+        pub fn attr(&self, key: &str) -> Option<String> {
+            self.span
+                .attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.clone()),
+                    Value::IntValue(i) => Some(i.to_string()),
+                    Value::BoolValue(b) => Some(b.to_string()),
+                    Value::DoubleValue(d) => Some(d.to_string()),
+                    _ => None,
+                })
+        }
+        pub fn trace_id(&self) -> String {
+            hex(&self.span.trace_id)
+        }
+        pub fn span_id(&self) -> String {
+            hex(&self.span.span_id)
+        }
+        pub fn parent_id(&self) -> String {
+            hex(&self.span.parent_span_id)
+        }
+    }
+
+    pub fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<Received>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut out = self.0.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                    .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        out.push(Received {
+                            service: service.clone(),
+                            span,
+                        });
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    pub struct Receiver {
+        pub addr: std::net::SocketAddr,
+        spans: Arc<Mutex<Vec<Received>>>,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    impl Receiver {
+        pub fn start() -> Receiver {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let sink = Sink::default();
+            let spans = sink.0.clone();
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            rt.spawn(
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(sink))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            Receiver {
+                addr,
+                spans,
+                _rt: rt,
+            }
+        }
+
+        pub fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        pub fn spans(&self) -> Vec<Received> {
+            self.spans.lock().unwrap().clone()
+        }
+
+        /// Everything received, as text, for secret greps.
+        pub fn dump(&self) -> String {
+            format!("{:?}", self.spans())
+        }
+    }
+}
+
+/// AUTH over a plain-text SMTP connection with our own client mechanism
+/// (for mechanisms offered before TLS: CRAM-MD5, DIGEST-MD5, SCRAM). Returns
+/// the final reply code.
+pub fn auth_raw(c: &mut Raw, mech: authrelay_sasl::Mechanism, user: &str, password: &str) -> u16 {
+    use authrelay_sasl::{ClientCredentials, ClientExchange, ClientStep};
+    use base64::Engine;
+    let mut ex = ClientExchange::new(
+        mech,
+        ClientCredentials::new(user.to_owned(), password.to_owned()),
+    )
+    .unwrap();
+    let (mut code, mut text) = match ex.initial_response() {
+        Some(ir) => c.cmd(&format!("AUTH {} {}", mech.name(), b64(&ir))),
+        None => c.cmd(&format!("AUTH {}", mech.name())),
+    };
+    while code == 334 {
+        let challenge = base64::engine::general_purpose::STANDARD
+            .decode(text[4..].trim())
+            .unwrap();
+        let resp = match ex.step(&challenge) {
+            Ok(ClientStep::Respond(r)) => r,
+            Ok(ClientStep::Done) => Vec::new(),
+            Err(_) => b"*".to_vec(),
+        };
+        (code, text) = c.cmd(&b64(&resp));
+    }
+    code
 }

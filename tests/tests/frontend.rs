@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use authrelay_e2e::*;
-use authrelay_sasl::{ClientCredentials, ClientExchange, ClientStep, Mechanism};
+use authrelay_sasl::Mechanism;
 use serde_json::json;
 
 const PASSWORD: &str = "frontend-Secret-7";
@@ -27,32 +27,6 @@ fn stack(name: &str, extra: &str) -> (std::path::PathBuf, Redis, Sink, Stack) {
     );
     stack.add_user("test", "mailserver.foo.com", PASSWORD);
     (dir, redis, sink, stack)
-}
-
-/// AUTH over a plain-text socket with our own client mechanism (for
-/// mechanisms offered before TLS, e.g. CRAM-MD5).
-fn auth_raw(c: &mut Raw, mech: Mechanism, user: &str, password: &str) -> u16 {
-    let mut ex = ClientExchange::new(
-        mech,
-        ClientCredentials::new(user.to_owned(), password.to_owned()),
-    )
-    .unwrap();
-    let (mut code, mut text) = match ex.initial_response() {
-        Some(ir) => c.cmd(&format!("AUTH {} {}", mech.name(), b64(&ir))),
-        None => c.cmd(&format!("AUTH {}", mech.name())),
-    };
-    while code == 334 {
-        use base64::Engine;
-        let challenge = base64::engine::general_purpose::STANDARD
-            .decode(text[4..].trim())
-            .unwrap();
-        let resp = match ex.step(&challenge).unwrap() {
-            ClientStep::Respond(r) => r,
-            ClientStep::Done => Vec::new(),
-        };
-        (code, text) = c.cmd(&b64(&resp));
-    }
-    code
 }
 
 #[test]

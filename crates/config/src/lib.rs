@@ -15,6 +15,7 @@
 //! A configuration is validated whole before anything starts: a bad one is
 //! refused naming the key, the value and why — never half-applied.
 
+pub mod authinfo;
 mod lists;
 mod validate;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, Password};
 pub use lists::WordList;
 pub use validate::{ConfigError, parse_host_port, parse_network};
 
@@ -51,6 +53,22 @@ pub struct Config {
     pub sasl_auth: ServiceListen,
     pub credential_store: CredentialStoreConfig,
     pub relay_queue: RelayQueueConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Traces, metrics and what they may show.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`. Empty: the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT` variable, and with neither,
+    /// no export at all.
+    pub otlp_endpoint: String,
+    /// Serve Prometheus text metrics at `http://ADDR/metrics`; unset = off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Put the login name on AUTH spans (`enduser.id`). Off by default:
+    /// user names are personal data in many jurisdictions.
+    pub span_user_names: bool,
 }
 
 impl Default for Config {
@@ -71,6 +89,7 @@ impl Default for Config {
             },
             credential_store: CredentialStoreConfig::default(),
             relay_queue: RelayQueueConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -367,6 +386,9 @@ pub struct FrontendConfig {
     /// New connections per client address per second, summed over every
     /// frontend through the shared store (`confCONNECTION_RATE_THROTTLE`); 0 = off.
     pub connection_rate: u32,
+    /// The window `connection_rate` counts over.
+    #[serde(with = "humantime_serde")]
+    pub connection_rate_window: Duration,
     /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512 at least).
     pub max_line_length: usize,
     /// Longest AUTH line (RFC 4954 §4: 12288 octets).
@@ -415,6 +437,7 @@ impl Default for FrontendConfig {
             max_connections: 1000,
             max_connections_per_ip: 50,
             connection_rate: 0,
+            connection_rate_window: Duration::from_secs(1),
             max_line_length: 1000,
             max_auth_line_length: 12288,
             max_errors: 10,
@@ -462,6 +485,17 @@ pub struct CredentialStoreConfig {
     pub scram_iterations: u32,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    /// Realms users may be created in; empty = any realm.
+    pub realms: WordList,
+    /// Encryption at rest: a file holding 32 random bytes (hex or base64).
+    /// Set, every secret written is sealed (ChaCha20-Poly1305) with it.
+    pub encryption_key_file: Option<PathBuf>,
+    /// Older keys, only read: records sealed with them stay readable until
+    /// `authrelay user reseal` has re-sealed everything under the current key.
+    pub encryption_old_key_files: Vec<PathBuf>,
+    /// With a key set, still accept records stored unsealed (the window
+    /// between turning encryption on and the first reseal). Default: refuse.
+    pub encryption_allow_unsealed: bool,
 }
 
 impl Default for CredentialStoreConfig {
@@ -482,6 +516,10 @@ impl Default for CredentialStoreConfig {
             scram_iterations: 4096,
             argon2_memory_kib: 19456,
             argon2_iterations: 2,
+            realms: WordList::default(),
+            encryption_key_file: None,
+            encryption_old_key_files: Vec::new(),
+            encryption_allow_unsealed: false,
         }
     }
 }
@@ -513,6 +551,53 @@ pub struct RelayQueueConfig {
     pub helo_name: String,
     /// Sendmail-style AuthInfo map file (`AuthInfo:host "U:…" "P:…" …` lines).
     pub authinfo_file: Option<PathBuf>,
+    /// AuthInfo entries in TOML (`[[relay_queue.authinfo]]`), beside the file's.
+    pub authinfo: Vec<AuthInfoEntry>,
+    /// Outbound TLS towards next hops without an entry in `tls_hosts`.
+    pub tls: OutboundTls,
+    /// Outbound TLS per next-hop host (as in a route or the smarthost).
+    pub tls_hosts: BTreeMap<String, OutboundTls>,
+    /// PEM CA bundle for `required-verify`; unset = the Mozilla roots (webpki-roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// After a host fails to answer, skip it for this long (`confTO_HOSTSTATUS`); 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub host_status_ttl: Duration,
+}
+
+/// One AuthInfo entry in TOML; the password comes from a file (a mounted Secret).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthInfoEntry {
+    /// Next-hop host name or address; empty = every host without its own entry.
+    pub host: String,
+    /// Authorization id (`U`).
+    #[serde(default)]
+    pub user: String,
+    /// Authentication id (`I`); defaults to `user`.
+    #[serde(default)]
+    pub authid: String,
+    pub password_file: PathBuf,
+    /// `R`: DIGEST-MD5 realm, and the `@REALM` of the login for the other mechanisms.
+    #[serde(default)]
+    pub realm: String,
+    /// `M`: mechanisms allowed with this hop; empty = any.
+    #[serde(default)]
+    pub mechanisms: WordList,
+}
+
+/// Outbound TLS policy for a next hop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutboundTls {
+    /// STARTTLS when offered, without verifying the certificate (RFC 7435).
+    #[default]
+    Opportunistic,
+    /// STARTTLS or no delivery; the certificate is not verified.
+    Required,
+    /// STARTTLS with a certificate valid for the host, or no delivery.
+    RequiredVerify,
+    /// Never STARTTLS.
+    None,
 }
 
 impl Default for RelayQueueConfig {
@@ -529,6 +614,11 @@ impl Default for RelayQueueConfig {
             max_deliveries: 16,
             helo_name: String::new(),
             authinfo_file: None,
+            authinfo: Vec::new(),
+            tls: OutboundTls::Opportunistic,
+            tls_hosts: BTreeMap::new(),
+            tls_ca_file: None,
+            host_status_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -598,6 +688,26 @@ impl Config {
             .spool_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("spool"))
+    }
+
+    /// The AuthInfo map: `relay_queue.authinfo_file`, then the TOML entries.
+    pub fn authinfo(&self) -> Result<AuthInfoMap, AuthInfoError> {
+        let mut map = match &self.relay_queue.authinfo_file {
+            Some(file) => AuthInfoMap::load(file)?,
+            None => AuthInfoMap::default(),
+        };
+        map.add_entries(&self.relay_queue.authinfo)?;
+        Ok(map)
+    }
+
+    /// Outbound TLS policy for next hop `host`.
+    pub fn outbound_tls(&self, host: &str) -> OutboundTls {
+        let rq = &self.relay_queue;
+        rq.tls_hosts
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(host))
+            .map(|(_, p)| *p)
+            .unwrap_or(rq.tls)
     }
 
     pub fn helo_name(&self) -> &str {

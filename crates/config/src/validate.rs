@@ -282,6 +282,18 @@ impl Config {
                 ConfigError::new(format!("relay_queue.routes.{domain}"), hop, why)
             })?;
         }
+        // A malformed AuthInfo line stops every start and `config check`,
+        // naming the line and the field, rather than failing AUTH at 3 a.m.
+        self.authinfo().map_err(|e| e.to_config_error())?;
+        if let Some(ca) = &rq.tls_ca_file
+            && !ca.is_file()
+        {
+            return Err(ConfigError::new(
+                "relay_queue.tls_ca_file",
+                ca.display().to_string(),
+                "no such file",
+            ));
+        }
         if rq.max_deliveries == 0 {
             return Err(ConfigError::new(
                 "relay_queue.max_deliveries",

@@ -89,9 +89,11 @@ impl SharedState {
         match self {
             SharedState::Redis(r) => {
                 let mut c = r.conn.clone();
-                r.run(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-                    .await
-                    .map(|_| ())
+                r.run("PING", async move {
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                })
+                .await
+                .map(|_| ())
             }
             SharedState::Memory(_) => Ok(()),
         }
@@ -104,8 +106,11 @@ impl SharedState {
                 let mut c = r.conn.clone();
                 let k = r.key(key);
                 let ms = ttl.as_millis().max(1) as u64;
-                r.run(async move { c.pset_ex::<_, _, ()>(k, value, ms).await })
-                    .await
+                r.run(
+                    "SET",
+                    async move { c.pset_ex::<_, _, ()>(k, value, ms).await },
+                )
+                .await
             }
             SharedState::Memory(m) => {
                 m.put(key, value, ttl);
@@ -119,7 +124,7 @@ impl SharedState {
             SharedState::Redis(r) => {
                 let mut c = r.conn.clone();
                 let k = r.key(key);
-                r.run(async move { c.get::<_, Option<Vec<u8>>>(k).await })
+                r.run("GET", async move { c.get::<_, Option<Vec<u8>>>(k).await })
                     .await
             }
             SharedState::Memory(m) => Ok(m.get(key)),
@@ -134,8 +139,11 @@ impl SharedState {
             SharedState::Redis(r) => {
                 let mut c = r.conn.clone();
                 let k = r.key(key);
-                r.run(async move { c.get_del::<_, Option<Vec<u8>>>(k).await })
-                    .await
+                r.run(
+                    "GETDEL",
+                    async move { c.get_del::<_, Option<Vec<u8>>>(k).await },
+                )
+                .await
             }
             SharedState::Memory(m) => Ok(m.take(key)),
         }
@@ -146,7 +154,7 @@ impl SharedState {
             SharedState::Redis(r) => {
                 let mut c = r.conn.clone();
                 let k = r.key(key);
-                r.run(async move { c.del::<_, ()>(k).await }).await
+                r.run("DEL", async move { c.del::<_, ()>(k).await }).await
             }
             SharedState::Memory(m) => {
                 m.take(key);
@@ -162,7 +170,7 @@ impl SharedState {
                 let mut c = r.conn.clone();
                 let k = r.key(key);
                 let ms = ttl.as_millis().max(1) as u64;
-                r.run(async move {
+                r.run("SET NX", async move {
                     redis::cmd("SET")
                         .arg(k)
                         .arg(1)
@@ -214,9 +222,11 @@ impl SharedState {
                         .ignore();
                 }
                 pipe.cmd("ZCARD").arg(&k);
-                r.run(async move { pipe.query_async::<(u64,)>(&mut c).await })
-                    .await
-                    .map(|(n,)| n)
+                r.run("ZSET window", async move {
+                    pipe.query_async::<(u64,)>(&mut c).await
+                })
+                .await
+                .map(|(n,)| n)
             }
             SharedState::Memory(m) => Ok(m.window(key, window, add)),
         }
@@ -238,7 +248,7 @@ impl SharedState {
                     .arg(&k)
                     .arg(ttl.as_millis().max(1) as u64)
                     .ignore();
-                r.run(async move { pipe.query_async::<()>(&mut c).await })
+                r.run("RPUSH", async move { pipe.query_async::<()>(&mut c).await })
                     .await
             }
             SharedState::Memory(m) => {
@@ -263,9 +273,11 @@ impl SharedState {
                     .cmd("DEL")
                     .arg(&k)
                     .ignore();
-                r.run(async move { pipe.query_async::<(Vec<Vec<u8>>,)>(&mut c).await })
-                    .await
-                    .map(|(v,)| v)
+                r.run("LRANGE+DEL", async move {
+                    pipe.query_async::<(Vec<Vec<u8>>,)>(&mut c).await
+                })
+                .await
+                .map(|(v,)| v)
             }
             SharedState::Memory(m) => Ok(m.drain(key)),
         }
@@ -279,7 +291,7 @@ impl SharedState {
                 let pattern = format!("{}*", r.key(prefix));
                 let strip = r.prefix.len();
                 let keys = r
-                    .run(async move {
+                    .run("SCAN", async move {
                         let mut out = Vec::new();
                         let mut iter = c.scan_match::<_, String>(pattern).await?;
                         while let Some(k) = futures_next(&mut iter).await {
@@ -310,11 +322,25 @@ impl RedisState {
         k
     }
 
+    /// One store operation with its deadline, its span (OpenTelemetry
+    /// database conventions) and its latency metric.
     async fn run<T>(
         &self,
+        op: &'static str,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        use tracing::Instrument;
+        let span = tracing::info_span!("redis", otel.name = %format!("redis {op}"), otel.kind = "client", db.system = "redis", db.operation = op);
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.timeout, fut)
+            .instrument(span)
+            .await;
+        authrelay_telemetry::metrics::observe(
+            &authrelay_telemetry::metrics::METRICS.redis_duration,
+            op,
+            started.elapsed(),
+        );
+        match res {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
             Err(_) => Err(StateError::Unavailable(format!(

@@ -1,29 +1,139 @@
-//! Logging and tracing set-up shared by every service.
+//! Logging, tracing and metrics shared by every service.
 //!
-//! Log lines are one event each, grep-able `key=value` (or JSON), in the
-//! spirit of sendmail's `AUTH=server, relay=…, mech=…, bits=…`.
+//! - Log lines are one event each, grep-able `key=value` (or JSON), in the
+//!   spirit of sendmail's `AUTH=server, relay=…, mech=…, bits=…`; events
+//!   inside a traced span carry its `trace_id` and `span_id`.
+//! - Spans go to an OTLP/gRPC collector when one is configured
+//!   (`telemetry.otlp_endpoint` or the standard `OTEL_*` variables), and
+//!   nowhere — quietly — when none is.
+//! - W3C trace context crosses every gRPC hop through [`grpc`]: one layer on
+//!   every server, one interceptor on every client.
+//! - Prometheus metrics in [`metrics`].
 
-use authrelay_config::{LogConfig, LogFormat};
+pub mod grpc;
+pub mod metrics;
+
+use authrelay_config::{Config, LogFormat};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps the exporter alive; dropping it flushes the spans still buffered
+/// (so a service's last spans are not lost on SIGTERM).
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.force_flush();
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn otlp_endpoint(cfg: &Config) -> Option<String> {
+    if !cfg.telemetry.otlp_endpoint.is_empty() {
+        return Some(cfg.telemetry.otlp_endpoint.clone());
+    }
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
 
 /// Install the global subscriber for `service`. `RUST_LOG` wins over the
-/// configured level. Safe to call twice (the second call is a no-op), which
-/// the all-in-one binary relies on.
-pub fn init(service: &str, log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let result = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+/// configured level. A second call (the all-in-one binary) is a no-op that
+/// returns an inert guard.
+pub fn init(service: &str, cfg: &Config) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
     };
-    if result.is_ok() {
-        tracing::debug!(service, "logging initialised");
+    let provider = otlp_endpoint(cfg).and_then(|endpoint| {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|e| {
+                eprintln!("{service}: OTLP exporter for {endpoint}: {e}; tracing export off")
+            })
+            .ok()?;
+        // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by the
+        // SDK's resource detectors and win over this default name.
+        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(name)
+            .build();
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build(),
+        )
+    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry()
+        .with(filter())
+        .with(otel_layer);
+    let result = match cfg.log.format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_target(false),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .try_init(),
+    };
+    if result.is_err() {
+        // Someone installed a subscriber already (all-in-one): keep theirs.
+        return Telemetry { provider: None };
+    }
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    Telemetry { provider }
+}
+
+/// Record the current OpenTelemetry trace and span ids into `span`'s
+/// `trace_id`/`span_id` fields (declared `Empty` at creation), so every log
+/// line inside it names the trace an operator can look up.
+pub fn record_trace_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", tracing::field::display(sc.trace_id()));
+        span.record("span_id", tracing::field::display(sc.span_id()));
     }
 }
 

@@ -13,6 +13,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = authrelay_config::Config::load(args.config.as_deref())?;
-    authrelay_telemetry::init("credential-store", &cfg.log);
+    let _telemetry = authrelay_telemetry::init("credential-store", &cfg);
     credential_store::main_with(cfg).await
 }

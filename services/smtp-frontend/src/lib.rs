@@ -20,10 +20,10 @@ use authrelay_config::{Config, Listener};
 use authrelay_proto::queue::v1::relay_queue_client::RelayQueueClient;
 use authrelay_proto::sasl::v1::sasl_auth_client::SaslAuthClient;
 use authrelay_state::SharedState;
+use authrelay_telemetry::grpc::{Traced, traced};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::Channel;
 
 use crate::policy::RelayPolicy;
 use crate::reply::Reply;
@@ -32,8 +32,8 @@ use crate::reply::Reply;
 pub struct Shared {
     pub cfg: Config,
     pub policy: RelayPolicy,
-    pub sasl: SaslAuthClient<Channel>,
-    pub queue: RelayQueueClient<Channel>,
+    pub sasl: SaslAuthClient<Traced>,
+    pub queue: RelayQueueClient<Traced>,
     pub tls: Option<TlsAcceptor>,
     /// The certificate in use (for tls-server-end-point channel binding).
     pub cert: Option<Arc<tls::ReloadingCert>>,
@@ -101,8 +101,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         policy: RelayPolicy::from_config(&cfg),
-        sasl: SaslAuthClient::new(sasl),
-        queue: RelayQueueClient::new(queue),
+        sasl: SaslAuthClient::new(traced(sasl)),
+        queue: RelayQueueClient::new(traced(queue)),
         tls,
         cert,
         state,
@@ -128,7 +128,12 @@ pub async fn serve(
     let admin_addr = bound.admin.local_addr()?;
     authrelay_telemetry::announce("smtp-frontend", "grpc admin", admin_addr);
     let mut admin_drain = shared.draining.clone();
+    if let Some(addr) = shared.cfg.telemetry.metrics_listen {
+        let local = authrelay_telemetry::metrics::serve(addr).await?;
+        authrelay_telemetry::announce("smtp-frontend", "metrics", local);
+    }
     let admin = tonic::transport::Server::builder()
+        .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(
             authrelay_proto::frontend::v1::sessions_server::SessionsServer::new(

@@ -13,6 +13,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = authrelay_config::Config::load(args.config.as_deref())?;
-    authrelay_telemetry::init("smtp-frontend", &cfg.log);
+    let _telemetry = authrelay_telemetry::init("smtp-frontend", &cfg);
     smtp_frontend::main_with(cfg).await
 }

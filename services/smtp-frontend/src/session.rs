@@ -133,6 +133,8 @@ pub struct Session {
     registration: crate::sessions::Registration,
     /// A BDAT transaction in progress.
     bdat: Option<Upload>,
+    /// Code of the last reply queued (AUTH outcome for spans and metrics).
+    last_code: u16,
 }
 
 pub fn new_id(bytes: usize) -> String {
@@ -152,6 +154,7 @@ impl Session {
         Session {
             registration,
             bdat: None,
+            last_code: 0,
             shared,
             stream: Stream::Plain(stream),
             listener,
@@ -173,6 +176,7 @@ impl Session {
     }
 
     fn reply(&mut self, reply: Reply) {
+        self.last_code = reply.code;
         reply.write_to(&mut self.out);
     }
 
@@ -186,8 +190,21 @@ impl Session {
     }
 
     pub async fn run(mut self) {
-        let span = tracing::info_span!("smtp", session = %self.id, peer = %self.peer);
+        let span = tracing::info_span!(
+            "smtp",
+            otel.name = "smtp session",
+            session = %self.id,
+            peer = %self.peer,
+            client.address = %self.peer.ip(),
+            server.address = %self.shared.cfg.hostname,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        authrelay_telemetry::record_trace_ids(&span);
+        let metrics = &authrelay_telemetry::metrics::METRICS;
+        metrics.sessions_live.inc();
         let _ = tracing::Instrument::instrument(self.run_inner(), span).await;
+        metrics.sessions_live.dec();
     }
 
     async fn run_inner(&mut self) -> std::io::Result<()> {
@@ -464,6 +481,10 @@ impl Session {
                     .as_ref()
                     .map(|c| c.end_point_hash())
                     .unwrap_or_default();
+                authrelay_telemetry::metrics::outcome(
+                    &authrelay_telemetry::metrics::METRICS.tls_handshakes,
+                    "success",
+                );
                 tracing::info!(version = %version, cipher = %cipher, "STARTTLS=server");
                 self.shared.registry.update(&self.id, |r| {
                     r.tls_version = version.clone();
@@ -480,6 +501,10 @@ impl Session {
                 true
             }
             Ok(Err(e)) => {
+                authrelay_telemetry::metrics::outcome(
+                    &authrelay_telemetry::metrics::METRICS.tls_handshakes,
+                    "failure",
+                );
                 tracing::info!(error = %e, "TLS handshake failed");
                 false
             }
@@ -529,7 +554,49 @@ impl Session {
         );
     }
 
+    /// One AUTH command, as one span (the root of its trace below the
+    /// session): mechanism, outcome and, if allowed, the user; the outcome
+    /// is read off the reply the client got, so span, metric and client agree.
     async fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Flow {
+        let mech_label = Mechanism::from_name(mechanism).map_or("unknown", |m| m.name());
+        let span = tracing::info_span!(
+            "AUTH",
+            otel.name = %format!("smtp AUTH {mech_label}"),
+            sasl.mechanism = mech_label,
+            outcome = tracing::field::Empty,
+            enduser.id = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        authrelay_telemetry::record_trace_ids(&span);
+        let started = std::time::Instant::now();
+        let flow =
+            tracing::Instrument::instrument(self.auth_inner(mechanism, initial), span.clone())
+                .await;
+        let outcome = match self.last_code {
+            235 => "success",
+            535 => "failure",
+            454 => "temporary",
+            501 => "malformed",
+            504 => "unsupported",
+            538 => "encryption_required",
+            421 => "too_many_attempts",
+            _ => "refused",
+        };
+        span.record("outcome", outcome);
+        if outcome != "success" {
+            span.record("otel.status_code", "ERROR");
+        } else if self.shared.cfg.telemetry.span_user_names
+            && let Some(a) = &self.auth
+        {
+            span.record("enduser.id", a.authzid.as_str());
+        }
+        authrelay_telemetry::metrics::auth(mech_label, outcome, started.elapsed());
+        flow
+    }
+
+    async fn auth_inner(&mut self, mechanism: &str, initial: Option<String>) -> Flow {
         if self.helo.as_ref().is_none_or(|(_, esmtp)| !esmtp) {
             self.reply(r::bad_sequence("Send EHLO first"));
             return Flow::Continue;

@@ -1,0 +1,113 @@
+//! W3C trace context across gRPC hops, decided once: [`TraceLayer`] on
+//! every server extracts `traceparent`/`tracestate` and opens the server
+//! span under it; [`traced`] wraps every client channel with an
+//! interceptor that injects the caller's current context.
+
+use std::task::{Context, Poll};
+
+use opentelemetry::global;
+use opentelemetry::propagation::{Extractor, Injector};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Client side: puts the current span's context into the request metadata.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InjectContext;
+
+impl Interceptor for InjectContext {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let cx = tracing::Span::current().context();
+        global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut MetadataInjector(req.metadata_mut()))
+        });
+        Ok(req)
+    }
+}
+
+/// A client channel that propagates trace context.
+pub type Traced = InterceptedService<Channel, InjectContext>;
+
+pub fn traced(channel: Channel) -> Traced {
+    InterceptedService::new(channel, InjectContext)
+}
+
+/// Server side: one span per call, child of the caller's context, named and
+/// attributed per the OpenTelemetry RPC conventions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceLayer;
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TraceService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        // Health probes every few seconds would drown real traces.
+        if path.starts_with("/grpc.health.") {
+            return self.inner.call(req).instrument(tracing::Span::none());
+        }
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        let parent =
+            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+        );
+        let _ = span.set_parent(parent);
+        self.inner.call(req).instrument(span)
+    }
+}
