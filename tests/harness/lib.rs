@@ -667,8 +667,31 @@ pub mod tls_client {
     impl TlsRaw {
         /// Handshake on an already connected socket.
         pub fn handshake(tcp: TcpStream) -> TlsRaw {
-            let conn = ClientConnection::new(config(), ServerName::try_from("localhost").unwrap())
+            Self::handshake_with(tcp, config())
+        }
+
+        /// Handshake presenting a client certificate (DER chain, PKCS#8 key).
+        pub fn handshake_with_client_cert(
+            tcp: TcpStream,
+            chain: Vec<Vec<u8>>,
+            key: Vec<u8>,
+        ) -> TlsRaw {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let chain = chain.into_iter().map(CertificateDer::from).collect();
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
+            let cfg = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_client_auth_cert(chain, key)
                 .unwrap();
+            Self::handshake_with(tcp, Arc::new(cfg))
+        }
+
+        fn handshake_with(tcp: TcpStream, config: Arc<ClientConfig>) -> TlsRaw {
+            let conn =
+                ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
             let mut s = StreamOwned::new(conn, tcp);
             while s.conn.is_handshaking() {
                 s.conn.complete_io(&mut s.sock).expect("TLS handshake");
@@ -726,6 +749,16 @@ impl Raw {
     pub fn into_tls(self) -> tls_client::TlsRaw {
         drop(self.reader);
         tls_client::TlsRaw::handshake(self.stream)
+    }
+
+    /// STARTTLS handover presenting a client certificate.
+    pub fn into_tls_with_client_cert(self, cert: &ClientCert) -> tls_client::TlsRaw {
+        drop(self.reader);
+        tls_client::TlsRaw::handshake_with_client_cert(
+            self.stream,
+            vec![cert.cert_der.clone()],
+            cert.key_der.clone(),
+        )
     }
 
     /// Connect from a given local address (e.g. 127.0.0.2) to `addr`.
@@ -989,4 +1022,38 @@ pub fn auth_raw(c: &mut Raw, mech: authrelay_sasl::Mechanism, user: &str, passwo
         (code, text) = c.cmd(&b64(&resp));
     }
     code
+}
+
+/// A test CA (PEM file, for `frontend.tls.client_ca`) and a client
+/// certificate it signed, with subject CN `cn` and e-mail SAN `email`.
+pub struct ClientCert {
+    pub ca_pem: PathBuf,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+pub fn client_certificate(dir: &Path, cn: &str, email: &str) -> ClientCert {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "authrelay test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+        .subject_alt_names
+        .push(SanType::Rfc822Name(email.try_into().unwrap()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca_pem = dir.join("client-ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    ClientCert {
+        ca_pem,
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
+    }
 }

@@ -408,3 +408,86 @@ fn sigterm_during_a_large_data_never_acknowledges_and_loses() {
     );
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn external_with_a_verified_client_certificate_authenticates_and_relays() {
+    let dir = scratch("external");
+    let cert = client_certificate(&dir, "relay-client", "mailrelay@foo.example");
+    let redis = Redis::start(&dir);
+    let sink = Sink::start(&dir);
+    let extra = format!(
+        "[frontend.tls]\nclient_ca = \"{}\"\n[sasl]\nmechanisms = \"EXTERNAL SCRAM-SHA-256 PLAIN LOGIN\"\ntrusted = \"EXTERNAL SCRAM-SHA-256 PLAIN LOGIN\"\n[sasl.external.map]\n\"mailrelay@foo.example\" = \"mailrelay@mailserver.foo.com\"\n",
+        cert.ca_pem.display()
+    );
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            smarthost: Some(sink.addr),
+            extra_toml: extra,
+            ..Default::default()
+        },
+    );
+    // Without a certificate, EXTERNAL is not offered.
+    let mut plain = Raw::connect(stack.submission);
+    plain.cmd("EHLO client.example");
+    assert_eq!(plain.cmd("STARTTLS").0, 220);
+    let mut t = plain.into_tls();
+    let (_, ehlo) = t.cmd("EHLO client.example");
+    assert!(!ehlo.contains("EXTERNAL"), "{ehlo}");
+    // With one, it is, and it logs in as the mapped identity.
+    let mut c = Raw::connect(stack.submission);
+    c.cmd("EHLO client.example");
+    assert_eq!(c.cmd("STARTTLS").0, 220);
+    let mut t = c.into_tls_with_client_cert(&cert);
+    let (_, ehlo) = t.cmd("EHLO client.example");
+    assert!(ehlo.contains("EXTERNAL"), "{ehlo}");
+    let (code, text) = t.cmd("AUTH EXTERNAL =");
+    assert_eq!(code, 235, "{text}");
+    assert_eq!(t.cmd("MAIL FROM:<mailrelay@mailserver.foo.com>").0, 250);
+    assert_eq!(
+        t.cmd("RCPT TO:<far@outside.example>").0,
+        250,
+        "EXTERNAL is trusted: relaying allowed"
+    );
+    assert_eq!(t.cmd("DATA").0, 354);
+    assert_eq!(t.cmd("Subject: external\r\n\r\nhi\r\n.").0, 250);
+    assert_eq!(sink.wait_messages(1, Duration::from_secs(20)).len(), 1);
+    assert!(
+        stack
+            .frontend
+            .log_text()
+            .contains("authid=mailrelay@mailserver.foo.com, mech=EXTERNAL"),
+        "{}",
+        stack.frontend.log_text()
+    );
+}
+
+#[test]
+fn a_replaced_certificate_is_served_to_new_connections_without_restart() {
+    let (dir, _r, _s, stack) = stack("cert-reload", "");
+    let peer_cert = || {
+        let mut c = Raw::connect(stack.submission);
+        c.cmd("EHLO client.example");
+        assert_eq!(c.cmd("STARTTLS").0, 220);
+        c.into_tls().peer_cert()
+    };
+    let old = peer_cert();
+    // Rotate as a Secret update would: new files renamed into place.
+    let fresh = rcgen::generate_simple_self_signed(vec!["mailserver.foo.com".to_owned()]).unwrap();
+    std::fs::write(dir.join("key.pem.new"), fresh.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("cert.pem.new"), fresh.cert.pem()).unwrap();
+    std::fs::rename(dir.join("key.pem.new"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.pem.new"), dir.join("cert.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut now = old.clone();
+    while now == old && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        now = peer_cert();
+    }
+    assert_eq!(
+        now,
+        fresh.cert.der().to_vec(),
+        "new connections get the new certificate"
+    );
+}
