@@ -42,6 +42,33 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages aiosmtpd 2>/dev/null \
     || apt_install python3-aiosmtpd
 fi
+# SASL interop clients we did not write (tests/tests/sasl_interop.rs): swaks
+# with Perl's Authen::SASL/Digest::HMAC (CRAM-MD5, DIGEST-MD5) and
+# IO::Socket::SSL (STARTTLS), curl, GNU SASL, setsid, and scramp.
+sasl_pkgs=()
+command -v swaks >/dev/null || sasl_pkgs+=(swaks)
+command -v curl >/dev/null || sasl_pkgs+=(curl)
+command -v gsasl >/dev/null || sasl_pkgs+=(gsasl)
+command -v setsid >/dev/null || sasl_pkgs+=(util-linux)
+perl -MAuthen::SASL -e1 2>/dev/null || sasl_pkgs+=(libauthen-sasl-perl)
+perl -MDigest::HMAC_MD5 -e1 2>/dev/null || sasl_pkgs+=(libdigest-hmac-perl)
+perl -MIO::Socket::SSL -e1 2>/dev/null || sasl_pkgs+=(libio-socket-ssl-perl)
+if [ ${#sasl_pkgs[@]} -gt 0 ]; then apt_install "${sasl_pkgs[@]}"; fi
+if ! python3 -c 'import scramp' 2>/dev/null; then
+  say "installing scramp (the tests' independent SCRAM client)"
+  python3 -m pip install --quiet scramp 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages scramp 2>/dev/null \
+    || apt_install python3-scramp
+fi
+# Kubernetes manifests without a cluster (tests/tests/k8s_manifests.rs):
+# kubernetes-validate ships the API's JSON schemas (validates offline),
+# dockerfile parses the Dockerfile with the official Go parser; PyYAML
+# renders k8s/ through tests/support/kustomize_lite.py.
+if ! python3 -c 'import kubernetes_validate, dockerfile, yaml' 2>/dev/null; then
+  say "installing kubernetes-validate, dockerfile and PyYAML (manifest checks)"
+  python3 -m pip install --quiet kubernetes-validate dockerfile pyyaml 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate dockerfile pyyaml
+fi
 
 # --- Redis -----------------------------------------------------------------
 if [ -z "${REDIS_URL:-}" ]; then

@@ -26,7 +26,7 @@ pub use client::{ClientCredentials, ClientError, ClientExchange, ClientStep, set
 pub use mechanism::{Mechanism, UnknownMechanism};
 pub use secret::{
     SecretFamily, SecretParams, StoredSecret, derive_scram_secret, derive_secret, dummy_secret,
-    verify_password,
+    set_dummy_params, verify_password,
 };
 pub use server::{
     ChannelBinding, ChannelBindingType, Failure, Outcome, SecretRequest, ServerConfig,

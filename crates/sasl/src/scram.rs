@@ -64,17 +64,17 @@ impl ScramHash {
         }
     }
 
-    /// `SaltedPassword := Hi(Normalize(password), salt, i)`; Hi is PBKDF2 with HMAC-H.
-    ///
-    /// SASLprep (RFC 4013) is not applied: no maintained crate implements it on our dependency
-    /// list, and both sides of authrelay hash the UTF-8 bytes as given. Only non-ASCII
-    /// passwords that SASLprep would rewrite differ from other implementations.
+    /// `SaltedPassword := Hi(Normalize(password), salt, i)`; Hi is PBKDF2 with HMAC-H and
+    /// Normalize is SASLprep ([`normalize_password`]), as in every other SCRAM implementation
+    /// (scramp, GNU SASL, Cyrus): without it a password with, say, a no-break space works
+    /// with our client but not with theirs.
     pub fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        let password = normalize_password(password);
         let mut out = vec![0u8; self.output_len()];
         match self {
-            ScramHash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, &mut out),
+            ScramHash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(&password, salt, iterations, &mut out),
             ScramHash::Sha256 => {
-                pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out)
+                pbkdf2::pbkdf2_hmac::<Sha256>(&password, salt, iterations, &mut out)
             }
         }
         out
@@ -197,6 +197,24 @@ pub(crate) fn is_valid_cb_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
+/// RFC 5802 §2.2 Normalize(): SASLprep (RFC 4013) with unassigned code points allowed (a
+/// "stored string" is prepared the same way as a "query" one by every client we met).
+///
+/// A password SASLprep refuses (e.g. one with a control character or a bidi mix) is used as
+/// its raw bytes rather than refused: the user could not log in with any SCRAM client
+/// otherwise, and our own client and server then still agree. ASCII passwords are printable
+/// already and are never changed, so the fast path skips the tables.
+pub(crate) fn normalize_password(password: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    if password.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Cow::Borrowed(password);
+    }
+    match std::str::from_utf8(password).map(stringprep::saslprep) {
+        Ok(Ok(Cow::Owned(prepared))) if !prepared.is_empty() => Cow::Owned(prepared.into_bytes()),
+        _ => Cow::Borrowed(password),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +240,23 @@ mod tests {
         let keys = ScramHash::Sha1.keys(&salted);
         assert_eq!(B64.encode(&keys.stored_key), "6dlGYMOdZcOPutkcNY8U2g7vK9Y=");
         assert_eq!(B64.encode(&keys.server_key), "D+CSWLOshSulAsxiupA+qs2/fTE=");
+    }
+
+    /// RFC 4013 §3's examples: what scramp and GNU SASL send for these passwords.
+    #[test]
+    fn salted_password_applies_saslprep_like_other_scram_implementations() {
+        let salt = b"salt";
+        let of = |p: &str| ScramHash::Sha256.salted_password(p.as_bytes(), salt, 16);
+        assert_eq!(of("I\u{AD}X"), of("IX"), "soft hyphen is mapped to nothing");
+        assert_eq!(of("\u{2168}"), of("IX"), "NFKC: ROMAN NUMERAL NINE is IX");
+        assert_eq!(
+            of("pass\u{A0}word"),
+            of("pass word"),
+            "no-break space is a space"
+        );
+        assert_ne!(of("user"), of("USER"), "case is kept");
+        // Prohibited (a control character): hashed as given, not refused.
+        assert_eq!(normalize_password(b"a\x07b").as_ref(), b"a\x07b".as_slice());
     }
 
     #[test]

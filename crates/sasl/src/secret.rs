@@ -280,15 +280,30 @@ fn keyed(label: &str, user: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+static DUMMY_PARAMS: OnceLock<SecretParams> = OnceLock::new();
+
+/// The cost parameters real users' secrets are made with (the credential store's
+/// configuration), for [`dummy_secret`] to copy. Call once at startup, before the first
+/// `dummy_secret`; later calls are ignored. Without it the defaults are used, and an
+/// operator who changed the costs would make unknown users measurably slower or faster than
+/// real ones (Argon2id) and give them away in SCRAM's visible `i=` iteration count.
+pub fn set_dummy_params(params: SecretParams) {
+    let _ = DUMMY_PARAMS.set(params);
+}
+
+fn dummy_params() -> &'static SecretParams {
+    DUMMY_PARAMS.get_or_init(SecretParams::default)
+}
+
 /// A stand-in secret for a user that does not exist, so the server does the same work and
 /// answers the same way as for a wrong password (no user enumeration).
 ///
 /// SCRAM's salt is visible to the client in server-first: it is derived from the user name
 /// under a per-process key, so repeated probes for one unknown user see one stable salt,
-/// like a real user's, with the default 4096 iterations. The Password family's PHC is a real
-/// Argon2id hash (default costs) of a random password, computed once per process, so the
-/// verification costs what a real one does. That hash is made on first use, so the first
-/// unknown-user probe would be slower than later ones: call
+/// like a real user's, with the configured iteration count ([`set_dummy_params`]). The
+/// Password family's PHC is a real Argon2id hash (configured costs) of a random password,
+/// computed once per process, so the verification costs what a real one does. That hash is
+/// made on first use, so the first unknown-user probe would be slower than later ones: call
 /// `dummy_secret(SecretFamily::Password, "")` once at startup to make it then.
 pub fn dummy_secret(family: SecretFamily, user: &str) -> StoredSecret {
     match family {
@@ -297,7 +312,7 @@ pub fn dummy_secret(family: SecretFamily, user: &str) -> StoredSecret {
             let phc = PHC.get_or_init(|| {
                 let mut password = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut password);
-                argon2_phc(&password, &SecretParams::default())
+                argon2_phc(&password, dummy_params())
             });
             StoredSecret::Password { phc: phc.clone() }
         }
@@ -317,7 +332,8 @@ pub fn dummy_secret(family: SecretFamily, user: &str) -> StoredSecret {
             // of PBKDF2 keeps probes cheap for us.
             let stored = keyed(&format!("{}-stored", family.name()), user);
             let server = keyed(&format!("{}-server", family.name()), user);
-            scram_from_keys(family, salt, 4096, &stored, &server)
+            let iterations = dummy_params().scram_iterations.max(1);
+            scram_from_keys(family, salt, iterations, &stored, &server)
         }
     }
 }

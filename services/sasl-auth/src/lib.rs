@@ -27,7 +27,6 @@ use authrelay_state::SharedState;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use error::AuthError;
@@ -46,7 +45,7 @@ struct ExchangeRecord {
 pub struct SaslService {
     cfg: Arc<Config>,
     state: SharedState,
-    creds: CredentialStoreClient<Channel>,
+    creds: CredentialStoreClient<authrelay_telemetry::grpc::Traced>,
     admin_token: Option<String>,
     /// Argon2id needs ~19 MiB and tens of ms per verification: bound how many
     /// run at once so a login storm cannot exhaust memory or starve the runtime.
@@ -65,7 +64,7 @@ impl SaslService {
         Ok(SaslService {
             cfg: Arc::new(cfg),
             state,
-            creds: CredentialStoreClient::new(channel),
+            creds: CredentialStoreClient::new(authrelay_telemetry::grpc::traced(channel)),
             admin_token,
             hashing: Arc::new(Semaphore::new(cpus * 2)),
         })
@@ -472,6 +471,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
+    // Unknown users are checked against a dummy secret made with the same
+    // costs as real ones (same Argon2id time, same SCRAM `i=`), or timing
+    // and server-first would tell which users exist.
+    authrelay_sasl::set_dummy_params(authrelay_sasl::SecretParams {
+        scram_iterations: cfg.credential_store.scram_iterations,
+        argon2_m_cost_kib: cfg.credential_store.argon2_memory_kib,
+        argon2_t_cost: cfg.credential_store.argon2_iterations,
+        ..authrelay_sasl::SecretParams::default()
+    });
     let service = SaslService::new(cfg, state.clone())?;
     // Build the unknown-user dummy hash now, so the first probe of an
     // unknown user is not measurably slower than a wrong password.
@@ -493,6 +501,7 @@ pub async fn serve(
         }
     });
     tonic::transport::Server::builder()
+        .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(SaslAuthServer::new(service))
         .serve_with_incoming_shutdown(
@@ -515,5 +524,12 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
     let listener = TcpListener::bind(cfg.sasl_auth.listen).await?;
     authrelay_telemetry::announce("sasl-auth", "grpc", listener.local_addr()?);
+    if let Some(addr) = cfg.telemetry.metrics_listen {
+        authrelay_telemetry::announce(
+            "sasl-auth",
+            "metrics",
+            authrelay_telemetry::metrics::serve(addr).await?,
+        );
+    }
     serve(cfg, state, listener, authrelay_telemetry::shutdown_signal()).await
 }

@@ -69,6 +69,9 @@ fn user_key(name: &str, realm: &str) -> String {
 }
 
 async fn blocked_delay(cfg: &Config) {
+    authrelay_telemetry::metrics::METRICS
+        .bruteforce_blocks
+        .inc();
     tokio::time::sleep(cfg.sasl.limits.block_delay).await;
 }
 

@@ -1,0 +1,231 @@
+//! Brute-force defence shared through Redis by every frontend and sasl-auth:
+//! failures spread over two frontends trip one limit; past it, 454 4.7.0
+//! after the configured delay, logged once per window; a clean address still
+//! logs in, unslowed. And no user enumeration by timing.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use authrelay_e2e::*;
+
+const PASSWORD: &str = "tanstaaf-Secret-42";
+const WRONG: &str = "not-the-password";
+const BLOCK_DELAY: Duration = Duration::from_secs(2);
+
+/// Plain-text AUTH is allowed without TLS here so the attempts are short
+/// raw exchanges; what is under test is the counting, not TLS.
+fn stack(name: &str, limits: &str) -> (std::path::PathBuf, Redis, Stack) {
+    let dir = scratch(name);
+    let redis = Redis::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            extra_toml: format!(
+                "[sasl]\nallow_plaintext_without_tls = true\n\n[sasl.limits]\n{limits}\n"
+            ),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    (dir, redis, stack)
+}
+
+/// One AUTH PLAIN on a fresh connection from `source` (a loopback address);
+/// returns the reply and how long the AUTH command took.
+fn attempt(
+    frontend: SocketAddr,
+    source: &str,
+    user: &str,
+    password: &str,
+) -> (u16, String, Duration) {
+    let (mut c, code, text) = Raw::connect_from(source, frontend)
+        .unwrap_or_else(|| panic!("cannot connect from {source} to {frontend}"));
+    assert_eq!(code, 220, "{text}");
+    assert_eq!(c.cmd("EHLO client.example").0, 250);
+    let ir = b64(format!("\0{user}\0{password}").as_bytes());
+    let started = Instant::now();
+    let (code, text) = c.cmd(&format!("AUTH PLAIN {ir}"));
+    let took = started.elapsed();
+    c.send("QUIT");
+    (code, text, took)
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn failures_over_two_frontends_trip_the_shared_user_limit_but_a_clean_address_still_logs_in() {
+    let (_dir, _redis, stack) = stack(
+        "bf-user",
+        "window = \"60s\"\nmax_failures_per_ip = 100\nmax_failures_per_user = 4\nblock_delay = \"2s\"",
+    );
+    let (frontend_b, b, _) = stack.spawn_frontend("smtp-frontend-b");
+    let a = stack.submission;
+    let user = "test@mailserver.foo.com";
+
+    // Four wrong guesses, alternating frontends, all from 127.0.0.1.
+    for i in 0..4 {
+        let via = if i % 2 == 0 { a } else { b };
+        let (code, text, _) = attempt(via, "127.0.0.1", user, WRONG);
+        assert_eq!(code, 535, "guess {i}: {text}");
+    }
+    // The shared limit is reached: the guessing address is refused on either
+    // frontend, even with the right password, temporarily and slowly.
+    for via in [a, b] {
+        let (code, text, took) = attempt(via, "127.0.0.1", user, PASSWORD);
+        assert_eq!(code, 454, "{text}");
+        assert!(text.contains("4.7.0"), "{text}");
+        assert!(took >= BLOCK_DELAY, "blocked answer came after {took:?}");
+    }
+    // A clean address logs in, and is not slowed down.
+    let (code, text, took) = attempt(b, "127.0.0.2", user, PASSWORD);
+    assert_eq!(code, 235, "{text}");
+    assert!(took < BLOCK_DELAY, "a success took {took:?}");
+    // Another address gets one real guess, then it is blocked too.
+    let (code, text, _) = attempt(a, "127.0.0.3", user, WRONG);
+    assert_eq!(code, 535, "{text}");
+    let (code, text, _) = attempt(b, "127.0.0.3", user, WRONG);
+    assert_eq!(code, 454, "{text}");
+
+    // Logged once per window, however many attempts were refused.
+    let sasl_log = stack.sasl.log_text();
+    assert_eq!(
+        count(
+            &sasl_log,
+            "AUTH blocked: too many failures for user test@mailserver.foo.com within 60s"
+        ),
+        1,
+        "{sasl_log}"
+    );
+    // Each refusal is still one AUTH failure line, on the frontend it hit.
+    let fe_logs = format!("{}\n{}", stack.frontend.log_text(), frontend_b.log_text());
+    assert_eq!(
+        count(
+            &fe_logs,
+            "AUTH failure (PLAIN): too many authentication failures"
+        ),
+        3,
+        "{fe_logs}"
+    );
+    assert!(!fe_logs.contains(WRONG) && !sasl_log.contains(WRONG));
+
+    // The operator sees the limits.
+    let (ok, out, err) = stack.authrelay(&["config", "check"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "window 60s; max failures per client address 100; per user 4; delay when blocked 2000ms"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn failures_from_one_address_over_two_frontends_trip_the_per_address_limit() {
+    let (_dir, _redis, stack) = stack(
+        "bf-ip",
+        "window = \"60s\"\nmax_failures_per_ip = 3\nmax_failures_per_user = 0\nblock_delay = \"2s\"",
+    );
+    let (_frontend_b, b, _) = stack.spawn_frontend("smtp-frontend-b");
+    let a = stack.submission;
+    // Spraying different (unknown) users does not escape the address limit.
+    for i in 0..3 {
+        let via = if i % 2 == 0 { a } else { b };
+        let (code, text, _) = attempt(via, "127.0.0.1", &format!("u{i}@mailserver.foo.com"), WRONG);
+        assert_eq!(code, 535, "{text}");
+    }
+    let (code, text, took) = attempt(b, "127.0.0.1", "test@mailserver.foo.com", PASSWORD);
+    assert_eq!(code, 454, "{text}");
+    assert!(took >= BLOCK_DELAY, "{took:?}");
+    let (code, text, took) = attempt(a, "127.0.0.2", "test@mailserver.foo.com", PASSWORD);
+    assert_eq!(code, 235, "{text}");
+    assert!(took < BLOCK_DELAY, "{took:?}");
+    let sasl_log = stack.sasl.log_text();
+    assert_eq!(
+        count(
+            &sasl_log,
+            "AUTH blocked: too many failures for client address 127.0.0.1"
+        ),
+        1,
+        "{sasl_log}"
+    );
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// RFC 4954 §4 gives both the same 535; this checks they also take the same
+/// time, so an attacker cannot list users by the clock: 30 interleaved pairs
+/// of PLAIN attempts, medians within 25% or 10 ms.
+#[test]
+fn unknown_user_and_wrong_password_take_the_same_time_within_noise() {
+    let (_dir, _redis, stack) = stack(
+        "bf-timing",
+        "max_failures_per_ip = 0\nmax_failures_per_user = 0",
+    );
+    let n = 30;
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    // Warm both paths (connections, caches) before measuring.
+    attempt(
+        stack.submission,
+        "127.0.0.1",
+        "test@mailserver.foo.com",
+        WRONG,
+    );
+    attempt(
+        stack.submission,
+        "127.0.0.1",
+        "nobody@mailserver.foo.com",
+        WRONG,
+    );
+    for i in 0..n {
+        // Alternate which goes first, so a drift in load hits both alike.
+        let order: [(&str, bool); 2] = if i % 2 == 0 {
+            [("test", true), ("nobody", false)]
+        } else {
+            [("nobody", false), ("test", true)]
+        };
+        for (name, exists) in order {
+            let (code, text, took) = attempt(
+                stack.submission,
+                "127.0.0.1",
+                &format!("{name}@mailserver.foo.com"),
+                WRONG,
+            );
+            assert_eq!(code, 535, "{text}");
+            if exists {
+                known.push(took)
+            } else {
+                unknown.push(took)
+            }
+        }
+    }
+    let (mk, mu) = (median(&mut known), median(&mut unknown));
+    let diff = mk.abs_diff(mu);
+    let bound = (mk.max(mu) / 4).max(Duration::from_millis(10));
+    eprintln!(
+        "PLAIN 535 timing over {n} interleaved pairs: wrong password median {:.1} ms \
+         (min {:.1}, max {:.1}); unknown user median {:.1} ms (min {:.1}, max {:.1}); \
+         difference {:.1} ms, bound {:.1} ms",
+        ms(mk),
+        ms(known[0]),
+        ms(known[n - 1]),
+        ms(mu),
+        ms(unknown[0]),
+        ms(unknown[n - 1]),
+        ms(diff),
+        ms(bound)
+    );
+    assert!(
+        diff < bound,
+        "unknown user {mu:?} vs wrong password {mk:?}: differ by {diff:?} (bound {bound:?})"
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,613 @@
+//! Every SASL mechanism against clients we did not write — Python's smtplib,
+//! swaks (Perl Authen::SASL), curl (libcurl), scramp and GNU SASL — over TCP
+//! against the real stack; and exchanges whose steps land on different
+//! sasl-auth replicas.
+//!
+//! Passwords reach the clients through the environment, stdin or a 0600
+//! file, never argv.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use authrelay_e2e::*;
+use authrelay_proto::sasl::v1 as pb;
+use authrelay_proto::sasl::v1::sasl_auth_client::SaslAuthClient;
+use authrelay_sasl::{ClientCredentials, ClientExchange, ClientStep, Mechanism};
+use base64::Engine as _;
+use serde_json::json;
+
+const PASSWORD: &str = "tanstaaf-Secret-42";
+const WRONG: &str = "not-the-password";
+const USER: &str = "test@mailserver.foo.com";
+
+/// A stack with `test@mailserver.foo.com`, a second realm with
+/// `kurt@other.example`, and no brute-force limits: these tests fail on
+/// purpose many times and are about the mechanisms, not the limits.
+fn stack(name: &str) -> (std::path::PathBuf, Redis, Stack) {
+    let dir = scratch(name);
+    let redis = Redis::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            extra_toml: "[sasl]\nrealms = \"mailserver.foo.com other.example\"\n\n\
+                         [sasl.limits]\nmax_failures_per_ip = 0\nmax_failures_per_user = 0\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    stack.add_user("kurt", "other.example", PASSWORD);
+    (dir, redis, stack)
+}
+
+fn assert_no_password_logged(stack: &Stack) {
+    let logs = stack.logs();
+    assert!(!logs.contains(PASSWORD), "a password reached a log");
+    assert!(!logs.contains(WRONG), "a password reached a log");
+}
+
+// ---------------------------------------------------------------- smtplib
+
+#[test]
+fn smtplib_plain_login_and_cram_md5_log_in_with_the_password_and_get_535_without() {
+    let (_dir, _redis, stack) = stack("interop-smtplib");
+    for mech in ["PLAIN", "LOGIN", "CRAM-MD5"] {
+        for (password, want) in [(PASSWORD, 235), (WRONG, 535)] {
+            let res = smtplib(
+                json!({"port": stack.submission.port(), "starttls": true, "mech": mech, "user": USER}),
+                password,
+            );
+            assert_eq!(res["auth"][0], want, "{mech}: {res}");
+        }
+    }
+    assert_no_password_logged(&stack);
+}
+
+// ------------------------------------------------------------------ swaks
+
+/// swaks (Authen::SASL underneath) with the password in SWAKS_OPT_auth_password,
+/// its documented environment form. Returns (exit ok, transcript).
+fn swaks(
+    server: SocketAddr,
+    mech: &str,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let swaks = require_tool("swaks", "apt-get install swaks");
+    let out = Command::new(swaks)
+        .args(["--server", &server.to_string(), "--tls"])
+        .args(["--auth", mech, "--auth-user", user, "--quit-after", "AUTH"])
+        .args(["--ehlo", "client.example"])
+        .args(extra)
+        .env("SWAKS_OPT_auth_password", password)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run swaks");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Authen::SASL") || !text.contains("not installed"),
+        "swaks needs Perl's Authen::SASL and Digest::HMAC for CRAM-MD5/DIGEST-MD5: \
+         apt-get install libauthen-sasl-perl libdigest-hmac-perl (scripts/test.sh does)\n{text}"
+    );
+    (out.status.success(), text)
+}
+
+/// The decoded 334 challenges swaks received, in order.
+fn swaks_challenges(transcript: &str) -> Vec<String> {
+    transcript
+        .lines()
+        .filter_map(|l| {
+            l.trim_start_matches(['<', '~', '*', ' '])
+                .strip_prefix("334 ")
+        })
+        .map(|b| {
+            String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .unwrap_or_default(),
+            )
+            .into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn swaks_plain_login_cram_md5_and_digest_md5_log_in_and_a_wrong_password_is_535() {
+    let (_dir, _redis, stack) = stack("interop-swaks");
+    // DIGEST-MD5 carries the realm in its own directive (RFC 2831 §2.1.2):
+    // the user name is the bare NAME, as with Cyrus' sasldb.
+    for (mech, user) in [
+        ("PLAIN", USER),
+        ("LOGIN", USER),
+        ("CRAM-MD5", USER),
+        ("DIGEST-MD5", "test"),
+    ] {
+        let (ok, text) = swaks(stack.submission, mech, user, PASSWORD, &[]);
+        assert!(ok && text.contains("235 2.7.0"), "{mech}: {text}");
+        let (ok, text) = swaks(stack.submission, mech, user, WRONG, &[]);
+        assert!(!ok && text.contains("535 5.7.8"), "{mech} wrong: {text}");
+    }
+    assert_no_password_logged(&stack);
+}
+
+/// RFC 2831 as swaks' Authen::SASL sees it: realm list, nonce, qop=auth,
+/// charset=utf-8, md5-sess, the realm the client picks, digest-uri service
+/// `smtp` (another service's response is refused) and a final rspauth.
+#[test]
+fn swaks_digest_md5_gets_realms_nonce_qop_charset_and_rspauth_and_the_service_must_be_smtp() {
+    let (_dir, _redis, stack) = stack("interop-digest");
+    let (ok, text) = swaks(stack.submission, "DIGEST-MD5", "test", PASSWORD, &[]);
+    assert!(ok, "{text}");
+    let challenges = swaks_challenges(&text);
+    assert_eq!(challenges.len(), 2, "challenge and rspauth: {text}");
+    let first = &challenges[0];
+    for part in [
+        "realm=\"mailserver.foo.com\"",
+        "realm=\"other.example\"",
+        "qop=\"auth\"",
+        "charset=utf-8",
+        "algorithm=md5-sess",
+    ] {
+        assert!(first.contains(part), "{part} missing in {first}");
+    }
+    let nonce = first
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("");
+    assert!(nonce.len() >= 16, "nonce too short: {first}");
+    assert!(
+        challenges[1].starts_with("rspauth=") && challenges[1].len() == 8 + 32,
+        "{}",
+        challenges[1]
+    );
+    // Each exchange has its own nonce.
+    let (_, again) = swaks(stack.submission, "DIGEST-MD5", "test", PASSWORD, &[]);
+    assert_ne!(swaks_challenges(&again)[0], *first, "nonce reused");
+
+    // A user of the second realm picks it from the list.
+    let (ok, text) = swaks(
+        stack.submission,
+        "DIGEST-MD5",
+        "kurt",
+        PASSWORD,
+        &["--auth-extra", "realm=other.example"],
+    );
+    assert!(ok && text.contains("235 2.7.0"), "{text}");
+    // The same user in the wrong realm is someone else.
+    let (ok, text) = swaks(stack.submission, "DIGEST-MD5", "kurt", PASSWORD, &[]);
+    assert!(!ok && text.contains("535 5.7.8"), "{text}");
+    // A response made for IMAP is not valid for SMTP.
+    let (ok, text) = swaks(
+        stack.submission,
+        "DIGEST-MD5",
+        "test",
+        PASSWORD,
+        &["--auth-extra", "dmd5-serv-type=imap"],
+    );
+    assert!(!ok && text.contains("535 5.7.8"), "{text}");
+    let logs = stack.frontend.log_text();
+    assert!(
+        logs.contains("authid=test@mailserver.foo.com, mech=DIGEST-MD5, bits=128"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("authid=kurt@other.example, mech=DIGEST-MD5"),
+        "{logs}"
+    );
+    assert_no_password_logged(&stack);
+}
+
+// ------------------------------------------------------------------- curl
+
+/// curl smtp:// with STARTTLS required; the credentials in a 0600 `-K`
+/// config file. Returns (exit code, verbose transcript).
+fn curl(server: SocketAddr, dir: &Path, mech: &str, password: &str) -> (i32, String) {
+    let curl = require_tool("curl", "apt-get install curl");
+    let cfg = dir.join(format!("curl-{mech}.cfg"));
+    std::fs::write(&cfg, format!("user = \"{USER}:{password}\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let msg = dir.join("curl-msg.txt");
+    std::fs::write(&msg, "Subject: curl\r\n\r\nhello from curl\r\n").unwrap();
+    let out = Command::new(curl)
+        .arg("-sSv")
+        .arg(format!("smtp://{server}"))
+        .args(["--ssl-reqd", "-k", "--login-options"])
+        .arg(format!("AUTH={mech}"))
+        .arg("-K")
+        .arg(&cfg)
+        .args(["--mail-from", USER, "--mail-rcpt", "friend@outside.example"])
+        .arg("-T")
+        .arg(&msg)
+        .args(["--max-time", "60"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    let _ = std::fs::remove_file(&cfg);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn curl_plain_login_and_cram_md5_log_in_and_a_wrong_password_is_535() {
+    let (dir, _redis, stack) = stack("interop-curl");
+    for mech in ["PLAIN", "LOGIN", "CRAM-MD5"] {
+        let (code, text) = curl(stack.submission, &dir, mech, PASSWORD);
+        assert_eq!(code, 0, "{mech}: {text}");
+        assert!(text.contains(&format!("> AUTH {mech}")), "{mech}: {text}");
+        assert!(text.contains("< 235 2.7.0"), "{mech}: {text}");
+        assert!(text.contains("Message accepted"), "{mech}: {text}");
+        let (code, text) = curl(stack.submission, &dir, mech, WRONG);
+        // curl's CURLE_LOGIN_DENIED
+        assert_eq!(code, 67, "{mech} wrong: {text}");
+        assert!(text.contains("< 535 5.7.8"), "{mech} wrong: {text}");
+    }
+    assert_no_password_logged(&stack);
+}
+
+// ----------------------------------------------------------------- scramp
+
+fn scramp(server: SocketAddr, plan: serde_json::Value, password: &str) -> serde_json::Value {
+    let mut plan = plan;
+    plan["port"] = json!(server.port());
+    let out = Command::new("python3")
+        .arg(support("scram_client.py"))
+        .arg(plan.to_string())
+        .env("SMTP_PASSWORD", password)
+        .output()
+        .expect("python3 must be installed (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let res: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "scram_client.py gave no JSON:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(res.get("error").is_none(), "{res}");
+    res
+}
+
+#[test]
+fn scramp_scram_sha_256_and_sha_1_log_in_verify_the_server_and_a_wrong_password_is_535() {
+    let (_dir, _redis, stack) = stack("interop-scramp");
+    for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1"] {
+        for initial in [true, false] {
+            let res = scramp(
+                stack.submission,
+                json!({"mech": mech, "user": USER, "initial_response": initial}),
+                PASSWORD,
+            );
+            assert_eq!(res["auth"][0], 235, "{mech}: {res}");
+            // scramp checked our v= ServerSignature: we proved we know the key.
+            assert_eq!(res["server_verified"], true, "{mech}: {res}");
+        }
+        let res = scramp(stack.submission, json!({"mech": mech, "user": USER}), WRONG);
+        assert_eq!(res["auth"][0], 535, "{mech} wrong: {res}");
+        let res = scramp(
+            stack.submission,
+            json!({"mech": mech, "user": "nobody@mailserver.foo.com"}),
+            PASSWORD,
+        );
+        assert_eq!(res["auth"][0], 535, "{mech} unknown user: {res}");
+    }
+    let logs = stack.frontend.log_text();
+    assert!(logs.contains("mech=SCRAM-SHA-256, bits=0"), "{logs}");
+    assert!(logs.contains("mech=SCRAM-SHA-1, bits=0"), "{logs}");
+    assert_no_password_logged(&stack);
+}
+
+/// RFC 5802 §2.2: SCRAM hashes the SASLprep'd password. scramp does that; so
+/// must our stored keys, or a user whose password has a no-break space or a
+/// compatibility character could never log in with a real SCRAM client.
+#[test]
+fn scramp_logs_in_with_a_non_ascii_password_that_saslprep_rewrites() {
+    let (_dir, _redis, stack) = stack("interop-saslprep");
+    let password = "pass\u{A0}w\u{F6}rd-\u{2168}";
+    stack.add_user("uni", "mailserver.foo.com", password);
+    let res = scramp(
+        stack.submission,
+        json!({"mech": "SCRAM-SHA-256", "user": "uni@mailserver.foo.com"}),
+        password,
+    );
+    assert_eq!(res["auth"][0], 235, "{res}");
+    // PLAIN compares the UTF-8 bytes as sent (smtplib's auth_plain is
+    // ASCII-only, so this one is spoken by hand over TLS).
+    let mut c = Raw::connect(stack.submission);
+    assert_eq!(c.cmd("EHLO client.example").0, 250);
+    assert_eq!(c.cmd("STARTTLS").0, 220);
+    let mut t = c.into_tls();
+    assert_eq!(t.cmd("EHLO client.example").0, 250);
+    let ir = b64(format!("\0uni@mailserver.foo.com\0{password}").as_bytes());
+    let (code, text) = t.cmd(&format!("AUTH PLAIN {ir}"));
+    assert_eq!(code, 235, "{text}");
+}
+
+// ------------------------------------------------------------------ gsasl
+
+/// GNU SASL's command-line client: STARTTLS with GnuTLS, then
+/// SCRAM-SHA-256-PLUS bound to the TLS 1.3 session with RFC 9266
+/// tls-exporter. The password is answered to its prompt on stdin (setsid
+/// takes the controlling terminal away so getpass reads stdin).
+fn gsasl(server: SocketAddr, mech: &str, password: &str) -> (bool, String) {
+    let gsasl = require_tool("gsasl", "apt-get install gsasl");
+    let setsid = require_tool("setsid", "apt-get install util-linux");
+    let mut child = Command::new(setsid)
+        .arg(gsasl)
+        .args(["--smtp", "--starttls", "--x509-ca-file=", "--verbose"])
+        .args(["-m", mech, "-a", USER])
+        .arg(server.ip().to_string())
+        .arg(server.port().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gsasl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn gsasl_scram_sha_256_plus_with_tls_exporter_logs_in_and_a_wrong_password_is_535() {
+    let (_dir, _redis, stack) = stack("interop-gsasl");
+    let (ok, text) = gsasl(stack.submission, "SCRAM-SHA-256-PLUS", PASSWORD);
+    assert!(ok, "{text}");
+    assert!(text.contains("AUTH SCRAM-SHA-256-PLUS"), "{text}");
+    assert!(text.contains("235 2.7.0"), "{text}");
+    // gsasl checked our v=: "server trusted".
+    assert!(text.contains("server trusted"), "{text}");
+    // The gs2 header names the binding: p=tls-exporter.
+    let client_first = text
+        .lines()
+        .skip_while(|l| !l.starts_with("AUTH SCRAM-SHA-256-PLUS"))
+        .nth(2)
+        .unwrap_or("");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(client_first.trim())
+        .unwrap_or_default();
+    assert!(
+        decoded.starts_with(b"p=tls-exporter,,"),
+        "{}",
+        String::from_utf8_lossy(&decoded)
+    );
+    let (ok, text) = gsasl(stack.submission, "SCRAM-SHA-256-PLUS", WRONG);
+    assert!(!ok && text.contains("535 5.7.8"), "{text}");
+    let logs = stack.frontend.log_text();
+    assert!(logs.contains("mech=SCRAM-SHA-256-PLUS, bits=0"), "{logs}");
+    assert_no_password_logged(&stack);
+}
+
+// --------------------------------------------------------------- replicas
+
+fn facts(session: &str) -> pb::SessionFacts {
+    pb::SessionFacts {
+        session_id: session.into(),
+        client_address: "127.0.0.1:40000".into(),
+        tls: true,
+        server_name: "mailserver.foo.com".into(),
+        tls_version: "TLSv1.3".into(),
+        listener: "submission".into(),
+        ..Default::default()
+    }
+}
+
+type Client = SaslAuthClient<tonic::transport::Channel>;
+
+async fn connect(addr: std::net::SocketAddr) -> Client {
+    SaslAuthClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to sasl-auth")
+}
+
+fn result(
+    r: Result<tonic::Response<pb::StepResponse>, tonic::Status>,
+) -> pb::step_response::Result {
+    r.expect("gRPC call").into_inner().result.expect("a result")
+}
+
+/// Runs one exchange with Start on `replicas[0]` and each later step on the
+/// next replica in turn; returns the client's messages and the outcome.
+async fn exchange_across(
+    replicas: &mut [Client],
+    mech: Mechanism,
+    creds: ClientCredentials,
+    session: &str,
+) -> (Vec<Vec<u8>>, pb::step_response::Result) {
+    let mut client = ClientExchange::new(mech, creds).unwrap();
+    let initial = client.initial_response();
+    let mut sent = Vec::new();
+    let mut turn = 0;
+    let mut res = result(
+        replicas[0]
+            .start(pb::StartRequest {
+                mechanism: mech.name().into(),
+                initial_response: initial,
+                session: Some(facts(session)),
+            })
+            .await,
+    );
+    loop {
+        match res {
+            pb::step_response::Result::Challenge(ch) => {
+                let response = match client.step(&ch.data).expect("client step") {
+                    ClientStep::Respond(r) => r,
+                    ClientStep::Done => Vec::new(),
+                };
+                sent.push(response.clone());
+                turn += 1;
+                let replica = &mut replicas[turn % replicas.len()];
+                res = result(
+                    replica
+                        .step(pb::StepRequest {
+                            exchange_id: ch.exchange_id,
+                            response,
+                            session: Some(facts(session)),
+                        })
+                        .await,
+                );
+            }
+            pb::step_response::Result::Success(s) => {
+                // rspauth / v=: the server proved it knows the secret.
+                client
+                    .verify_final(s.additional_data.as_deref().unwrap_or_default())
+                    .expect("server's final message verifies");
+                return (sent, pb::step_response::Result::Success(s));
+            }
+            failure => return (sent, failure),
+        }
+    }
+}
+
+#[test]
+fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and_a_replayed_digest_response_is_refused()
+ {
+    let (_dir, _redis, stack) = stack("interop-replicas");
+    let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
+    let first: std::net::SocketAddr = stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut replicas = [connect(first).await, connect(second).await];
+        let digest_creds = || ClientCredentials {
+            host: "mailserver.foo.com".into(),
+            ..ClientCredentials::new("test", PASSWORD)
+        };
+        for mech in [Mechanism::DigestMd5, Mechanism::ScramSha256] {
+            let (sent, res) =
+                exchange_across(&mut replicas, mech, digest_creds(), &format!("s-{mech}")).await;
+            match res {
+                pb::step_response::Result::Success(s) => {
+                    assert_eq!(s.authcid, USER, "{mech}");
+                    assert_eq!(s.mechanism, mech.name());
+                }
+                other => panic!("{mech} across replicas: {other:?}"),
+            }
+            assert!(!sent.is_empty(), "{mech} took at least one step");
+        }
+
+        // Capture a good DIGEST-MD5 response (Start on 1, Step on 2) ...
+        let (sent, res) =
+            exchange_across(&mut replicas, Mechanism::DigestMd5, digest_creds(), "s-cap").await;
+        assert!(matches!(res, pb::step_response::Result::Success(_)));
+        let captured = sent[0].clone();
+        // ... and replay it into a fresh exchange on either replica: the
+        // nonce it answers is spent, so it is refused.
+        for (start_on, step_on) in [(0, 1), (1, 0)] {
+            let ch = match result(
+                replicas[start_on]
+                    .start(pb::StartRequest {
+                        mechanism: "DIGEST-MD5".into(),
+                        initial_response: None,
+                        session: Some(facts("s-replay")),
+                    })
+                    .await,
+            ) {
+                pb::step_response::Result::Challenge(ch) => ch,
+                other => panic!("{other:?}"),
+            };
+            match result(
+                replicas[step_on]
+                    .step(pb::StepRequest {
+                        exchange_id: ch.exchange_id,
+                        response: captured.clone(),
+                        session: Some(facts("s-replay")),
+                    })
+                    .await,
+            ) {
+                pb::step_response::Result::Failure(f) => assert_eq!(
+                    f.kind,
+                    pb::failure::Kind::InvalidCredentials as i32,
+                    "{f:?}"
+                ),
+                other => panic!("replayed DIGEST-MD5 response accepted: {other:?}"),
+            }
+        }
+
+        // A step id is single-use across replicas: the second taker finds nothing.
+        let ch = match result(
+            replicas[0]
+                .start(pb::StartRequest {
+                    mechanism: "DIGEST-MD5".into(),
+                    initial_response: None,
+                    session: Some(facts("s-twice")),
+                })
+                .await,
+        ) {
+            pb::step_response::Result::Challenge(ch) => ch,
+            other => panic!("{other:?}"),
+        };
+        let mut client = ClientExchange::new(Mechanism::DigestMd5, digest_creds()).unwrap();
+        let ClientStep::Respond(response) = client.step(&ch.data).unwrap() else {
+            panic!("no response")
+        };
+        let step = || pb::StepRequest {
+            exchange_id: ch.exchange_id.clone(),
+            response: response.clone(),
+            session: Some(facts("s-twice")),
+        };
+        let a = result(replicas[1].step(step()).await);
+        assert!(matches!(a, pb::step_response::Result::Success(_)), "{a:?}");
+        match result(replicas[0].step(step()).await) {
+            pb::step_response::Result::Failure(f) => {
+                assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
+            }
+            other => panic!("a finished exchange was stepped again: {other:?}"),
+        }
+    });
+}
+
+/// The frontend balancing each gRPC call over two replicas: every DIGEST-MD5
+/// (swaks) and SCRAM-SHA-256 (scramp) login succeeds, whichever replica
+/// takes which step.
+#[test]
+fn frontend_balancing_over_two_replicas_completes_every_digest_md5_and_scram_login() {
+    let (_dir, _redis, stack) = stack("interop-balanced");
+    let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
+    let both = format!(
+        "{},http://{second}",
+        stack.endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+    );
+    let (_fe, submission) = stack.spawn_frontend_env(
+        "smtp-frontend-balanced",
+        &[("AUTHRELAY__ENDPOINTS__SASL_AUTH".into(), both)],
+    );
+    for i in 0..8 {
+        let (ok, text) = swaks(submission, "DIGEST-MD5", "test", PASSWORD, &[]);
+        assert!(ok && text.contains("235 2.7.0"), "DIGEST-MD5 #{i}: {text}");
+        let res = scramp(
+            submission,
+            json!({"mech": "SCRAM-SHA-256", "user": USER, "initial_response": i % 2 == 0}),
+            PASSWORD,
+        );
+        assert_eq!(res["auth"][0], 235, "SCRAM-SHA-256 #{i}: {res}");
+    }
+}
