@@ -1,0 +1,454 @@
+//! smtp-load: N concurrent clients for D seconds against any SMTP server.
+//!
+//! Each session is connect → EHLO → [STARTTLS → EHLO] → AUTH MECH →
+//! [MAIL/RCPT/DATA of S bytes] → QUIT, over a pool of users. It reports
+//! sessions/s, AUTH latency and whole-session latency percentiles, and
+//! errors by reply code, as text and JSON. It speaks plain SMTP with the
+//! SASL client mechanisms of `authrelay-sasl`, so it runs as well against
+//! Postfix or Sendmail as against authrelay.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authrelay_sasl::{ClientCredentials, ClientExchange, ClientStep, Mechanism};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub server: String,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub mechanism: Option<Mechanism>,
+    pub starttls: bool,
+    pub implicit_tls: bool,
+    /// `{n}` is replaced by the user number, 0..users.
+    pub user_template: String,
+    pub users: usize,
+    pub password: String,
+    /// Message body size; 0 = auth-only sessions.
+    pub size: usize,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    sessions: u64,
+    auth_us: Vec<u32>,
+    session_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+}
+
+pub struct Report {
+    pub plan: Plan,
+    pub elapsed: Duration,
+    pub sessions: u64,
+    pub auth_us: Vec<u32>,
+    pub session_us: Vec<u32>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.sessions as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let lat = |v: &[u32]| {
+            serde_json::json!({
+                "p50_ms": pct(v, 0.5), "p90_ms": pct(v, 0.9), "p99_ms": pct(v, 0.99),
+                "max_ms": v.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
+            })
+        };
+        serde_json::json!({
+            "server": self.plan.server,
+            "mechanism": self.plan.mechanism.map(|m| m.name()),
+            "concurrency": self.plan.concurrency,
+            "size": self.plan.size,
+            "starttls": self.plan.starttls,
+            "seconds": self.elapsed.as_secs_f64(),
+            "sessions": self.sessions,
+            "sessions_per_sec": self.rate(),
+            "auth": lat(&self.auth_us),
+            "session": lat(&self.session_us),
+            "errors": self.errors,
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "{} sessions in {:.1}s = {:.0} sessions/s ({} clients, {}, {} bytes)\n",
+            self.sessions,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.plan.concurrency,
+            self.plan.mechanism.map_or("no AUTH", |m| m.name()),
+            self.plan.size
+        );
+        for (name, v) in [("AUTH", &self.auth_us), ("session", &self.session_us)] {
+            s.push_str(&format!(
+                "{name:8} latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n",
+                pct(v, 0.5),
+                pct(v, 0.9),
+                pct(v, 0.99),
+                v.last().map_or(0.0, |m| f64::from(*m) / 1000.0)
+            ));
+        }
+        if self.errors.is_empty() {
+            s.push_str("errors: none\n");
+        } else {
+            for (k, n) in &self.errors {
+                s.push_str(&format!("errors {k}: {n}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// The client socket, before or after TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+struct Conn {
+    io: BufReader<Stream>,
+    line: String,
+}
+
+#[derive(Debug)]
+enum Fail {
+    Io(String),
+    Reply(u16, &'static str),
+}
+
+impl Conn {
+    async fn reply(&mut self) -> Result<(u16, String), Fail> {
+        let mut last = String::new();
+        loop {
+            self.line.clear();
+            let n = self
+                .io
+                .read_line(&mut self.line)
+                .await
+                .map_err(|e| Fail::Io(e.kind().to_string()))?;
+            if n == 0 {
+                return Err(Fail::Io("closed".into()));
+            }
+            let code: u16 = self
+                .line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or(Fail::Io("garbled".into()))?;
+            last.push_str(&self.line);
+            if self.line.as_bytes().get(3) != Some(&b'-') {
+                return Ok((code, last));
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fail> {
+        self.io
+            .get_mut()
+            .write_all(bytes)
+            .await
+            .map_err(|e| Fail::Io(e.kind().to_string()))
+    }
+
+    async fn cmd(&mut self, line: &str, want: u16, step: &'static str) -> Result<String, Fail> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        let (code, text) = self.reply().await?;
+        if code != want {
+            return Err(Fail::Reply(code, step));
+        }
+        Ok(text)
+    }
+}
+
+mod any_cert {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// A load tool measures servers, it does not authenticate them: any
+    /// certificate is accepted (handshake signatures are still checked).
+    #[derive(Debug)]
+    pub struct AnyCert(pub std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}
+
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(any_cert::AnyCert(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+async fn handshake(tls: &tokio_rustls::TlsConnector, io: TcpStream) -> Result<Stream, Fail> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let s = tls
+        .connect(name, io)
+        .await
+        .map_err(|e| Fail::Io(format!("tls: {}", e.kind())))?;
+    Ok(Stream::Tls(Box::new(s)))
+}
+
+/// One session; returns the AUTH latency.
+async fn session(
+    plan: &Plan,
+    tls: &tokio_rustls::TlsConnector,
+    user: usize,
+    body: &[u8],
+) -> Result<Option<Duration>, Fail> {
+    let tcp = TcpStream::connect(&plan.server)
+        .await
+        .map_err(|e| Fail::Io(e.kind().to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let io = if plan.implicit_tls {
+        handshake(tls, tcp).await?
+    } else {
+        Stream::Plain(tcp)
+    };
+    let mut c = Conn {
+        io: BufReader::new(io),
+        line: String::with_capacity(256),
+    };
+    let (code, _) = c.reply().await?;
+    if code != 220 {
+        return Err(Fail::Reply(code, "greeting"));
+    }
+    c.cmd("EHLO load.example", 250, "EHLO").await?;
+    if plan.starttls {
+        c.cmd("STARTTLS", 220, "STARTTLS").await?;
+        let Conn { io, line } = c;
+        // The buffered reader is empty here: the server says nothing after 220.
+        let Stream::Plain(tcp) = io.into_inner() else {
+            return Err(Fail::Io("STARTTLS on TLS".into()));
+        };
+        c = Conn {
+            io: BufReader::new(handshake(tls, tcp).await?),
+            line,
+        };
+        c.cmd("EHLO load.example", 250, "EHLO").await?;
+    }
+    let mut auth = None;
+    if let Some(mech) = plan.mechanism {
+        let name = plan.user_template.replace("{n}", &user.to_string());
+        let started = Instant::now();
+        let mut ex = ClientExchange::new(mech, ClientCredentials::new(name, plan.password.clone()))
+            .map_err(|_| Fail::Io("mechanism".into()))?;
+        let first = match ex.initial_response() {
+            Some(ir) => format!(
+                "AUTH {} {}\r\n",
+                mech.name(),
+                if ir.is_empty() {
+                    "=".into()
+                } else {
+                    B64.encode(ir)
+                }
+            ),
+            None => format!("AUTH {}\r\n", mech.name()),
+        };
+        c.send(first.as_bytes()).await?;
+        loop {
+            let (code, text) = c.reply().await?;
+            match code {
+                235 => break,
+                334 => {
+                    let challenge = B64
+                        .decode(text[4..].trim())
+                        .map_err(|_| Fail::Io("bad 334".into()))?;
+                    let resp = match ex.step(&challenge) {
+                        Ok(ClientStep::Respond(r)) => r,
+                        Ok(ClientStep::Done) => Vec::new(),
+                        Err(_) => return Err(Fail::Io("server not verified".into())),
+                    };
+                    c.send(format!("{}\r\n", B64.encode(resp)).as_bytes())
+                        .await?;
+                }
+                other => return Err(Fail::Reply(other, "AUTH")),
+            }
+        }
+        auth = Some(started.elapsed());
+    }
+    if plan.size > 0 {
+        c.cmd(&format!("MAIL FROM:<{}>", plan.from), 250, "MAIL")
+            .await?;
+        c.cmd(&format!("RCPT TO:<{}>", plan.to), 250, "RCPT")
+            .await?;
+        c.cmd("DATA", 354, "DATA").await?;
+        c.send(body).await?;
+        c.cmd(".", 250, "end of DATA").await?;
+    }
+    c.cmd("QUIT", 221, "QUIT").await?;
+    Ok(auth)
+}
+
+/// A message body of about `size` bytes, dot-safe, CRLF-terminated (the
+/// final "." is sent as its own command).
+pub fn body(size: usize) -> Vec<u8> {
+    let mut b = b"Subject: load test\r\nFrom: load@load.example\r\n\r\n".to_vec();
+    let line = b"abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789\r\n";
+    while b.len() + line.len() <= size.max(64) {
+        b.extend_from_slice(line);
+    }
+    b
+}
+
+pub async fn run(plan: Plan) -> Report {
+    let tls = tls_connector();
+    let deadline = Instant::now() + plan.duration;
+    let started = Instant::now();
+    let plan = Arc::new(plan);
+    let body = Arc::new(body(plan.size));
+    let mut workers = Vec::new();
+    for w in 0..plan.concurrency {
+        let (plan, tls, body) = (plan.clone(), tls.clone(), body.clone());
+        workers.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            let mut i = w;
+            while Instant::now() < deadline {
+                let s0 = Instant::now();
+                match session(&plan, &tls, i % plan.users.max(1), &body).await {
+                    Ok(auth) => {
+                        t.sessions += 1;
+                        if let Some(a) = auth {
+                            t.auth_us
+                                .push(a.as_micros().min(u128::from(u32::MAX)) as u32);
+                        }
+                        t.session_us
+                            .push(s0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                    Err(Fail::Reply(code, step)) => {
+                        *t.errors.entry(format!("{code} at {step}")).or_default() += 1
+                    }
+                    Err(Fail::Io(e)) => *t.errors.entry(format!("io {e}")).or_default() += 1,
+                }
+                i += plan.concurrency;
+            }
+            t
+        }));
+    }
+    let mut all = Tally::default();
+    for w in workers {
+        if let Ok(t) = w.await {
+            all.sessions += t.sessions;
+            all.auth_us.extend(t.auth_us);
+            all.session_us.extend(t.session_us);
+            for (k, n) in t.errors {
+                *all.errors.entry(k).or_default() += n;
+            }
+        }
+    }
+    all.auth_us.sort_unstable();
+    all.session_us.sort_unstable();
+    Report {
+        plan: Arc::unwrap_or_clone(plan),
+        elapsed: started.elapsed(),
+        sessions: all.sessions,
+        auth_us: all.auth_us,
+        session_us: all.session_us,
+        errors: all.errors,
+    }
+}
