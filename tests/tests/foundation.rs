@@ -297,3 +297,23 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().unwrap()
     }
 }
+
+/// The verified-credential cache (sasl.verified_cache_ttl) may skip Argon2
+/// for a password it verified before, but never for an old one: a password
+/// change must take effect at once.
+#[test]
+fn a_changed_password_is_not_served_from_the_verified_credential_cache() {
+    let (_dir, _redis, _sink, stack) = stack_with_sink("verified-cache");
+    let login = |pw: &str| {
+        smtplib(json!({"port": stack.submission.port(), "starttls": true, "mech": "PLAIN", "user": "test@mailserver.foo.com"}), pw)["auth"][0]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(login(PASSWORD), 235);
+    assert_eq!(login(PASSWORD), 235, "second login, from the cache");
+    let (ok, _, err) = stack.authrelay(&["user", "passwd", "--realm", "mailserver.foo.com", "test"], "brand-new-Password-1\n");
+    assert!(ok, "{err}");
+    assert_eq!(login(PASSWORD), 535, "the old password must fail right after the change");
+    assert_eq!(login("brand-new-Password-1"), 235);
+    assert_eq!(login("wrong"), 535);
+}

@@ -54,6 +54,27 @@ pub struct Config {
     pub credential_store: CredentialStoreConfig,
     pub relay_queue: RelayQueueConfig,
     pub telemetry: TelemetryConfig,
+    pub internal_tls: InternalTlsConfig,
+}
+
+/// Service-to-service mutual TLS for the gRPC between the services.
+/// Files in the layout cert-manager writes (`tls.crt`, `tls.key`, `ca.crt`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InternalTlsConfig {
+    /// On: every gRPC server requires a client certificate signed by `ca`,
+    /// and every client presents `cert` and checks the server against `ca`
+    /// and the host name of its `https://` endpoint.
+    pub enabled: bool,
+    /// PEM certificate chain this service presents, as server and as client.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle that signs every peer.
+    pub ca: Option<PathBuf>,
+    /// A plain-text `grpc.health.v1` server with the same statuses, for
+    /// probes that cannot present a client certificate (the kubelet's).
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Traces, metrics and what they may show.
@@ -90,6 +111,7 @@ impl Default for Config {
             credential_store: CredentialStoreConfig::default(),
             relay_queue: RelayQueueConfig::default(),
             telemetry: TelemetryConfig::default(),
+            internal_tls: InternalTlsConfig::default(),
         }
     }
 }
@@ -201,6 +223,11 @@ pub struct SaslConfig {
     pub limits: BruteForceLimits,
     /// EXTERNAL: how a verified client-certificate identity maps to a user.
     pub external: ExternalConfig,
+    /// How long a successful PLAIN/LOGIN verification is remembered (as a
+    /// keyed fingerprint in sasl-auth's memory) so a client that reconnects
+    /// does not pay Argon2id each time; 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub verified_cache_ttl: Duration,
 }
 
 impl Default for SaslConfig {
@@ -224,6 +251,7 @@ impl Default for SaslConfig {
             proxy: BTreeMap::new(),
             limits: BruteForceLimits::default(),
             external: ExternalConfig::default(),
+            verified_cache_ttl: Duration::from_secs(300),
         }
     }
 }

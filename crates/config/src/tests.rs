@@ -118,3 +118,68 @@ fn effective_config_round_trips_through_toml() {
         cfg.frontend.max_message_size
     );
 }
+
+#[test]
+fn internal_tls_is_off_by_default_and_https_endpoints_need_it() {
+    let cfg = Config::load_with_env(None, std::iter::empty()).unwrap();
+    assert!(!cfg.internal_tls.enabled);
+    let err = load_str(
+        "[endpoints]\nsasl_auth = \"https://sasl-auth-headless:7341\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "endpoints.sasl_auth");
+    assert!(err.reason.contains("internal_tls.enabled"), "{err}");
+}
+
+#[test]
+fn internal_tls_enabled_needs_cert_key_ca_files_and_https_endpoints() {
+    let dir = std::env::temp_dir().join(format!("authrelay-config-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(dir.join(f), "pem").unwrap();
+    }
+    let d = dir.display();
+    let https = "AUTHRELAY__ENDPOINTS__";
+    let env_ok: Vec<(String, String)> = [
+        ("AUTHRELAY__INTERNAL_TLS__ENABLED", "true".to_owned()),
+        ("AUTHRELAY__INTERNAL_TLS__CERT", format!("{d}/tls.crt")),
+        ("AUTHRELAY__INTERNAL_TLS__KEY", format!("{d}/tls.key")),
+        ("AUTHRELAY__INTERNAL_TLS__CA", format!("{d}/ca.crt")),
+        ("AUTHRELAY__INTERNAL_TLS__HEALTH_LISTEN", "0.0.0.0:7349".to_owned()),
+        ("AUTHRELAY__ENDPOINTS__SASL_AUTH", "https://sasl-auth-headless:7341".to_owned()),
+        ("AUTHRELAY__ENDPOINTS__CREDENTIAL_STORE", "https://credential-store-headless:7342".to_owned()),
+        ("AUTHRELAY__ENDPOINTS__RELAY_QUEUE", "https://relay-queue-headless:7343".to_owned()),
+        ("AUTHRELAY__ENDPOINTS__FRONTEND", "https://smtp-frontend-admin:7340".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let cfg = Config::load_with_env(None, env_ok.clone()).unwrap();
+    assert!(cfg.internal_tls.enabled);
+    assert_eq!(
+        cfg.internal_tls.health_listen,
+        Some("0.0.0.0:7349".parse().unwrap())
+    );
+
+    // A plain http:// peer cannot answer a server that demands a certificate.
+    let mut env = env_ok.clone();
+    env.retain(|(k, _)| k != &format!("{https}RELAY_QUEUE"));
+    let err = Config::load_with_env(None, env).unwrap_err();
+    assert_eq!(err.key, "endpoints.relay_queue");
+    assert!(err.reason.contains("https://"), "{err}");
+
+    // A missing Secret mount is named before any pod starts.
+    let mut env = env_ok.clone();
+    env.retain(|(k, _)| k != "AUTHRELAY__INTERNAL_TLS__CA");
+    let err = Config::load_with_env(None, env).unwrap_err();
+    assert_eq!(err.key, "internal_tls.ca");
+    let mut env = env_ok;
+    env.push((
+        "AUTHRELAY__INTERNAL_TLS__KEY".into(),
+        format!("{d}/missing.key"),
+    ));
+    let err = Config::load_with_env(None, env).unwrap_err();
+    assert_eq!(err.key, "internal_tls.key");
+    assert_eq!(err.reason, "no such file");
+}

@@ -166,6 +166,48 @@ impl Config {
                         "must be an http:// or https:// URL",
                     ));
                 }
+                // With mutual TLS on, every server demands a client
+                // certificate: a plain http:// peer could never answer.
+                if self.internal_tls.enabled && !url.starts_with("https://") {
+                    return Err(ConfigError::new(
+                        key,
+                        url,
+                        "must be an https:// URL when internal_tls.enabled is true",
+                    ));
+                }
+                if !self.internal_tls.enabled && url.starts_with("https://") {
+                    return Err(ConfigError::new(
+                        key,
+                        url,
+                        "https:// needs internal_tls.enabled = true (and its cert, key and ca)",
+                    ));
+                }
+            }
+        }
+        if self.internal_tls.enabled {
+            let t = &self.internal_tls;
+            for (key, path) in [
+                ("internal_tls.cert", &t.cert),
+                ("internal_tls.key", &t.key),
+                ("internal_tls.ca", &t.ca),
+            ] {
+                match path {
+                    None => {
+                        return Err(ConfigError::new(
+                            key,
+                            "",
+                            "is required when internal_tls.enabled is true",
+                        ));
+                    }
+                    Some(p) if !p.is_file() => {
+                        return Err(ConfigError::new(
+                            key,
+                            p.display().to_string(),
+                            "no such file",
+                        ));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         let fe = &self.frontend;

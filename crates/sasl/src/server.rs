@@ -369,6 +369,43 @@ impl ServerExchange {
         self.settle(flow)
     }
 
+    /// For a verified-credential cache: while a PLAIN or LOGIN exchange waits
+    /// for its secret, an HMAC-SHA256 under the caller's process-local `key`
+    /// over the login, the password and the stored hash. Two equal
+    /// fingerprints mean "this password was verified against this very stored
+    /// hash before"; a password change gives a new hash and so a miss. Not
+    /// reversible, and worthless outside the process that holds `key`.
+    pub fn plaintext_fingerprint(&self, key: &[u8], secret: &StoredSecret) -> Option<[u8; 32]> {
+        use hmac::Mac as _;
+        let authcid = match &self.state {
+            State::PlainSecret { authcid, .. } => authcid,
+            State::LoginSecret { username } => username,
+            _ => return None,
+        };
+        let (StoredSecret::Password { phc }, Some(HeldPassword(password))) = (secret, &self.password) else {
+            return None;
+        };
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).ok()?;
+        for part in [authcid.as_bytes(), password.as_slice(), phc.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// Complete a PLAIN or LOGIN exchange whose fingerprint matched a cached
+    /// verification (see [`ServerExchange::plaintext_fingerprint`]): success
+    /// without running Argon2 again.
+    pub fn resume_verified(&mut self) -> Step {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        let flow = match state {
+            State::PlainSecret { authcid, authzid } => Ok(self.success(authcid, None, authzid, None)),
+            State::LoginSecret { username } => Ok(self.success(username, None, None, None)),
+            _ => Err(Failure::Malformed("no plaintext verification pending")),
+        };
+        self.settle(flow)
+    }
+
     fn settle(&mut self, flow: Flow) -> Step {
         let step = flow.unwrap_or_else(Step::Failure);
         if matches!(step, Step::Success(_) | Step::Failure(_)) {

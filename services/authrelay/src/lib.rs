@@ -21,6 +21,8 @@ use authrelay_proto::queue::v1 as qpb;
 use authrelay_proto::queue::v1::relay_queue_client::RelayQueueClient;
 use clap::{Parser, Subcommand};
 
+mod import;
+
 #[derive(Parser)]
 #[command(name = "authrelay", version, about = "An authenticated SMTP relay")]
 struct Cli {
@@ -44,6 +46,19 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Live SMTP sessions of every frontend; `sessions end ID` closes one with 421.
+    Sessions {
+        #[command(subcommand)]
+        action: Option<SessionsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Ask the frontend holding session ID to close it with 421.
+    End { id: String },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +82,11 @@ enum UserCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Import users from a Dovecot passwd-file or a Cyrus sasldb2 dump.
+    Import(import::ImportArgs),
+    /// Re-seal every stored secret under the current encryption key
+    /// (credential_store.encryption_key_file), while serving.
+    Reseal,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(cfg).await,
         Command::User(u) => user(cfg, u).await,
         Command::Queue(q) => queue(cfg, q).await,
+        Command::Sessions { action, json } => sessions(cfg, action, json).await,
         Command::Config(ConfigCommand::Check) => {
             config_check(&cfg);
             Ok(())
@@ -204,7 +225,7 @@ fn config_check(cfg: &Config) {
 
 /// All four services in one process, gRPC between them over loopback.
 async fn serve(mut cfg: Config) -> anyhow::Result<()> {
-    authrelay_telemetry::init("authrelay", &cfg.log);
+    let _telemetry = authrelay_telemetry::init("authrelay", &cfg);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
     let state = authrelay_state::SharedState::from_url(
@@ -336,6 +357,10 @@ fn status_error(what: &str, endpoint: &[String], s: tonic::Status) -> anyhow::Er
             endpoint.join(","),
             s.message()
         ),
+        tonic::Code::Unauthenticated => anyhow::anyhow!(
+            "{what}: refused by the service: {} — set admin.token_file to the file holding its token",
+            s.message()
+        ),
         _ => anyhow::anyhow!("{what}: {}", s.message()),
     }
 }
@@ -369,6 +394,25 @@ async fn user(cfg: Config, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add(a) => put_user(&cfg, &mut client, a, true).await,
         UserCommand::Passwd(a) => put_user(&cfg, &mut client, a, false).await,
+        UserCommand::Import(a) => import::run(&cfg, &mut client, a).await,
+        UserCommand::Reseal => {
+            let r = client
+                .reseal(admin_request(&cfg, cpb::ResealRequest {})?)
+                .await
+                .map_err(|s| status_error("user reseal", &eps, s))?
+                .into_inner();
+            println!(
+                "resealed {} secret(s), {} already current; key id: {}",
+                r.resealed,
+                r.unchanged,
+                if r.key_id.is_empty() {
+                    "none (stored unsealed)"
+                } else {
+                    &r.key_id
+                }
+            );
+            Ok(())
+        }
         UserCommand::Delete { realm, name } => {
             let realm = realm.unwrap_or_else(|| cfg.default_realm.clone());
             client
@@ -430,6 +474,9 @@ async fn put_user(
                 name: a.name.clone(),
                 realm: realm.clone(),
                 password,
+                // passwd without --mech keeps the user's mechanisms (read
+                // and replaced in one transaction on the server).
+                keep_mechanisms: !create_only && a.mechanisms.is_empty(),
                 mechanisms: a.mechanisms,
                 create_only,
             },
@@ -564,6 +611,73 @@ async fn queue(cfg: Config, cmd: QueueCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(err("queue release"))?;
             println!("{id}: released");
+        }
+    }
+    Ok(())
+}
+
+async fn sessions(cfg: Config, action: Option<SessionsCommand>, json: bool) -> anyhow::Result<()> {
+    use authrelay_proto::frontend::v1 as fpb;
+    let eps = cfg.endpoints.frontend.as_slice().to_vec();
+    let ch = authrelay_proto::channel::lazy_channel(&eps, cfg.endpoints.timeout)
+        .map_err(|e| anyhow::anyhow!("endpoints.frontend: {e}"))?;
+    let mut client = fpb::sessions_client::SessionsClient::new(ch);
+    match action {
+        Some(SessionsCommand::End { id }) => {
+            let found = client
+                .end_session(fpb::EndSessionRequest { id: id.clone() })
+                .await
+                .map_err(|s| status_error("sessions end", &eps, s))?
+                .into_inner()
+                .found;
+            if !found {
+                anyhow::bail!("no live session {id}");
+            }
+            println!("{id}: end requested");
+        }
+        None => {
+            let list = client
+                .list_sessions(fpb::ListSessionsRequest {})
+                .await
+                .map_err(|s| status_error("sessions", &eps, s))?
+                .into_inner()
+                .sessions;
+            for s in list {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": s.id, "instance": s.instance, "client": s.client_address, "listener": s.listener,
+                            "tls_version": s.tls_version, "tls_cipher": s.tls_cipher, "auth_id": s.auth_id,
+                            "mechanism": s.mechanism, "started_at": s.started_at,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{} instance={} client={} listener={} tls={} authid={} mech={} started_at={}",
+                        s.id,
+                        s.instance,
+                        s.client_address,
+                        s.listener,
+                        if s.tls_version.is_empty() {
+                            "-"
+                        } else {
+                            &s.tls_version
+                        },
+                        if s.auth_id.is_empty() {
+                            "-"
+                        } else {
+                            &s.auth_id
+                        },
+                        if s.mechanism.is_empty() {
+                            "-"
+                        } else {
+                            &s.mechanism
+                        },
+                        s.started_at
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -18,8 +18,15 @@ pub enum StoreError {
     NotFound,
     #[error("user already exists")]
     AlreadyExists,
-    #[error("admin credential missing or wrong")]
+    #[error(
+        "admin credential missing or wrong (the token in admin.token_file, sent as `authorization: Bearer …`)"
+    )]
     Unauthenticated,
+    #[error("invalid secret: {0}")]
+    InvalidSecret(&'static str),
+    /// Encryption at rest refused a record: fail closed, never a secret in the text.
+    #[error("sealed storage: {0}")]
+    Sealing(String),
     /// Storage failed; the text names the operation, never a secret.
     #[error("storage: {0}")]
     Backend(String),
@@ -33,7 +40,9 @@ impl From<StoreError> for Status {
             | StoreError::InvalidRealm(_)
             | StoreError::InvalidPassword(_)
             | StoreError::UnknownMechanism(_)
-            | StoreError::UnknownFamily(_) => Status::invalid_argument(msg),
+            | StoreError::UnknownFamily(_)
+            | StoreError::InvalidSecret(_) => Status::invalid_argument(msg),
+            StoreError::Sealing(_) => Status::internal(msg),
             StoreError::NotFound => Status::not_found(msg),
             StoreError::AlreadyExists => Status::already_exists(msg),
             StoreError::Unauthenticated => Status::unauthenticated(msg),

@@ -8,6 +8,7 @@
 pub mod backend;
 mod error;
 pub mod names;
+pub mod seal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,17 +22,24 @@ use authrelay_sasl::{Mechanism, SecretFamily, SecretParams, StoredSecret, derive
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-pub use backend::{Backend, FileBackend, PostgresBackend, UserRecord, UserSummary};
+pub use backend::{
+    Backend, FileBackend, PostgresBackend, PutMode, Store, Stored, UserRecord, UserSummary,
+};
 pub use error::StoreError;
+pub use seal::Keyring;
 
 /// Metadata key carrying the admin token (`authorization: Bearer …`).
 pub const AUTHORIZATION: &str = "authorization";
 
 pub struct CredentialService {
-    backend: Arc<Backend>,
+    store: Arc<Store>,
     default_families: Vec<SecretFamily>,
     params: SecretParams,
     admin_token: Option<String>,
+    /// `credential_store.realms`: where users may be created; empty = anywhere.
+    realms: Vec<String>,
+    /// What sasl-auth offers (same config): a listing shows only these.
+    offered: Vec<Mechanism>,
 }
 
 impl CredentialService {
@@ -45,15 +53,41 @@ impl CredentialService {
             ..SecretParams::default()
         };
         Ok(CredentialService {
-            backend: Arc::new(backend),
+            store: Arc::new(Store::new(backend, Keyring::from_config(cfg)?)),
             default_families,
             params,
             admin_token: read_token(cfg)?,
+            realms: cfg
+                .credential_store
+                .realms
+                .iter()
+                .map(str::to_owned)
+                .collect(),
+            offered: cfg.offered_mechanisms(),
         })
     }
 
-    pub fn backend(&self) -> Arc<Backend> {
-        self.backend.clone()
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    fn check_realm(&self, realm: &str) -> Result<(), StoreError> {
+        names::check_realm(realm)?;
+        if !self.realms.is_empty() && !self.realms.iter().any(|r| r == realm) {
+            return Err(StoreError::InvalidRealm(
+                "not one of credential_store.realms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mechanisms `families` let a user use, as offered here.
+    fn usable(&self, families: &[SecretFamily]) -> Vec<String> {
+        mechanisms_of(families)
+            .into_iter()
+            .filter(|m| self.offered.contains(m))
+            .map(|m| m.name().to_owned())
+            .collect()
     }
 
     fn check_admin<T>(&self, req: &Request<T>) -> Result<(), StoreError> {
@@ -160,6 +194,79 @@ pub fn secret_to_proto(s: &StoredSecret) -> pb::Secret {
     pb::Secret { kind: Some(kind) }
 }
 
+/// A secret from an import, checked for shape: the wire types are looser
+/// than the stored ones (a `bytes` field has no length).
+pub fn secret_from_proto(s: &pb::Secret) -> Result<StoredSecret, StoreError> {
+    use pb::secret::Kind;
+    fn words(v: &[u32]) -> Result<[u32; 4], StoreError> {
+        v.try_into()
+            .map_err(|_| StoreError::InvalidSecret("CRAM-MD5 context is not 4 words"))
+    }
+    /// Salt, iterations, StoredKey, ServerKey.
+    type ScramParts<const N: usize> = (Vec<u8>, u32, [u8; N], [u8; N]);
+    fn scram<const N: usize>(s: &pb::Scram) -> Result<ScramParts<N>, StoreError> {
+        if s.salt.is_empty() || s.iterations == 0 {
+            return Err(StoreError::InvalidSecret(
+                "SCRAM secret without salt or iterations",
+            ));
+        }
+        let key = |k: &[u8]| -> Result<[u8; N], StoreError> {
+            k.try_into()
+                .map_err(|_| StoreError::InvalidSecret("SCRAM key of the wrong length"))
+        };
+        Ok((
+            s.salt.clone(),
+            s.iterations,
+            key(&s.stored_key)?,
+            key(&s.server_key)?,
+        ))
+    }
+    Ok(match s.kind.as_ref() {
+        None => return Err(StoreError::InvalidSecret("empty")),
+        Some(Kind::Password(p)) => {
+            // Only Argon2 PHC strings: sasl-auth verifies nothing else.
+            if !(p.phc.starts_with("$argon2id$")
+                || p.phc.starts_with("$argon2i$")
+                || p.phc.starts_with("$argon2d$"))
+            {
+                return Err(StoreError::InvalidSecret(
+                    "password hash is not an Argon2 PHC string",
+                ));
+            }
+            StoredSecret::Password { phc: p.phc.clone() }
+        }
+        Some(Kind::CramMd5(c)) => StoredSecret::CramMd5 {
+            inner: words(&c.inner)?,
+            outer: words(&c.outer)?,
+        },
+        Some(Kind::DigestMd5(d)) => StoredSecret::DigestMd5 {
+            ha1: d
+                .ha1
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::InvalidSecret("DIGEST-MD5 HA1 is not 16 bytes"))?,
+        },
+        Some(Kind::ScramSha1(x)) => {
+            let (salt, iterations, stored_key, server_key) = scram::<20>(x)?;
+            StoredSecret::ScramSha1 {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            }
+        }
+        Some(Kind::ScramSha256(x)) => {
+            let (salt, iterations, stored_key, server_key) = scram::<32>(x)?;
+            StoredSecret::ScramSha256 {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            }
+        }
+    })
+}
+
 #[tonic::async_trait]
 impl CredentialStore for CredentialService {
     #[tracing::instrument(name = "credential-store GetSecret", skip_all, fields(family = %req.get_ref().family))]
@@ -171,7 +278,15 @@ impl CredentialStore for CredentialService {
         let r = req.into_inner();
         let family = SecretFamily::from_name(&r.family)
             .ok_or(StoreError::UnknownFamily(r.family.clone()))?;
-        let secret = self.backend.get_secret(&r.name, &r.realm, family).await?;
+        let secret = self
+            .store
+            .get_secret(&r.name, &r.realm, family)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, StoreError::Sealing(_)) {
+                    tracing::error!(user = %r.name, realm = %r.realm, %family, error = %e, "secret refused");
+                }
+            })?;
         Ok(Response::new(pb::GetSecretResponse {
             found: secret.is_some(),
             secret: secret.as_ref().map(secret_to_proto),
@@ -186,43 +301,51 @@ impl CredentialStore for CredentialService {
         self.check_admin(&req)?;
         let r = req.into_inner();
         names::check_name(&r.name)?;
-        names::check_realm(&r.realm)?;
+        self.check_realm(&r.realm)?;
         names::check_password(&r.password)?;
-        let families = if r.mechanisms.is_empty() {
-            self.default_families.clone()
+        let mode = if r.create_only {
+            PutMode::Create
+        } else if r.mechanisms.is_empty() && r.keep_mechanisms {
+            PutMode::KeepFamilies {
+                default: self.default_families.clone(),
+            }
         } else {
-            families_for(r.mechanisms.iter().map(String::as_str))?
+            PutMode::Replace
+        };
+        let families = match (&mode, r.mechanisms.is_empty()) {
+            // Which families the user has is read inside the write
+            // transaction; derive them all and let the backend keep those.
+            (PutMode::KeepFamilies { .. }, _) => SecretFamily::ALL.to_vec(),
+            (_, true) => self.default_families.clone(),
+            (_, false) => families_for(r.mechanisms.iter().map(String::as_str))?,
         };
         // Argon2id and PBKDF2 are deliberately slow: off the async workers.
         let params = self.params.clone();
         let (name, realm, password) = (r.name.clone(), r.realm.clone(), r.password);
-        let fams = families.clone();
         let secrets: BTreeMap<SecretFamily, StoredSecret> =
             tokio::task::spawn_blocking(move || {
-                fams.iter()
+                families
+                    .iter()
                     .map(|f| (*f, derive_secret(*f, &name, &realm, &password, &params)))
                     .collect()
             })
             .await
             .map_err(|e| StoreError::Backend(format!("derive: {e}")))?;
-        let created = self
-            .backend
+        let stored = self
+            .store
             .put_user(
                 UserRecord {
                     name: r.name.clone(),
                     realm: r.realm.clone(),
                     secrets,
                 },
-                r.create_only,
+                mode,
             )
             .await?;
-        tracing::info!(user = %r.name, realm = %r.realm, created, "user stored");
+        tracing::info!(user = %r.name, realm = %r.realm, created = stored.created, "user stored");
         Ok(Response::new(pb::PutUserResponse {
-            mechanisms: mechanisms_of(&families)
-                .iter()
-                .map(|m| m.name().to_owned())
-                .collect(),
-            created,
+            mechanisms: self.usable(&stored.families),
+            created: stored.created,
         }))
     }
 
@@ -233,7 +356,7 @@ impl CredentialStore for CredentialService {
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         self.check_admin(&req)?;
         let r = req.into_inner();
-        self.backend.delete_user(&r.name, &r.realm).await?;
+        self.store.delete_user(&r.name, &r.realm).await?;
         tracing::info!(user = %r.name, realm = %r.realm, "user deleted");
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
@@ -246,19 +369,74 @@ impl CredentialStore for CredentialService {
         self.check_admin(&req)?;
         let r = req.into_inner();
         let realm = Some(r.realm.as_str()).filter(|s| !s.is_empty());
-        let users = self.backend.list_users(realm).await?;
+        let users = self.store.list_users(realm).await?;
         Ok(Response::new(pb::ListUsersResponse {
             users: users
                 .into_iter()
                 .map(|u| pb::UserEntry {
-                    mechanisms: mechanisms_of(&u.families)
-                        .iter()
-                        .map(|m| m.name().to_owned())
-                        .collect(),
+                    mechanisms: self.usable(&u.families),
                     name: u.name,
                     realm: u.realm,
                 })
                 .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "credential-store ImportUser", skip_all)]
+    async fn import_user(
+        &self,
+        req: Request<pb::ImportUserRequest>,
+    ) -> Result<Response<pb::ImportUserResponse>, Status> {
+        self.check_admin(&req)?;
+        let r = req.into_inner();
+        names::check_name(&r.name)?;
+        self.check_realm(&r.realm)?;
+        if r.secrets.is_empty() {
+            return Err(StoreError::InvalidSecret("no secrets to import").into());
+        }
+        let mut secrets = BTreeMap::new();
+        for s in &r.secrets {
+            let secret = secret_from_proto(s)?;
+            if secrets.insert(secret.family(), secret).is_some() {
+                return Err(StoreError::InvalidSecret("two secrets of one family").into());
+            }
+        }
+        let mode = if r.replace {
+            PutMode::Replace
+        } else {
+            PutMode::Create
+        };
+        let stored = self
+            .store
+            .put_user(
+                UserRecord {
+                    name: r.name.clone(),
+                    realm: r.realm.clone(),
+                    secrets,
+                },
+                mode,
+            )
+            .await?;
+        tracing::info!(user = %r.name, realm = %r.realm, created = stored.created, "user imported");
+        Ok(Response::new(pb::ImportUserResponse {
+            mechanisms: self.usable(&stored.families),
+            created: stored.created,
+        }))
+    }
+
+    #[tracing::instrument(name = "credential-store Reseal", skip_all)]
+    async fn reseal(
+        &self,
+        req: Request<pb::ResealRequest>,
+    ) -> Result<Response<pb::ResealResponse>, Status> {
+        self.check_admin(&req)?;
+        let (resealed, unchanged) = self.store.reseal().await?;
+        let key_id = self.store.key_id().unwrap_or_default().to_owned();
+        tracing::info!(resealed, unchanged, key_id = %key_id, "reseal done");
+        Ok(Response::new(pb::ResealResponse {
+            resealed,
+            unchanged,
+            key_id,
         }))
     }
 }
@@ -281,7 +459,7 @@ pub async fn serve(
 ) -> Result<(), anyhow::Error> {
     let backend = open_backend(&cfg).await?;
     let service = CredentialService::new(backend, &cfg)?;
-    let backend = service.backend();
+    let backend = service.store();
     let (reporter, health) = tonic_health::server::health_reporter();
     // Readiness follows the backend: PostgreSQL down → NOT_SERVING.
     tokio::spawn(async move {
@@ -302,6 +480,7 @@ pub async fn serve(
         }
     });
     tonic::transport::Server::builder()
+        .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(CredentialStoreServer::new(service))
         .serve_with_incoming_shutdown(
@@ -316,5 +495,12 @@ pub async fn serve(
 pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     let listener = TcpListener::bind(cfg.credential_store.listen).await?;
     authrelay_telemetry::announce("credential-store", "grpc", listener.local_addr()?);
+    if let Some(addr) = cfg.telemetry.metrics_listen {
+        authrelay_telemetry::announce(
+            "credential-store",
+            "metrics",
+            authrelay_telemetry::metrics::serve(addr).await?,
+        );
+    }
     serve(cfg, listener, authrelay_telemetry::shutdown_signal()).await
 }

@@ -1,12 +1,20 @@
 //! The outbound SMTP client: one connection per next hop carrying all its
 //! recipients. Replies are parsed here (multi-line, RFC 5321 §4.2.1).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use authrelay_config::{AuthInfo, OutboundTls};
+use authrelay_sasl::{
+    ChannelBinding, ChannelBindingType, ClientCredentials, ClientExchange, ClientStep, Mechanism,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::spool::{Envelope, Recipient};
+use crate::tls::OutboundTlsConfigs;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpReply {
@@ -35,16 +43,37 @@ pub enum RcptOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The hop could not be reached or did not greet us: every message for it
+    /// shares this, so the host status cache remembers it.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{0}")]
     Temporary(String),
     #[error("{0}")]
     Permanent(String),
+    /// The TLS handshake failed; opportunistic TLS retries in the clear.
+    #[error("TLS handshake: {0}")]
+    Tls(String),
 }
 
+/// One next hop and how to talk to it.
+pub struct Hop<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub helo: &'a str,
+    pub timeout: Duration,
+    pub tls: OutboundTls,
+    pub authinfo: Option<&'a AuthInfo>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 struct Conn {
-    reader: BufReader<tokio::io::ReadHalf<TcpStream>>,
-    writer: tokio::io::WriteHalf<TcpStream>,
+    io: BufReader<Box<dyn Io>>,
     timeout: Duration,
+    tls: bool,
+    channel_binding: Option<ChannelBinding>,
 }
 
 impl Conn {
@@ -52,7 +81,7 @@ impl Conn {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(self.timeout, self.reader.read_line(&mut line))
+            let n = tokio::time::timeout(self.timeout, self.io.read_line(&mut line))
                 .await
                 .map_err(|_| ClientError::Temporary("timeout waiting for reply".into()))?
                 .map_err(|e| ClientError::Temporary(format!("read: {e}")))?;
@@ -83,10 +112,50 @@ impl Conn {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        tokio::time::timeout(self.timeout, self.writer.write_all(bytes))
+        let io = self.io.get_mut();
+        let write = async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        };
+        tokio::time::timeout(self.timeout, write)
             .await
             .map_err(|_| ClientError::Temporary("timeout writing".into()))?
             .map_err(|e| ClientError::Temporary(format!("write: {e}")))
+    }
+
+    /// RFC 3207: after `220` to STARTTLS, the TLS handshake; nothing the hop
+    /// sent before it may be kept.
+    async fn starttls(
+        self,
+        host: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Conn, ClientError> {
+        if !self.io.buffer().is_empty() {
+            // Plain-text bytes pipelined before the handshake would be read as if
+            // they came over TLS (the CVE-2011-0411 class of injection).
+            return Err(ClientError::Temporary(
+                "next hop sent data before the TLS handshake".into(),
+            ));
+        }
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| ClientError::Tls(format!("{host:?} is not a valid TLS server name")))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let stream =
+            tokio::time::timeout(self.timeout, connector.connect(name, self.io.into_inner()))
+                .await
+                .map_err(|_| ClientError::Tls("timed out".into()))?
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let channel_binding =
+            crate::tls::tls_exporter(stream.get_ref().1).map(|data| ChannelBinding {
+                kind: ChannelBindingType::TlsExporter,
+                data,
+            });
+        Ok(Conn {
+            io: BufReader::new(Box::new(stream)),
+            timeout: self.timeout,
+            tls: true,
+            channel_binding,
+        })
     }
 }
 
@@ -117,49 +186,162 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Deliver `body` for `rcpts` to `host:port`. A connection-level failure is
-/// an error (every recipient shares it); otherwise one outcome per recipient.
+/// The EHLO keywords of a reply (`AUTH DIGEST-MD5 CRAM-MD5` → "AUTH" with its params).
+struct Extensions(Vec<String>);
+
+impl Extensions {
+    fn from_ehlo(reply: &SmtpReply) -> Self {
+        // The first line is the greeting, not an extension (RFC 5321 §4.1.1.1).
+        Extensions(reply.lines.iter().skip(1).cloned().collect())
+    }
+
+    fn params(&self, ext: &str) -> Option<Vec<&str>> {
+        self.0.iter().find_map(|l| {
+            let mut words = l.split_whitespace();
+            words
+                .next()
+                .filter(|w| w.eq_ignore_ascii_case(ext))
+                .map(|_| words.collect())
+        })
+    }
+
+    fn has(&self, ext: &str) -> bool {
+        self.params(ext).is_some()
+    }
+}
+
+/// The mechanism to use with a hop: the strongest that it offers and the
+/// AuthInfo entry allows. PLAIN and LOGIN send the password itself, so in the
+/// clear only when the entry names them; `-PLUS` only with channel binding.
+pub fn choose_mechanism(
+    info: &AuthInfo,
+    offered: &[&str],
+    tls: bool,
+    channel_binding: bool,
+) -> Option<Mechanism> {
+    let allowed: Vec<Mechanism> = if info.mechanisms.is_empty() {
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| *m != Mechanism::External)
+            .collect()
+    } else {
+        info.mechanisms.clone()
+    };
+    allowed
+        .into_iter()
+        .filter(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
+        .filter(|m| tls || !m.is_plaintext() || info.mechanisms.contains(m))
+        .filter(|m| channel_binding || !m.needs_channel_binding())
+        .filter(|m| *m != Mechanism::External)
+        .max_by_key(|m| m.strength())
+}
+
+/// Deliver `body` for `rcpts` to the hop. A connection-level failure is an
+/// error (every recipient shares it); otherwise one outcome per recipient.
 pub async fn deliver(
-    host: &str,
-    port: u16,
-    helo: &str,
+    hop: &Hop<'_>,
+    tls: &OutboundTlsConfigs,
     env: &Envelope,
     rcpts: &[&Recipient],
     body: &[u8],
-    timeout: Duration,
 ) -> Result<Vec<RcptOutcome>, ClientError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    match session(hop, hop.tls, tls, env, rcpts, body).await {
+        // RFC 7435: opportunistic TLS that cannot be had falls back to the
+        // clear rather than leave the mail undelivered.
+        Err(ClientError::Tls(why)) if hop.tls == OutboundTls::Opportunistic => {
+            tracing::info!(
+                "relay={}:{}, STARTTLS failed ({why}); retrying without TLS",
+                hop.host,
+                hop.port
+            );
+            session(hop, OutboundTls::None, tls, env, rcpts, body).await
+        }
+        Err(ClientError::Tls(why)) => Err(ClientError::Temporary(format!("TLS handshake: {why}"))),
+        other => other,
+    }
+}
+
+async fn ehlo(c: &mut Conn, helo: &str) -> Result<Option<Extensions>, ClientError> {
+    let reply = c.send(&format!("EHLO {helo}")).await?;
+    if reply.is_positive() {
+        return Ok(Some(Extensions::from_ehlo(&reply)));
+    }
+    let reply = c.send(&format!("HELO {helo}")).await?;
+    if !reply.is_positive() {
+        return Err(classify(&reply));
+    }
+    Ok(None)
+}
+
+async fn session(
+    hop: &Hop<'_>,
+    policy: OutboundTls,
+    tls: &OutboundTlsConfigs,
+    env: &Envelope,
+    rcpts: &[&Recipient],
+    body: &[u8],
+) -> Result<Vec<RcptOutcome>, ClientError> {
+    let (host, port) = (hop.host, hop.port);
+    let stream = tokio::time::timeout(hop.timeout, TcpStream::connect((host, port)))
         .await
-        .map_err(|_| ClientError::Temporary(format!("connect to {host}:{port} timed out")))?
-        .map_err(|e| ClientError::Temporary(format!("connect to {host}:{port}: {e}")))?;
+        .map_err(|_| ClientError::Unreachable(format!("connect to {host}:{port} timed out")))?
+        .map_err(|e| ClientError::Unreachable(format!("connect to {host}:{port}: {e}")))?;
     let _ = stream.set_nodelay(true);
-    let (r, w) = tokio::io::split(stream);
     let mut c = Conn {
-        reader: BufReader::new(r),
-        writer: w,
-        timeout,
+        io: BufReader::new(Box::new(stream)),
+        timeout: hop.timeout,
+        tls: false,
+        channel_binding: None,
     };
-    let greeting = c.read_reply().await?;
+    let greeting = match c.read_reply().await {
+        Ok(g) => g,
+        Err(e) => return Err(ClientError::Unreachable(format!("no greeting: {e}"))),
+    };
     if !greeting.is_positive() {
         return Err(classify(&greeting));
     }
-    let mut ehlo = c.send(&format!("EHLO {helo}")).await?;
-    let mut esmtp = true;
-    if !ehlo.is_positive() {
-        ehlo = c.send(&format!("HELO {helo}")).await?;
-        esmtp = false;
-        if !ehlo.is_positive() {
-            return Err(classify(&ehlo));
+    let mut ext = ehlo(&mut c, hop.helo).await?;
+    let offers_tls = ext.as_ref().is_some_and(|e| e.has("STARTTLS"));
+    let use_tls = match policy {
+        OutboundTls::None => false,
+        OutboundTls::Opportunistic => offers_tls,
+        OutboundTls::Required | OutboundTls::RequiredVerify => {
+            if !offers_tls {
+                let _ = c.send("QUIT").await;
+                return Err(ClientError::Temporary(format!(
+                    "{host}:{port} does not offer STARTTLS and TLS is required"
+                )));
+            }
+            true
         }
-    }
-    let has = |ext: &str| {
-        esmtp
-            && ehlo.lines.iter().any(|l| {
-                l.split_whitespace()
-                    .next()
-                    .is_some_and(|w| w.eq_ignore_ascii_case(ext))
-            })
     };
+    if use_tls {
+        let reply = c.send("STARTTLS").await?;
+        if reply.code != 220 {
+            if policy == OutboundTls::Opportunistic {
+                return Err(ClientError::Tls(reply.text()));
+            }
+            return Err(ClientError::Temporary(format!(
+                "STARTTLS refused: {}",
+                reply.text()
+            )));
+        }
+        let config = if policy == OutboundTls::RequiredVerify {
+            tls.verified.clone()
+        } else {
+            tls.any_certificate.clone()
+        };
+        c = c.starttls(host, config).await?;
+        // RFC 3207 §4.2: forget everything learnt before TLS and ask again.
+        ext = ehlo(&mut c, hop.helo).await?;
+    }
+    let ext = ext.unwrap_or(Extensions(Vec::new()));
+    if let Some(info) = hop.authinfo
+        && let Some(offered) = ext.params("AUTH")
+    {
+        authenticate(&mut c, host, info, &offered).await?;
+    }
+    let has = |name: &str| ext.has(name);
     let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
     if has("8BITMIME") && !env.body.is_empty() && env.body != "7BIT" {
         mail.push_str(&format!(" BODY={}", env.body));
@@ -172,13 +354,20 @@ pub async fn deliver(
             mail.push_str(&format!(" RET={}", env.ret));
         }
         if !env.env_id.is_empty() {
-            mail.push_str(&format!(" ENVID={}", env.env_id));
+            mail.push_str(&format!(" ENVID={}", xtext(&env.env_id)));
         }
     }
-    if has("AUTH") && !env.auth_param.is_empty() {
-        mail.push_str(&format!(" AUTH={}", xtext(&env.auth_param)));
+    let mut rep = if has("AUTH") && !env.auth_param.is_empty() {
+        c.send(&format!("{mail} AUTH={}", xtext(&env.auth_param)))
+            .await?
+    } else {
+        c.send(&mail).await?
+    };
+    if rep.code == 555 && has("AUTH") && !env.auth_param.is_empty() {
+        // RFC 4954 §5 makes AUTH= optional; some servers that offer AUTH
+        // (aiosmtpd) still refuse the parameter (RFC 5321 §4.1.1.11 555).
+        rep = c.send(&mail).await?;
     }
-    let rep = c.send(&mail).await?;
     if !rep.is_positive() {
         return Err(classify(&rep));
     }
@@ -191,7 +380,8 @@ pub async fn deliver(
                 line.push_str(&format!(" NOTIFY={}", rcpt.notify.join(",")));
             }
             if !rcpt.orcpt.is_empty() {
-                line.push_str(&format!(" ORCPT={}", rcpt.orcpt));
+                // The spool keeps the decoded address (RFC 3461 §4.2).
+                line.push_str(&format!(" ORCPT=rfc822;{}", xtext(&rcpt.orcpt)));
             }
         }
         let rep = c.send(&line).await?;
@@ -229,6 +419,110 @@ pub async fn deliver(
     Ok(outcomes)
 }
 
+/// RFC 4954 AUTH as a client, with the shared SASL client mechanisms. Any
+/// failure is temporary for the message: a wrong password is fixed by the
+/// operator, not by bouncing the mail.
+async fn authenticate(
+    c: &mut Conn,
+    host: &str,
+    info: &AuthInfo,
+    offered: &[&str],
+) -> Result<(), ClientError> {
+    let Some(mech) = choose_mechanism(info, offered, c.tls, c.channel_binding.is_some()) else {
+        let allowed: Vec<&str> = info.mechanisms.iter().map(|m| m.name()).collect();
+        let why = format!(
+            "no usable mechanism (offered: {}; allowed: {}{})",
+            offered.join(" "),
+            if allowed.is_empty() {
+                "any".to_owned()
+            } else {
+                allowed.join(" ")
+            },
+            if c.tls {
+                ""
+            } else {
+                "; PLAIN/LOGIN need TLS unless listed in M"
+            }
+        );
+        tracing::warn!("AUTH=client, relay={host}, {why}");
+        return Err(ClientError::Temporary(format!("AUTH to {host}: {why}")));
+    };
+    // Our server (and Cyrus with a realm) names users NAME@REALM; DIGEST-MD5
+    // carries the realm in its own field instead.
+    let authcid = match &info.realm {
+        Some(realm) if mech != Mechanism::DigestMd5 && !info.authid.contains('@') => {
+            format!("{}@{realm}", info.authid)
+        }
+        _ => info.authid.clone(),
+    };
+    let creds = ClientCredentials {
+        authcid,
+        authzid: info.authzid.clone(),
+        password: info.password.expose().to_owned(),
+        realm: info.realm.clone(),
+        service: "smtp".to_owned(),
+        host: host.to_owned(),
+        // Binding only for -PLUS: offering it to a plain SCRAM exchange would
+        // send "y", which a server that advertised -PLUS takes as a downgrade.
+        channel_binding: c
+            .channel_binding
+            .clone()
+            .filter(|_| mech.needs_channel_binding()),
+    };
+    let fail = |why: String| {
+        tracing::warn!("AUTH=client, relay={host}, mech={mech}, failure: {why}");
+        ClientError::Temporary(format!("AUTH {mech} to {host} failed: {why}"))
+    };
+    let mut exchange = ClientExchange::new(mech, creds).map_err(|e| fail(e.to_string()))?;
+    let mut line = format!("AUTH {mech}");
+    if let Some(initial) = exchange.initial_response() {
+        // RFC 4954 §4: "=" is an empty initial response.
+        line.push(' ');
+        line.push_str(&if initial.is_empty() {
+            "=".to_owned()
+        } else {
+            B64.encode(initial)
+        });
+    }
+    // Bounded: every mechanism here finishes in at most three round trips.
+    for _ in 0..6 {
+        let reply = c.send(&line).await?;
+        match reply.code {
+            334 => {
+                let challenge = reply.lines.first().map(|l| l.trim()).unwrap_or("");
+                let Ok(challenge) = B64.decode(challenge) else {
+                    let _ = c.send("*").await;
+                    return Err(fail("challenge is not base64".into()));
+                };
+                match exchange.step(&challenge) {
+                    Ok(ClientStep::Respond(bytes)) => line = B64.encode(bytes),
+                    Ok(ClientStep::Done) => line = String::new(),
+                    Err(e) => {
+                        // RFC 4954 §4: "*" cancels the exchange.
+                        let _ = c.send("*").await;
+                        return Err(fail(e.to_string()));
+                    }
+                }
+            }
+            235 => {
+                if !exchange.is_finished() {
+                    exchange
+                        .verify_final(&[])
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                tracing::info!(
+                    target: "auth",
+                    "AUTH=client, relay={host}, mech={mech}, bits={}",
+                    mech.ssf()
+                );
+                return Ok(());
+            }
+            _ => return Err(fail(reply.text())),
+        }
+    }
+    Err(fail("too many challenges".into()))
+}
+
 /// RFC 3461 §4 xtext: "+" and "=" and anything outside 33-126 as +HH.
 pub fn xtext(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -256,5 +550,69 @@ mod tests {
     fn xtext_encodes_specials() {
         assert_eq!(xtext("test@foo.com"), "test@foo.com");
         assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+    }
+}
+
+#[cfg(test)]
+mod choose_tests {
+    use super::*;
+    use authrelay_config::Password;
+
+    fn info(mechs: &[Mechanism]) -> AuthInfo {
+        AuthInfo {
+            host: "h".into(),
+            authzid: None,
+            authid: "u".into(),
+            password: Password::new("p"),
+            realm: None,
+            mechanisms: mechs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn strongest_common_mechanism_wins() {
+        let offered = ["PLAIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-256"];
+        assert_eq!(
+            choose_mechanism(&info(&[]), &offered, true, false),
+            Some(Mechanism::ScramSha256)
+        );
+        assert_eq!(
+            choose_mechanism(&info(&[Mechanism::DigestMd5]), &offered, false, false),
+            Some(Mechanism::DigestMd5)
+        );
+    }
+
+    #[test]
+    fn plaintext_mechanisms_in_the_clear_only_when_listed() {
+        assert_eq!(
+            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], false, false),
+            None
+        );
+        assert_eq!(
+            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], true, false),
+            Some(Mechanism::Plain)
+        );
+        assert_eq!(
+            choose_mechanism(
+                &info(&[Mechanism::Login]),
+                &["PLAIN", "LOGIN"],
+                false,
+                false
+            ),
+            Some(Mechanism::Login)
+        );
+    }
+
+    #[test]
+    fn plus_needs_channel_binding() {
+        let offered = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+        assert_eq!(
+            choose_mechanism(&info(&[]), &offered, true, false),
+            Some(Mechanism::ScramSha256)
+        );
+        assert_eq!(
+            choose_mechanism(&info(&[]), &offered, true, true),
+            Some(Mechanism::ScramSha256Plus)
+        );
     }
 }

@@ -2,13 +2,15 @@
 //! answering, and delivers them to the next hop, retrying with back-off.
 
 pub mod client;
+pub mod dsn;
 pub mod spool;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use authrelay_config::{Config, parse_host_port};
+use authrelay_config::{AuthInfoMap, Config, parse_host_port};
 use authrelay_proto::queue::v1 as pb;
 use authrelay_proto::queue::v1::relay_queue_server::{RelayQueue, RelayQueueServer};
 use tokio::net::TcpListener;
@@ -16,8 +18,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::client::RcptOutcome;
+use crate::client::{Hop, RcptOutcome};
+use crate::dsn::FailedRecipient;
 use crate::spool::{DeliveryState, Envelope, Recipient, Spool, SpoolError};
+use crate::tls::OutboundTlsConfigs;
 
 fn now() -> i64 {
     SystemTime::now()
@@ -45,10 +49,20 @@ pub struct Queue {
     inflight: Mutex<HashSet<String>>,
     wake: Notify,
     slots: Arc<Semaphore>,
+    authinfo: AuthInfoMap,
+    tls: OutboundTlsConfigs,
+    /// Next hops that did not answer: (host, port) → (until, why). Messages
+    /// for them wait without connecting (`confTO_HOSTSTATUS`).
+    host_status: Mutex<HashMap<(String, u16), (i64, String)>>,
 }
 
 impl Queue {
     pub fn open(cfg: Config) -> Result<Arc<Self>, anyhow::Error> {
+        let authinfo = cfg.authinfo().map_err(|e| e.to_config_error())?;
+        let tls = OutboundTlsConfigs::new(cfg.relay_queue.tls_ca_file.as_deref())?;
+        if !authinfo.is_empty() {
+            tracing::info!(entries = authinfo.len(), "AuthInfo map loaded");
+        }
         let spool = Spool::open(&cfg.spool_dir())?;
         let mut schedule = HashMap::new();
         for id in spool.ids()? {
@@ -71,6 +85,9 @@ impl Queue {
             inflight: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             slots,
+            authinfo,
+            tls,
+            host_status: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -159,18 +176,39 @@ impl Queue {
                 )),
             }
         }
-        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut failed: Vec<FailedRecipient> = Vec::new();
+        let fail = |r: &Recipient, text: &str, host: &str| FailedRecipient {
+            address: r.address.clone(),
+            orcpt: r.orcpt.clone(),
+            diagnostic: text.to_owned(),
+            remote_mta: Some(host.to_owned()),
+            status: dsn::status_of(text),
+        };
         for ((host, port), rcpts) in by_hop {
-            let result = client::deliver(
-                &host,
-                port,
-                self.cfg.helo_name(),
-                &env,
-                &rcpts,
-                &body,
-                self.cfg.relay_queue.connect_timeout,
-            )
-            .await;
+            let down = self.host_down(&host, port);
+            let result = match down {
+                Some(why) => Err(client::ClientError::Temporary(format!(
+                    "host status: {host}:{port} did not answer recently ({why})"
+                ))),
+                None => {
+                    let hop = Hop {
+                        host: &host,
+                        port,
+                        helo: self.cfg.helo_name(),
+                        timeout: self.cfg.relay_queue.connect_timeout,
+                        tls: self.cfg.outbound_tls(&host),
+                        authinfo: self.authinfo.lookup(&host),
+                    };
+                    client::deliver(&hop, &self.tls, &env, &rcpts, &body).await
+                }
+            };
+            match &result {
+                Err(client::ClientError::Unreachable(why)) => self.mark_down(&host, port, why),
+                Ok(_) => {
+                    Self::lock(&self.host_status).remove(&(host.clone(), port));
+                }
+                Err(_) => {}
+            }
             match result {
                 Ok(outcomes) => {
                     for (r, o) in rcpts.iter().zip(outcomes) {
@@ -194,8 +232,7 @@ impl Queue {
                                     "{id}: to=<{}>, relay={host}:{port}, stat=Failed ({text})",
                                     r.address
                                 );
-                                state.delivered.push(r.address.clone());
-                                failed.push((r.address.clone(), text));
+                                failed.push(fail(r, &text, &host));
                             }
                         }
                     }
@@ -206,11 +243,11 @@ impl Queue {
                             "{id}: to=<{}>, relay={host}:{port}, stat=Failed ({text})",
                             r.address
                         );
-                        state.delivered.push(r.address.clone());
-                        failed.push((r.address.clone(), text.clone()));
+                        failed.push(fail(r, &text, &host));
                     }
                 }
-                Err(client::ClientError::Temporary(text)) => {
+                Err(e) => {
+                    let text = e.to_string();
                     for r in &rcpts {
                         tracing::info!(
                             "{id}: to=<{}>, relay={host}:{port}, stat=Deferred ({text})",
@@ -221,24 +258,48 @@ impl Queue {
                 }
             }
         }
+        let expired =
+            now() - env.queued_at > self.cfg.relay_queue.max_queue_lifetime.as_secs() as i64;
+        if expired {
+            // RFC 3463 4.4.7: delivery time expired; the last error says why.
+            let last = if errors.is_empty() {
+                state.last_error.clone()
+            } else {
+                errors.join("; ")
+            };
+            for r in &env.recipients {
+                let settled = state.delivered.contains(&r.address)
+                    || failed.iter().any(|f| f.address == r.address);
+                if !settled {
+                    tracing::info!("{id}: to=<{}>, stat=Expired ({last})", r.address);
+                    failed.push(FailedRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        diagnostic: format!("queue lifetime exceeded; last error: {last}"),
+                        remote_mta: None,
+                        status: "4.4.7".into(),
+                    });
+                }
+            }
+        }
         if !failed.is_empty() {
-            // DSN bounces come with the bounce work; until then the failure is logged.
-            tracing::warn!(
-                queue_id = id,
-                failed = failed.len(),
-                "recipients failed permanently"
-            );
+            // The bounce is on disk before the failures are recorded: a crash in
+            // between retries the recipients (and may bounce twice) but never
+            // loses the report.
+            if let Err(e) = self.bounce(id, &env, &body, &failed, state.attempts) {
+                tracing::error!(queue_id = id, error = %e, "cannot queue DSN; will retry");
+                Self::lock(&self.schedule).insert(id.to_owned(), now() + 60);
+                return;
+            }
+            for f in &failed {
+                state.delivered.push(f.address.clone());
+            }
         }
         let all_done = env
             .recipients
             .iter()
             .all(|r| state.delivered.contains(&r.address));
-        let expired =
-            now() - env.queued_at > self.cfg.relay_queue.max_queue_lifetime.as_secs() as i64;
-        if all_done || expired {
-            if expired && !all_done {
-                tracing::warn!(queue_id = id, "queue lifetime exceeded; giving up");
-            }
+        if all_done {
             if let Err(e) = self.spool.remove(id) {
                 tracing::error!(queue_id = id, error = %e, "cannot remove delivered message");
             }
@@ -252,6 +313,102 @@ impl Queue {
             tracing::error!(queue_id = id, error = %e, "cannot save delivery state");
         }
         Self::lock(&self.schedule).insert(id.to_owned(), state.next_attempt);
+    }
+
+    fn host_down(&self, host: &str, port: u16) -> Option<String> {
+        let ttl = self.cfg.relay_queue.host_status_ttl;
+        if ttl.is_zero() {
+            return None;
+        }
+        let mut status = Self::lock(&self.host_status);
+        let key = (host.to_owned(), port);
+        match status.get(&key) {
+            Some((until, why)) if *until > now() => Some(why.clone()),
+            Some(_) => {
+                status.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn mark_down(&self, host: &str, port: u16, why: &str) {
+        let ttl = self.cfg.relay_queue.host_status_ttl;
+        if !ttl.is_zero() {
+            Self::lock(&self.host_status).insert(
+                (host.to_owned(), port),
+                (now() + ttl.as_secs() as i64, why.to_owned()),
+            );
+        }
+    }
+
+    /// Queue one DSN for `failed` through the spool, from the null sender.
+    /// Its id is derived from the message and attempt, so a retry after a
+    /// crash finds it queued instead of making another.
+    fn bounce(
+        &self,
+        id: &str,
+        env: &Envelope,
+        body: &[u8],
+        failed: &[FailedRecipient],
+        attempt: u32,
+    ) -> Result<(), SpoolError> {
+        let report: Vec<FailedRecipient> = failed
+            .iter()
+            .filter(|f| {
+                env.recipients
+                    .iter()
+                    .find(|r| r.address == f.address)
+                    .is_some_and(|r| dsn::wants_failure_report(env, r))
+            })
+            .cloned()
+            .collect();
+        if report.is_empty() {
+            tracing::info!(
+                queue_id = id,
+                failed = failed.len(),
+                "no DSN (null sender or NOTIFY)"
+            );
+            return Ok(());
+        }
+        let prefix: String = id.chars().take(22).collect();
+        let bounce_id = format!("{prefix}B{attempt}");
+        if self.spool.exists(&bounce_id) {
+            return Ok(());
+        }
+        let message = dsn::bounce(&self.cfg.hostname, id, env, body, &report);
+        let bounce_env = Envelope {
+            mail_from: String::new(),
+            recipients: vec![Recipient {
+                address: env.mail_from.clone(),
+                notify: Vec::new(),
+                orcpt: String::new(),
+            }],
+            auth_id: String::new(),
+            auth_param: String::new(),
+            env_id: String::new(),
+            ret: String::new(),
+            body: if env.body.eq_ignore_ascii_case("8BITMIME") || env.smtputf8 {
+                "8BITMIME".into()
+            } else {
+                String::new()
+            },
+            smtputf8: env.smtputf8,
+            client_address: String::new(),
+            session_id: String::new(),
+            traceparent: env.traceparent.clone(),
+            queued_at: now(),
+        };
+        let mut writer = self.spool.writer(&bounce_id, &bounce_env)?;
+        writer.write(&message)?;
+        writer.commit()?;
+        tracing::info!(
+            "{bounce_id}: from=<>, size={}, nrcpts=1, stat=queued (DSN for {id} to <{}>)",
+            message.len(),
+            env.mail_from
+        );
+        self.schedule_now(&bounce_id);
+        Ok(())
     }
 
     /// Exponential back-off with ±25% jitter, capped.
@@ -416,6 +573,8 @@ impl RelayQueue for QueueService {
                 n += 1;
             }
         }
+        // An operator's flush is a request to try now, dead hosts included.
+        Queue::lock(&q.host_status).clear();
         q.wake.notify_one();
         Ok(Response::new(pb::FlushResponse { scheduled: n }))
     }
@@ -482,6 +641,7 @@ pub async fn serve(
         .set_serving::<RelayQueueServer<QueueService>>()
         .await;
     let result = tonic::transport::Server::builder()
+        .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(RelayQueueServer::new(QueueService { queue }))
         .serve_with_incoming_shutdown(
@@ -498,5 +658,12 @@ pub async fn serve(
 pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     let listener = TcpListener::bind(cfg.relay_queue.listen).await?;
     authrelay_telemetry::announce("relay-queue", "grpc", listener.local_addr()?);
+    if let Some(addr) = cfg.telemetry.metrics_listen {
+        authrelay_telemetry::announce(
+            "relay-queue",
+            "metrics",
+            authrelay_telemetry::metrics::serve(addr).await?,
+        );
+    }
     serve(cfg, listener, authrelay_telemetry::shutdown_signal()).await
 }

@@ -8,6 +8,7 @@
 //! Unknown users are verified against a dummy secret: same reply, same log
 //! shape, about the same time as a wrong password.
 
+mod cache;
 mod error;
 mod policy;
 
@@ -50,10 +51,14 @@ pub struct SaslService {
     /// Argon2id needs ~19 MiB and tens of ms per verification: bound how many
     /// run at once so a login storm cannot exhaust memory or starve the runtime.
     hashing: Arc<Semaphore>,
+    /// PLAIN/LOGIN verifications remembered for `sasl.verified_cache_ttl`.
+    verified: Option<cache::VerifiedCache>,
 }
 
 impl SaslService {
     pub fn new(cfg: Config, state: SharedState) -> Result<Self, anyhow::Error> {
+        let ttl = cfg.sasl.verified_cache_ttl;
+        let verified = (!ttl.is_zero()).then(|| cache::VerifiedCache::new(ttl, 100_000));
         let channel = authrelay_proto::channel::lazy_channel(
             cfg.endpoints.credential_store.as_slice(),
             cfg.endpoints.timeout,
@@ -67,6 +72,7 @@ impl SaslService {
             creds: CredentialStoreClient::new(authrelay_telemetry::grpc::traced(channel)),
             admin_token,
             hashing: Arc::new(Semaphore::new(cpus * 2)),
+            verified,
         })
     }
 
@@ -175,7 +181,14 @@ impl SaslService {
                     .await?;
                     let secret = self.fetch_secret(&name, &realm, family).await?;
                     login = Some((name, realm));
-                    step = if family == SecretFamily::Password {
+                    let fingerprint = match (&self.verified, &secret) {
+                        (Some(cache), Some(stored)) => exchange.plaintext_fingerprint(cache.key(), stored),
+                        _ => None,
+                    };
+                    let cached = fingerprint.is_some_and(|fp| self.verified.as_ref().is_some_and(|c| c.hit(&fp)));
+                    step = if cached {
+                        exchange.resume_verified()
+                    } else if family == SecretFamily::Password {
                         let permit = self
                             .hashing
                             .clone()
@@ -191,6 +204,9 @@ impl SaslService {
                         .await
                         .map_err(|e| AuthError::Dependency(format!("verifier task: {e}")))?;
                         exchange = ex;
+                        if let (Step::Success(_), Some(fp), Some(cache)) = (&st, fingerprint, &self.verified) {
+                            cache.insert(fp);
+                        }
                         st
                     } else {
                         exchange.resume(&scfg, secret.as_ref())

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use authrelay_sasl::{SecretFamily, StoredSecret};
+use authrelay_sasl::SecretFamily;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{UserRecord, UserSummary, decode_secret, encode_secret};
+use super::{PutMode, RawUser, Rewrite, Stored, UserSummary};
 use crate::StoreError;
 
 /// key: "realm\0name" (NUL cannot occur in either); value: JSON map of
-/// family name → secret.
-const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users_v1");
+/// family name → stored entry (the secret, or its sealed box).
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users_v1");
 
 #[derive(Clone)]
 pub struct FileBackend {
@@ -29,8 +29,27 @@ fn db_err(what: &'static str) -> impl Fn(redb::Error) -> StoreError {
     move |e| StoreError::Backend(format!("{what}: {e}"))
 }
 
-fn decode_record(bytes: &[u8]) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+type Record = BTreeMap<String, serde_json::Value>;
+
+fn decode_record(bytes: &[u8]) -> Result<Record, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Backend(format!("decode user: {e}")))
+}
+
+fn encode_record(r: &Record) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(r).map_err(|e| StoreError::Backend(format!("encode user: {e}")))
+}
+
+fn entry_bytes(v: &serde_json::Value) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Backend(format!("encode entry: {e}")))
+}
+
+fn families_of(r: &Record) -> Vec<SecretFamily> {
+    let mut f: Vec<SecretFamily> = r
+        .keys()
+        .filter_map(|f| SecretFamily::from_name(f))
+        .collect();
+    f.sort();
+    f
 }
 
 impl FileBackend {
@@ -59,12 +78,12 @@ impl FileBackend {
             .map_err(|e| StoreError::Backend(format!("task: {e}")))?
     }
 
-    pub async fn get_secret(
+    pub async fn get(
         &self,
         name: &str,
         realm: &str,
         family: SecretFamily,
-    ) -> Result<Option<StoredSecret>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let k = key(name, realm);
         self.blocking(move |db| {
             let txn = db
@@ -76,50 +95,55 @@ impl FileBackend {
             let Some(v) = table.get(k.as_str()).map_err(|e| db_err("get")(e.into()))? else {
                 return Ok(None);
             };
-            let map = decode_record(v.value())?;
-            match map.get(family.name()) {
-                Some(s) => {
-                    let bytes =
-                        serde_json::to_vec(s).map_err(|e| StoreError::Backend(e.to_string()))?;
-                    decode_secret(&bytes).map(Some)
-                }
-                None => Ok(None),
-            }
+            decode_record(v.value())?
+                .get(family.name())
+                .map(entry_bytes)
+                .transpose()
         })
         .await
     }
 
-    pub async fn put_user(&self, user: UserRecord, create_only: bool) -> Result<bool, StoreError> {
+    pub async fn put(&self, user: RawUser, mode: PutMode) -> Result<Stored, StoreError> {
         let k = key(&user.name, &user.realm);
-        let mut map = BTreeMap::new();
-        for (family, secret) in &user.secrets {
-            let v: serde_json::Value = serde_json::from_slice(&encode_secret(secret)?)
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            map.insert(family.name().to_owned(), v);
+        let mut given = Record::new();
+        for (family, bytes) in &user.entries {
+            let v: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| StoreError::Backend(format!("encode entry: {e}")))?;
+            given.insert(family.name().to_owned(), v);
         }
-        let value = serde_json::to_vec(&map).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.blocking(move |db| {
             let txn = db
                 .begin_write()
                 .map_err(|e| db_err("begin write")(e.into()))?;
-            let created = {
+            let stored = {
                 let mut table = txn
                     .open_table(USERS)
                     .map_err(|e| db_err("open table")(e.into()))?;
-                let existed = table
+                // redb has one writer at a time: this read and the insert
+                // below see no other write in between.
+                let existing = table
                     .get(k.as_str())
                     .map_err(|e| db_err("get")(e.into()))?
-                    .is_some();
-                if existed && create_only {
-                    return Err(StoreError::AlreadyExists);
-                }
+                    .map(|v| decode_record(v.value()))
+                    .transpose()?;
+                let keep = mode.families_to_store(
+                    existing.as_ref().map(families_of).as_deref(),
+                    &user.entries,
+                )?;
+                let record: Record = given
+                    .into_iter()
+                    .filter(|(f, _)| SecretFamily::from_name(f).is_some_and(|f| keep.contains(&f)))
+                    .collect();
                 table
-                    .insert(k.as_str(), value.as_slice())
+                    .insert(k.as_str(), encode_record(&record)?.as_slice())
                     .map_err(|e| db_err("insert")(e.into()))?;
-                !existed
+                Stored {
+                    created: existing.is_none(),
+                    families: families_of(&record),
+                }
             };
             txn.commit().map_err(|e| db_err("commit")(e.into()))?;
-            Ok(created)
+            Ok(stored)
         })
         .await
     }
@@ -167,19 +191,81 @@ impl FileBackend {
                 if realm.as_deref().is_some_and(|want| want != r) {
                     continue;
                 }
-                let map = decode_record(v.value())?;
-                let mut families: Vec<SecretFamily> = map
-                    .keys()
-                    .filter_map(|f| SecretFamily::from_name(f))
-                    .collect();
-                families.sort();
                 out.push(UserSummary {
                     name: n.to_owned(),
                     realm: r.to_owned(),
-                    families,
+                    families: families_of(&decode_record(v.value())?),
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Rewrite every entry `f` asks to, in batches of one write transaction
+    /// each: readers go on meanwhile (MVCC) and writers wait one batch at most.
+    pub async fn rewrite_all(&self, f: Rewrite) -> Result<(u64, u64), StoreError> {
+        const BATCH: usize = 256;
+        self.blocking(move |db| {
+            let mut after: Option<String> = None;
+            let (mut rewritten, mut unchanged) = (0u64, 0u64);
+            loop {
+                let txn = db
+                    .begin_write()
+                    .map_err(|e| db_err("begin write")(e.into()))?;
+                let last = {
+                    let mut table = txn
+                        .open_table(USERS)
+                        .map_err(|e| db_err("open table")(e.into()))?;
+                    let mut batch = Vec::new();
+                    {
+                        let range = match &after {
+                            Some(a) => table.range::<&str>((
+                                std::ops::Bound::Excluded(a.as_str()),
+                                std::ops::Bound::Unbounded,
+                            )),
+                            None => table.range::<&str>(..),
+                        }
+                        .map_err(|e| db_err("iterate")(e.into()))?;
+                        for item in range.take(BATCH) {
+                            let (k, v) = item.map_err(|e| db_err("iterate")(e.into()))?;
+                            batch.push((k.value().to_owned(), decode_record(v.value())?));
+                        }
+                    }
+                    for (k, mut record) in batch.iter().cloned() {
+                        let Some((realm, name)) = k.split_once('\0') else {
+                            continue;
+                        };
+                        let mut changed = false;
+                        for (fam, v) in record.iter_mut() {
+                            let Some(family) = SecretFamily::from_name(fam) else {
+                                continue;
+                            };
+                            match f(realm, name, family, &entry_bytes(v)?)? {
+                                Some(new) => {
+                                    *v = serde_json::from_slice(&new).map_err(|e| {
+                                        StoreError::Backend(format!("encode entry: {e}"))
+                                    })?;
+                                    changed = true;
+                                    rewritten += 1;
+                                }
+                                None => unchanged += 1,
+                            }
+                        }
+                        if changed {
+                            table
+                                .insert(k.as_str(), encode_record(&record)?.as_slice())
+                                .map_err(|e| db_err("insert")(e.into()))?;
+                        }
+                    }
+                    batch.last().map(|(k, _)| k.clone())
+                };
+                txn.commit().map_err(|e| db_err("commit")(e.into()))?;
+                match last {
+                    Some(k) => after = Some(k),
+                    None => return Ok((rewritten, unchanged)),
+                }
+            }
         })
         .await
     }

@@ -1,17 +1,21 @@
 //! Where users and their secrets are kept. Two backends behind one type,
-//! one behaviour test suite run against both.
+//! one behaviour test suite run against both. Backends store opaque
+//! entries; [`Store`] turns secrets into entries and back, sealing them
+//! when encryption at rest is on.
 
 mod file;
 mod postgres;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use authrelay_sasl::{SecretFamily, StoredSecret};
 
-pub use file::FileBackend;
+pub use file::{FileBackend, USERS as FILE_USERS_TABLE};
 pub use postgres::PostgresBackend;
 
 use crate::StoreError;
+use crate::seal::Keyring;
 
 /// One user: every secret it holds, replaced together or not at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +25,14 @@ pub struct UserRecord {
     pub secrets: BTreeMap<SecretFamily, StoredSecret>,
 }
 
+/// A user as a backend sees it: one opaque entry per family.
+#[derive(Clone, Debug)]
+pub struct RawUser {
+    pub name: String,
+    pub realm: String,
+    pub entries: BTreeMap<SecretFamily, Vec<u8>>,
+}
+
 /// A listing row: who, and which secret families they hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserSummary {
@@ -28,6 +40,59 @@ pub struct UserSummary {
     pub realm: String,
     pub families: Vec<SecretFamily>,
 }
+
+/// What a put did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The user did not exist before.
+    pub created: bool,
+    /// The families the user holds now.
+    pub families: Vec<SecretFamily>,
+}
+
+/// How a put treats an existing user. Decided inside the backend's write
+/// transaction, so reading the old families and writing the new secrets
+/// is one atomic step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with `AlreadyExists` (and change nothing) when the user exists.
+    Create,
+    /// Replace the user's secrets with exactly the given ones.
+    Replace,
+    /// Of the given secrets (derived for every family), store those of the
+    /// families the user holds now; a new user gets `default`.
+    KeepFamilies { default: Vec<SecretFamily> },
+}
+
+impl PutMode {
+    fn families_to_store(
+        &self,
+        existing: Option<&[SecretFamily]>,
+        given: &BTreeMap<SecretFamily, Vec<u8>>,
+    ) -> Result<Vec<SecretFamily>, StoreError> {
+        let given_families = || given.keys().copied().collect::<Vec<_>>();
+        Ok(match (self, existing) {
+            (PutMode::Create, Some(_)) => return Err(StoreError::AlreadyExists),
+            (PutMode::Create | PutMode::Replace, _) => given_families(),
+            (PutMode::KeepFamilies { .. }, Some(now)) => now
+                .iter()
+                .copied()
+                .filter(|f| given.contains_key(f))
+                .collect(),
+            (PutMode::KeepFamilies { default }, None) => default
+                .iter()
+                .copied()
+                .filter(|f| given.contains_key(f))
+                .collect(),
+        })
+    }
+}
+
+/// A per-entry rewrite for a reseal: (realm, name, family, entry) → new
+/// entry, or None to leave it.
+pub type Rewrite = Arc<
+    dyn Fn(&str, &str, SecretFamily, &[u8]) -> Result<Option<Vec<u8>>, StoreError> + Send + Sync,
+>;
 
 /// An enum, not a trait object: two backends chosen once at start.
 pub enum Backend {
@@ -43,26 +108,24 @@ impl Backend {
         }
     }
 
-    pub async fn get_secret(
+    pub async fn get(
         &self,
         name: &str,
         realm: &str,
         family: SecretFamily,
-    ) -> Result<Option<StoredSecret>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
-            Backend::File(b) => b.get_secret(name, realm, family).await,
-            Backend::Postgres(b) => b.get_secret(name, realm, family).await,
+            Backend::File(b) => b.get(name, realm, family).await,
+            Backend::Postgres(b) => b.get(name, realm, family).await,
         }
     }
 
-    /// Replace the user's secrets atomically: after a crash the user has
-    /// either all its old secrets or all its new ones. Returns true when the
-    /// user did not exist before. With `create_only`, an existing user is
-    /// `AlreadyExists` and nothing changes.
-    pub async fn put_user(&self, user: UserRecord, create_only: bool) -> Result<bool, StoreError> {
+    /// Replace the user's entries atomically: after a crash the user has
+    /// either all its old entries or all its new ones.
+    pub async fn put(&self, user: RawUser, mode: PutMode) -> Result<Stored, StoreError> {
         match self {
-            Backend::File(b) => b.put_user(user, create_only).await,
-            Backend::Postgres(b) => b.put_user(user, create_only).await,
+            Backend::File(b) => b.put(user, mode).await,
+            Backend::Postgres(b) => b.put(user, mode).await,
         }
     }
 
@@ -81,6 +144,15 @@ impl Backend {
         }
     }
 
+    /// Apply `f` to every stored entry; returns (rewritten, unchanged).
+    /// An entry written concurrently is left as the writer made it.
+    pub async fn rewrite_all(&self, f: Rewrite) -> Result<(u64, u64), StoreError> {
+        match self {
+            Backend::File(b) => b.rewrite_all(f).await,
+            Backend::Postgres(b) => b.rewrite_all(f).await,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Backend::File(_) => Ok(()),
@@ -89,12 +161,83 @@ impl Backend {
     }
 }
 
-fn encode_secret(s: &StoredSecret) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(s).map_err(|e| StoreError::Backend(format!("encode secret: {e}")))
+/// A backend plus the keys that seal what it stores.
+pub struct Store {
+    backend: Backend,
+    keys: Arc<Keyring>,
 }
 
-fn decode_secret(b: &[u8]) -> Result<StoredSecret, StoreError> {
-    serde_json::from_slice(b).map_err(|e| StoreError::Backend(format!("decode secret: {e}")))
+impl Store {
+    pub fn new(backend: Backend, keys: Keyring) -> Store {
+        Store {
+            backend,
+            keys: Arc::new(keys),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    pub fn key_id(&self) -> Option<&str> {
+        self.keys.current_id()
+    }
+
+    pub async fn get_secret(
+        &self,
+        name: &str,
+        realm: &str,
+        family: SecretFamily,
+    ) -> Result<Option<StoredSecret>, StoreError> {
+        match self.backend.get(name, realm, family).await? {
+            None => Ok(None),
+            Some(bytes) => self.keys.open(realm, name, family, &bytes).map(Some),
+        }
+    }
+
+    pub async fn put_user(&self, user: UserRecord, mode: PutMode) -> Result<Stored, StoreError> {
+        let mut entries = BTreeMap::new();
+        for (family, secret) in &user.secrets {
+            if secret.family() != *family {
+                return Err(StoreError::Backend(format!(
+                    "secret filed under {family} is another family"
+                )));
+            }
+            entries.insert(*family, self.keys.seal(&user.realm, &user.name, secret)?);
+        }
+        self.backend
+            .put(
+                RawUser {
+                    name: user.name,
+                    realm: user.realm,
+                    entries,
+                },
+                mode,
+            )
+            .await
+    }
+
+    pub async fn delete_user(&self, name: &str, realm: &str) -> Result<(), StoreError> {
+        self.backend.delete_user(name, realm).await
+    }
+
+    pub async fn list_users(&self, realm: Option<&str>) -> Result<Vec<UserSummary>, StoreError> {
+        self.backend.list_users(realm).await
+    }
+
+    /// Re-seal every entry under the current key; (resealed, unchanged).
+    pub async fn reseal(&self) -> Result<(u64, u64), StoreError> {
+        let keys = self.keys.clone();
+        self.backend
+            .rewrite_all(Arc::new(move |realm, name, family, bytes| {
+                keys.reseal(realm, name, family, bytes)
+            }))
+            .await
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.backend.ping().await
+    }
 }
 
 #[cfg(test)]

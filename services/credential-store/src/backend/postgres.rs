@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use authrelay_sasl::{SecretFamily, StoredSecret};
+use authrelay_sasl::SecretFamily;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{UserRecord, UserSummary, decode_secret, encode_secret};
+use super::{PutMode, RawUser, Rewrite, Stored, UserSummary};
 use crate::StoreError;
 
 /// Schema migrations, applied in order on start under an advisory lock so
@@ -126,12 +126,12 @@ impl PostgresBackend {
         Ok(())
     }
 
-    pub async fn get_secret(
+    pub async fn get(
         &self,
         name: &str,
         realm: &str,
         family: SecretFamily,
-    ) -> Result<Option<StoredSecret>, StoreError> {
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let guard = self.client().await?;
         let row = guard
             .as_ref()
@@ -142,43 +142,83 @@ impl PostgresBackend {
             )
             .await
             .map_err(pg_err("select"))?;
-        row.map(|r| decode_secret(r.get::<_, &[u8]>(0))).transpose()
+        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
 
-    pub async fn put_user(&self, user: UserRecord, create_only: bool) -> Result<bool, StoreError> {
-        let mut rows = Vec::with_capacity(user.secrets.len());
-        for (family, secret) in &user.secrets {
-            rows.push((family.name(), encode_secret(secret)?));
-        }
+    pub async fn put(&self, user: RawUser, mode: PutMode) -> Result<Stored, StoreError> {
         let mut guard = self.client().await?;
         let client = guard.as_mut().expect("connected");
         let txn = client.transaction().await.map_err(pg_err("begin"))?;
-        // Serialise writers of the same user: the row lock is on the user key.
+        // Serialise writers of the same user, so reading its families and
+        // replacing its rows is one step (PutMode::KeepFamilies).
         let key = format!("{}@{}", user.name, user.realm);
         txn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
             .await
             .map_err(pg_err("lock"))?;
-        let deleted = txn
-            .execute(
-                "DELETE FROM credentials WHERE realm = $1 AND name = $2",
+        let existing: Vec<SecretFamily> = txn
+            .query(
+                "DELETE FROM credentials WHERE realm = $1 AND name = $2 RETURNING family",
                 &[&user.realm, &user.name],
             )
             .await
-            .map_err(pg_err("delete"))?;
-        if deleted > 0 && create_only {
-            // Dropping the transaction rolls the delete back.
-            return Err(StoreError::AlreadyExists);
-        }
-        for (family, secret) in &rows {
+            .map_err(pg_err("delete"))?
+            .iter()
+            .filter_map(|r| SecretFamily::from_name(r.get::<_, &str>(0)))
+            .collect();
+        let existed = !existing.is_empty();
+        // On error, dropping the transaction rolls the delete back.
+        let keep = mode.families_to_store(existed.then_some(existing.as_slice()), &user.entries)?;
+        for (family, entry) in user.entries.iter().filter(|(f, _)| keep.contains(f)) {
             txn.execute(
                 "INSERT INTO credentials (realm, name, family, secret) VALUES ($1, $2, $3, $4)",
-                &[&user.realm, &user.name, family, secret],
+                &[&user.realm, &user.name, &family.name(), entry],
             )
             .await
             .map_err(pg_err("insert"))?;
         }
         txn.commit().await.map_err(pg_err("commit"))?;
-        Ok(deleted == 0)
+        let mut families = keep;
+        families.sort();
+        Ok(Stored {
+            created: !existed,
+            families,
+        })
+    }
+
+    /// Row by row, each update conditional on the entry being unchanged, so
+    /// a password change racing the reseal is never overwritten.
+    pub async fn rewrite_all(&self, f: Rewrite) -> Result<(u64, u64), StoreError> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("connected");
+        let rows = client
+            .query("SELECT realm, name, family, secret FROM credentials", &[])
+            .await
+            .map_err(pg_err("select"))?;
+        let (mut rewritten, mut unchanged) = (0u64, 0u64);
+        for row in rows {
+            let (realm, name, fam, old): (String, String, String, Vec<u8>) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let Some(family) = SecretFamily::from_name(&fam) else {
+                continue;
+            };
+            match f(&realm, &name, family, &old)? {
+                Some(new) => {
+                    let n = client
+                        .execute(
+                            "UPDATE credentials SET secret = $5, updated_at = now() \
+                             WHERE realm = $1 AND name = $2 AND family = $3 AND secret = $4",
+                            &[&realm, &name, &fam, &old, &new],
+                        )
+                        .await
+                        .map_err(pg_err("update"))?;
+                    if n == 1 {
+                        rewritten += 1;
+                    }
+                }
+                None => unchanged += 1,
+            }
+        }
+        Ok((rewritten, unchanged))
     }
 
     pub async fn delete_user(&self, name: &str, realm: &str) -> Result<(), StoreError> {

@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use authrelay_sasl::{SecretFamily, SecretParams, derive_secret};
 
 use super::*;
+use crate::seal::Keyring;
 
 pub(crate) fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn backends() -> Vec<Backend> {
+async fn raw_backends() -> Vec<Backend> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("authrelay-cs-{}-{n}", std::process::id()));
@@ -30,6 +31,22 @@ async fn backends() -> Vec<Backend> {
             )
         });
     vec![Backend::File(file), Backend::Postgres(Box::new(pg))]
+}
+
+/// Every backend twice: storing secrets as they are, and sealed.
+async fn backends() -> Vec<Store> {
+    let mut out = Vec::new();
+    for b in raw_backends().await {
+        out.push(Store::new(b, Keyring::default()));
+    }
+    for b in raw_backends().await {
+        out.push(Store::new(b, Keyring::with_key(&[42; 32], &[])));
+    }
+    out
+}
+
+fn label(s: &Store) -> String {
+    format!("{} sealed={}", s.kind(), s.key_id().is_some())
 }
 
 fn quick_params() -> SecretParams {
@@ -62,13 +79,16 @@ async fn put_then_get_each_family() {
     for b in backends().await {
         let rec = record("test", "mailserver.foo.com", "pw", &SecretFamily::ALL);
         assert!(
-            b.put_user(rec.clone(), false).await.unwrap(),
+            b.put_user(rec.clone(), PutMode::Replace)
+                .await
+                .unwrap()
+                .created,
             "{}: created",
-            b.kind()
+            label(&b)
         );
         for f in SecretFamily::ALL {
             let got = b.get_secret("test", "mailserver.foo.com", f).await.unwrap();
-            assert_eq!(got.as_ref(), rec.secrets.get(&f), "{}: {f:?}", b.kind());
+            assert_eq!(got.as_ref(), rec.secrets.get(&f), "{}: {f:?}", label(&b));
         }
         assert_eq!(
             b.get_secret("test", "other.realm", SecretFamily::Password)
@@ -88,9 +108,12 @@ async fn put_then_get_each_family() {
 #[tokio::test]
 async fn replace_drops_families_not_given() {
     for b in backends().await {
-        b.put_user(record("u", "r", "old", &SecretFamily::ALL), false)
-            .await
-            .unwrap();
+        b.put_user(
+            record("u", "r", "old", &SecretFamily::ALL),
+            PutMode::Replace,
+        )
+        .await
+        .unwrap();
         let created = b
             .put_user(
                 record(
@@ -99,16 +122,17 @@ async fn replace_drops_families_not_given() {
                     "new",
                     &[SecretFamily::Password, SecretFamily::ScramSha256],
                 ),
-                false,
+                PutMode::Replace,
             )
             .await
-            .unwrap();
-        assert!(!created, "{}: replace is not create", b.kind());
+            .unwrap()
+            .created;
+        assert!(!created, "{}: replace is not create", label(&b));
         assert_eq!(
             b.get_secret("u", "r", SecretFamily::CramMd5).await.unwrap(),
             None,
             "{}",
-            b.kind()
+            label(&b)
         );
         assert_eq!(
             b.get_secret("u", "r", SecretFamily::DigestMd5)
@@ -128,12 +152,15 @@ async fn replace_drops_families_not_given() {
 async fn create_only_refuses_existing_and_changes_nothing() {
     for b in backends().await {
         let first = record("u", "r", "one", &[SecretFamily::Password]);
-        b.put_user(first.clone(), true).await.unwrap();
+        b.put_user(first.clone(), PutMode::Create).await.unwrap();
         let err = b
-            .put_user(record("u", "r", "two", &[SecretFamily::CramMd5]), true)
+            .put_user(
+                record("u", "r", "two", &[SecretFamily::CramMd5]),
+                PutMode::Create,
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists), "{}", b.kind());
+        assert!(matches!(err, StoreError::AlreadyExists), "{}", label(&b));
         assert_eq!(
             b.get_secret("u", "r", SecretFamily::Password)
                 .await
@@ -147,12 +174,18 @@ async fn create_only_refuses_existing_and_changes_nothing() {
 #[tokio::test]
 async fn delete_and_list() {
     for b in backends().await {
-        b.put_user(record("a", "r1", "p", &[SecretFamily::Password]), false)
-            .await
-            .unwrap();
-        b.put_user(record("b", "r2", "p", &[SecretFamily::CramMd5]), false)
-            .await
-            .unwrap();
+        b.put_user(
+            record("a", "r1", "p", &[SecretFamily::Password]),
+            PutMode::Replace,
+        )
+        .await
+        .unwrap();
+        b.put_user(
+            record("b", "r2", "p", &[SecretFamily::CramMd5]),
+            PutMode::Replace,
+        )
+        .await
+        .unwrap();
         let all: Vec<_> = b
             .list_users(None)
             .await
@@ -164,7 +197,7 @@ async fn delete_and_list() {
             all,
             [("r1".to_owned(), "a".to_owned()), ("r2".into(), "b".into())],
             "{}",
-            b.kind()
+            label(&b)
         );
         let r2 = b.list_users(Some("r2")).await.unwrap();
         assert_eq!(r2.len(), 1);
@@ -174,5 +207,133 @@ async fn delete_and_list() {
             Err(StoreError::NotFound)
         ));
         assert_eq!(b.list_users(None).await.unwrap().len(), 1);
+    }
+}
+
+fn all_derived(name: &str, realm: &str, password: &str) -> UserRecord {
+    record(name, realm, password, &SecretFamily::ALL)
+}
+
+#[tokio::test]
+async fn keep_families_replaces_only_the_families_the_user_has() {
+    for b in backends().await {
+        let only = [SecretFamily::Password, SecretFamily::ScramSha256];
+        b.put_user(record("u", "r", "old", &only), PutMode::Create)
+            .await
+            .unwrap();
+        let default = vec![SecretFamily::Password];
+        let stored = b
+            .put_user(
+                all_derived("u", "r", "new"),
+                PutMode::KeepFamilies {
+                    default: default.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored.families, only, "{}", label(&b));
+        assert!(!stored.created);
+        assert_eq!(
+            b.get_secret("u", "r", SecretFamily::CramMd5).await.unwrap(),
+            None,
+            "{}: no MD5 secret appears on a password change",
+            label(&b)
+        );
+        let Some(StoredSecret::Password { phc }) = b
+            .get_secret("u", "r", SecretFamily::Password)
+            .await
+            .unwrap()
+        else {
+            panic!("{}: password hash kept", label(&b))
+        };
+        assert!(authrelay_sasl::verify_password(&phc, b"new"));
+        // A user that does not exist yet gets the default.
+        let stored = b
+            .put_user(
+                all_derived("fresh", "r", "pw"),
+                PutMode::KeepFamilies { default },
+            )
+            .await
+            .unwrap();
+        assert!(stored.created);
+        assert_eq!(stored.families, [SecretFamily::Password], "{}", label(&b));
+    }
+}
+
+#[tokio::test]
+async fn reseal_moves_every_secret_to_the_current_key() {
+    for raw in raw_backends().await {
+        let kind = raw.kind();
+        let old = Store::new(raw, Keyring::with_key(&[1; 32], &[]));
+        old.put_user(all_derived("a", "r", "pw"), PutMode::Create)
+            .await
+            .unwrap();
+        old.put_user(all_derived("b", "r", "pw"), PutMode::Create)
+            .await
+            .unwrap();
+        let Store { backend, .. } = old;
+        // Rotation: the new key seals, the old one still opens.
+        let rotated = Store::new(backend, Keyring::with_key(&[2; 32], &[[1; 32]]));
+        assert!(
+            rotated
+                .get_secret("a", "r", SecretFamily::CramMd5)
+                .await
+                .unwrap()
+                .is_some(),
+            "{kind}: old key readable during rotation"
+        );
+        assert_eq!(rotated.reseal().await.unwrap(), (10, 0), "{kind}");
+        assert_eq!(
+            rotated.reseal().await.unwrap(),
+            (0, 10),
+            "{kind}: idempotent"
+        );
+        let Store { backend, .. } = rotated;
+        let only_new = Store::new(backend, Keyring::with_key(&[2; 32], &[]));
+        for f in SecretFamily::ALL {
+            assert!(
+                only_new.get_secret("b", "r", f).await.unwrap().is_some(),
+                "{kind}: {f} opens with the new key alone"
+            );
+        }
+        let Store { backend, .. } = only_new;
+        let wrong = Store::new(backend, Keyring::with_key(&[3; 32], &[]));
+        let err = wrong
+            .get_secret("a", "r", SecretFamily::Password)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Sealing(_)), "{kind}: {err}");
+        let Store { backend, .. } = wrong;
+        let unsealed = Store::new(backend, Keyring::default());
+        assert!(
+            unsealed
+                .get_secret("a", "r", SecretFamily::Password)
+                .await
+                .is_err(),
+            "{kind}: without any key a sealed record fails closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sealed_entries_hold_no_secret_bytes() {
+    for raw in raw_backends().await {
+        let store = Store::new(raw, Keyring::with_key(&[9; 32], &[]));
+        let rec = all_derived("u", "r", "pw");
+        store.put_user(rec.clone(), PutMode::Create).await.unwrap();
+        for (f, secret) in &rec.secrets {
+            let entry = store.backend.get("u", "r", *f).await.unwrap().unwrap();
+            let plain = serde_json::to_vec(secret).unwrap();
+            let needle: Vec<u8> = match secret {
+                StoredSecret::Password { phc } => phc.as_bytes().to_vec(),
+                StoredSecret::DigestMd5 { ha1 } => ha1.to_vec(),
+                _ => plain[plain.len() - 24..].to_vec(),
+            };
+            assert!(
+                !entry.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{}: {f} stored in the clear",
+                store.kind()
+            );
+        }
     }
 }

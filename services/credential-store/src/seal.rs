@@ -1,0 +1,409 @@
+//! Encryption at rest. With `credential_store.encryption_key_file` set,
+//! every secret is sealed with ChaCha20-Poly1305 (RFC 8439) before it
+//! reaches a backend. The associated data binds a sealed secret to its
+//! (realm, name, family): a database writer without the key cannot move
+//! one user's secret onto another user or another family. Each record
+//! carries the id of its key, so old keys stay readable while
+//! `authrelay user reseal` moves everything to the current one.
+
+use std::path::Path;
+
+use authrelay_config::Config;
+use authrelay_sasl::{SecretFamily, StoredSecret};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// One stored entry: a sealed box, or (encryption off) the secret itself.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Sealed { sealed: SealedBox },
+    Plain(StoredSecret),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedBox {
+    /// Key id: the first 8 bytes of SHA-256 over a label and the key, hex.
+    kid: String,
+    nonce: String,
+    ct: String,
+}
+
+struct Key {
+    id: String,
+    cipher: ChaCha20Poly1305,
+}
+
+impl Key {
+    fn from_bytes(bytes: &[u8; 32]) -> Key {
+        let mut h = Sha256::new();
+        h.update(b"authrelay credential key id v1\0");
+        h.update(bytes);
+        Key {
+            id: hex::encode(&h.finalize()[..8]),
+            cipher: ChaCha20Poly1305::new(bytes.into()),
+        }
+    }
+}
+
+/// The keys a credential-store knows: one to seal with, any number to open with.
+#[derive(Default)]
+pub struct Keyring {
+    current: Option<Key>,
+    old: Vec<Key>,
+    allow_unsealed: bool,
+}
+
+/// A key file: 32 bytes as 64 hex digits or base64, surrounding white space ignored.
+pub fn read_key_file(path: &Path) -> Result<[u8; 32], anyhow::Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
+    parse_key(text.trim()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "key file {}: not 32 bytes as hex (64 digits) or base64 (make one with `head -c32 /dev/urandom | base64`)",
+            path.display()
+        )
+    })
+}
+
+fn parse_key(t: &str) -> Option<[u8; 32]> {
+    let bytes = if t.len() == 64 {
+        hex::decode(t).ok()?
+    } else {
+        B64.decode(t).ok()?
+    };
+    bytes.try_into().ok()
+}
+
+fn aad(realm: &str, name: &str, family: SecretFamily) -> Vec<u8> {
+    format!(
+        "authrelay-credential-v1\0{realm}\0{name}\0{}",
+        family.name()
+    )
+    .into_bytes()
+}
+
+impl Keyring {
+    pub fn from_config(cfg: &Config) -> Result<Keyring, anyhow::Error> {
+        let cs = &cfg.credential_store;
+        let current = cs
+            .encryption_key_file
+            .as_deref()
+            .map(|p| {
+                read_key_file(p)
+                    .map(|k| Key::from_bytes(&k))
+                    .map_err(|e| anyhow::anyhow!("credential_store.encryption_key_file: {e}"))
+            })
+            .transpose()?;
+        let old = cs
+            .encryption_old_key_files
+            .iter()
+            .map(|p| {
+                read_key_file(p)
+                    .map(|k| Key::from_bytes(&k))
+                    .map_err(|e| anyhow::anyhow!("credential_store.encryption_old_key_files: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Keyring {
+            current,
+            old,
+            allow_unsealed: cs.encryption_allow_unsealed,
+        })
+    }
+
+    /// A keyring sealing with `key` (tests and tools).
+    pub fn with_key(key: &[u8; 32], old: &[[u8; 32]]) -> Keyring {
+        Keyring {
+            current: Some(Key::from_bytes(key)),
+            old: old.iter().map(Key::from_bytes).collect(),
+            allow_unsealed: false,
+        }
+    }
+
+    /// The id new writes are sealed with; None when encryption is off.
+    pub fn current_id(&self) -> Option<&str> {
+        self.current.as_ref().map(|k| k.id.as_str())
+    }
+
+    /// The bytes to store for `secret` of user (realm, name).
+    pub fn seal(
+        &self,
+        realm: &str,
+        name: &str,
+        secret: &StoredSecret,
+    ) -> Result<Vec<u8>, StoreError> {
+        let entry = match &self.current {
+            None => Entry::Plain(secret.clone()),
+            Some(key) => {
+                let plain = serde_json::to_vec(secret)
+                    .map_err(|e| StoreError::Backend(format!("encode secret: {e}")))?;
+                let mut nonce = [0u8; 12];
+                // Random 96-bit nonces: fine far below 2^32 writes per key, and a
+                // reseal rotates the key long before that.
+                rand::rngs::OsRng.fill_bytes(&mut nonce);
+                let ct = key
+                    .cipher
+                    .encrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: &plain,
+                            aad: &aad(realm, name, secret.family()),
+                        },
+                    )
+                    .map_err(|_| StoreError::Sealing("cannot seal".into()))?;
+                Entry::Sealed {
+                    sealed: SealedBox {
+                        kid: key.id.clone(),
+                        nonce: B64.encode(nonce),
+                        ct: B64.encode(ct),
+                    },
+                }
+            }
+        };
+        serde_json::to_vec(&entry).map_err(|e| StoreError::Backend(format!("encode secret: {e}")))
+    }
+
+    /// The secret stored as `bytes` for (realm, name, family). Fails closed:
+    /// an unknown key id, a tag that does not verify (wrong key, tampering,
+    /// a box moved to another user) or, with encryption on, an unsealed record.
+    pub fn open(
+        &self,
+        realm: &str,
+        name: &str,
+        family: SecretFamily,
+        bytes: &[u8],
+    ) -> Result<StoredSecret, StoreError> {
+        self.open_inner(realm, name, family, bytes, self.allow_unsealed)
+    }
+
+    fn open_inner(
+        &self,
+        realm: &str,
+        name: &str,
+        family: SecretFamily,
+        bytes: &[u8],
+        allow_unsealed: bool,
+    ) -> Result<StoredSecret, StoreError> {
+        let entry: Entry = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Backend(format!("decode secret: {e}")))?;
+        let secret = match entry {
+            Entry::Plain(s) => {
+                if self.current.is_some() && !allow_unsealed {
+                    return Err(StoreError::Sealing(
+                        "record is not sealed but encryption is on (run `authrelay user reseal`, \
+                         or set credential_store.encryption_allow_unsealed while migrating)"
+                            .into(),
+                    ));
+                }
+                s
+            }
+            Entry::Sealed { sealed } => {
+                let key = self
+                    .current
+                    .iter()
+                    .chain(&self.old)
+                    .find(|k| k.id == sealed.kid)
+                    .ok_or_else(|| {
+                        StoreError::Sealing(format!(
+                            "record sealed with unknown key id {}",
+                            sealed.kid
+                        ))
+                    })?;
+                let nonce = B64
+                    .decode(&sealed.nonce)
+                    .ok()
+                    .filter(|n| n.len() == 12)
+                    .ok_or_else(|| StoreError::Sealing("malformed nonce".into()))?;
+                let ct = B64
+                    .decode(&sealed.ct)
+                    .map_err(|_| StoreError::Sealing("malformed box".into()))?;
+                let plain = key
+                    .cipher
+                    .decrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: &ct,
+                            aad: &aad(realm, name, family),
+                        },
+                    )
+                    .map_err(|_| {
+                        StoreError::Sealing(format!(
+                            "record does not open with key {} (wrong key or tampered)",
+                            key.id
+                        ))
+                    })?;
+                serde_json::from_slice(&plain)
+                    .map_err(|e| StoreError::Backend(format!("decode secret: {e}")))?
+            }
+        };
+        if secret.family() != family {
+            return Err(StoreError::Sealing(format!(
+                "record under {family} holds another family"
+            )));
+        }
+        Ok(secret)
+    }
+
+    /// For a reseal: the new bytes for a stored entry, or None when it is
+    /// already as it should be (sealed with the current key, or plain with
+    /// encryption off).
+    pub fn reseal(
+        &self,
+        realm: &str,
+        name: &str,
+        family: SecretFamily,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let entry: Entry = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Backend(format!("decode secret: {e}")))?;
+        let up_to_date = match (&entry, &self.current) {
+            (Entry::Sealed { sealed }, Some(k)) => sealed.kid == k.id,
+            (Entry::Plain(_), None) => true,
+            _ => false,
+        };
+        if up_to_date {
+            return Ok(None);
+        }
+        let secret = self.open_inner(realm, name, family, bytes, true)?;
+        self.seal(realm, name, &secret).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authrelay_sasl::{SecretParams, derive_secret};
+
+    fn secret() -> StoredSecret {
+        derive_secret(
+            SecretFamily::ScramSha256,
+            "u",
+            "r",
+            b"pw",
+            &SecretParams::default(),
+        )
+    }
+
+    #[test]
+    fn sealed_entry_holds_no_secret_bytes_and_opens_with_its_key() {
+        let ring = Keyring::with_key(&[7; 32], &[]);
+        let s = secret();
+        let bytes = ring.seal("r", "u", &s).unwrap();
+        let StoredSecret::ScramSha256 { stored_key, .. } = &s else {
+            unreachable!()
+        };
+        assert!(!bytes.windows(32).any(|w| w == stored_key));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains(&B64.encode(stored_key)), "{text}");
+        assert!(!text.contains("ScramSha256"), "{text}");
+        assert!(
+            ring.open("r", "u", SecretFamily::ScramSha256, &bytes)
+                .unwrap()
+                == s,
+            "round trip"
+        );
+    }
+
+    #[test]
+    fn a_box_moved_to_another_user_or_family_does_not_open() {
+        let ring = Keyring::with_key(&[7; 32], &[]);
+        let bytes = ring.seal("r", "u", &secret()).unwrap();
+        assert!(
+            ring.open("r", "v", SecretFamily::ScramSha256, &bytes)
+                .is_err()
+        );
+        assert!(
+            ring.open("r2", "u", SecretFamily::ScramSha256, &bytes)
+                .is_err()
+        );
+        assert!(
+            ring.open("r", "u", SecretFamily::ScramSha1, &bytes)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn wrong_key_fails_closed() {
+        let bytes = Keyring::with_key(&[7; 32], &[])
+            .seal("r", "u", &secret())
+            .unwrap();
+        let other = Keyring::with_key(&[8; 32], &[]);
+        let err = other
+            .open("r", "u", SecretFamily::ScramSha256, &bytes)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Sealing(_)), "{err}");
+        // Same key id forged onto a box made with another key: the tag fails.
+        let forged = String::from_utf8(bytes)
+            .unwrap()
+            .replace(&Key::from_bytes(&[7; 32]).id, &Key::from_bytes(&[8; 32]).id);
+        assert!(
+            other
+                .open("r", "u", SecretFamily::ScramSha256, forged.as_bytes())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn unsealed_records_are_refused_once_encryption_is_on_and_resealed() {
+        let plain = Keyring::default().seal("r", "u", &secret()).unwrap();
+        let ring = Keyring::with_key(&[7; 32], &[]);
+        assert!(
+            ring.open("r", "u", SecretFamily::ScramSha256, &plain)
+                .is_err()
+        );
+        let sealed = ring
+            .reseal("r", "u", SecretFamily::ScramSha256, &plain)
+            .unwrap()
+            .unwrap();
+        assert!(
+            ring.open("r", "u", SecretFamily::ScramSha256, &sealed)
+                .is_ok()
+        );
+        assert!(
+            ring.reseal("r", "u", SecretFamily::ScramSha256, &sealed)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_records_readable_until_resealed() {
+        let old = Keyring::with_key(&[1; 32], &[]);
+        let bytes = old.seal("r", "u", &secret()).unwrap();
+        let rotated = Keyring::with_key(&[2; 32], &[[1; 32]]);
+        assert!(
+            rotated
+                .open("r", "u", SecretFamily::ScramSha256, &bytes)
+                .is_ok()
+        );
+        let new = rotated
+            .reseal("r", "u", SecretFamily::ScramSha256, &bytes)
+            .unwrap()
+            .unwrap();
+        let only_new = Keyring::with_key(&[2; 32], &[]);
+        assert!(
+            only_new
+                .open("r", "u", SecretFamily::ScramSha256, &new)
+                .is_ok()
+        );
+        assert!(
+            only_new
+                .open("r", "u", SecretFamily::ScramSha256, &bytes)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn key_files_take_hex_or_base64_of_exactly_32_bytes() {
+        assert_eq!(parse_key(&"ab".repeat(32)), Some([0xab; 32]));
+        assert_eq!(parse_key(&B64.encode([5u8; 32])), Some([5; 32]));
+        assert_eq!(parse_key(&B64.encode([5u8; 16])), None);
+        assert_eq!(parse_key("not a key"), None);
+    }
+}
