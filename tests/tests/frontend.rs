@@ -491,3 +491,34 @@ fn a_replaced_certificate_is_served_to_new_connections_without_restart() {
         "new connections get the new certificate"
     );
 }
+
+#[test]
+fn limits_recipients_errors_connections_per_address_and_etrn() {
+    let extra = "[frontend]\nmax_recipients = 3\nmax_errors = 3\nmax_connections_per_ip = 2\n";
+    let (_d, _r, _s, stack) = stack("limits", extra);
+    let mut c = Raw::connect(stack.relay);
+    c.cmd("EHLO client.example");
+    // RFC 5321 §4.5.3.1.8: over the limit is 452 4.5.3, the transaction goes on.
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.example>").0, 250);
+    for i in 0..3 {
+        assert_eq!(c.cmd(&format!("RCPT TO:<u{i}@mailserver.foo.com>")).0, 250);
+    }
+    let (code, text) = c.cmd("RCPT TO:<u4@mailserver.foo.com>");
+    assert_eq!(code, 452, "{text}");
+    assert!(text.contains("4.5.3"));
+    // ETRN (RFC 1985) asks relay-queue to flush the domain.
+    c.cmd("RSET");
+    let (code, text) = c.cmd("ETRN outside.example");
+    assert_eq!(code, 250, "{text}");
+    // A third connection from the same address is refused with 421.
+    let _second = Raw::connect(stack.relay);
+    let (_third, code, text) = Raw::connect_from("127.0.0.1", stack.relay).unwrap();
+    assert_eq!(code, 421, "{text}");
+    // Bad commands: after max_errors the server says 421 and closes.
+    let mut c2 = c;
+    assert_eq!(c2.cmd("BOGUS1").0, 500);
+    assert_eq!(c2.cmd("BOGUS2").0, 500);
+    let (code, text) = c2.cmd("BOGUS3");
+    assert_eq!(code, 421, "{text}");
+    assert_eq!(c2.read().0, 0, "connection closed");
+}

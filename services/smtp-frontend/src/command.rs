@@ -54,18 +54,29 @@ impl LineBuffer {
     }
 
     /// The next line, if a whole one is buffered. `max` counts the CRLF.
+    ///
+    /// Only CRLF ends a line (RFC 5321 §2.3.8: no other sequence may be
+    /// recognised as a terminator). A bare LF or CR stays inside the line, where
+    /// `parse` refuses it: were a bare LF a terminator here and not at a front
+    /// end (or the other way round), the two would see different commands —
+    /// the command-level form of SMTP smuggling.
     pub fn next_line(&mut self, max: usize) -> Option<Line> {
-        let Some(pos) = self.buf.iter().position(|&b| b == b'\n') else {
+        let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") else {
             if self.buf.len() > max {
                 // Do not buffer an endless line: remember to skip its rest.
                 self.discarding = true;
             }
             if self.discarding {
+                // Keep a trailing CR: its LF may arrive in the next segment.
+                let cr = self.buf.last() == Some(&b'\r');
                 self.buf.clear();
+                if cr {
+                    self.buf.push(b'\r');
+                }
             }
             return None;
         };
-        let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+        let mut line: Vec<u8> = self.buf.drain(..pos + 2).collect();
         if self.discarding {
             self.discarding = false;
             return Some(Line::TooLong);
@@ -73,10 +84,7 @@ impl LineBuffer {
         if line.len() > max {
             return Some(Line::TooLong);
         }
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
+        line.truncate(pos);
         Some(Line::Complete(line))
     }
 }
@@ -134,12 +142,12 @@ pub enum ParseError {
     Syntax(Cow<'static, str>),
     /// 555 5.5.4 (RFC 5321 §4.1.1.11: MAIL/RCPT parameter not recognised)
     Parameter(String),
-    /// 500 5.5.2: NUL or bare CR inside a command
+    /// 500 5.5.2: NUL, bare CR or bare LF inside a command
     BadCharacters,
 }
 
 pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
-    if line.iter().any(|&b| b == 0 || b == b'\r') {
+    if line.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
         return Err(ParseError::BadCharacters);
     }
     if line.len() >= 4
@@ -266,15 +274,27 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_cut_at_crlf_and_bare_lf() {
+    fn only_crlf_ends_a_line_and_bare_lf_or_cr_stay_inside_it() {
         assert_eq!(
-            lines(b"EHLO a\r\nNOOP\nQUIT\r\n", 100),
+            lines(b"EHLO a\r\nNOOP\nQUIT\r\nRSET\rQUIT\r\n", 100),
             [
                 Line::Complete(b"EHLO a".to_vec()),
-                Line::Complete(b"NOOP".to_vec()),
-                Line::Complete(b"QUIT".to_vec())
+                Line::Complete(b"NOOP\nQUIT".to_vec()),
+                Line::Complete(b"RSET\rQUIT".to_vec())
             ]
         );
+        assert_eq!(parse(b"NOOP\nQUIT"), Err(ParseError::BadCharacters));
+    }
+
+    #[test]
+    fn crlf_split_across_segments_after_an_over_long_line_still_ends_it() {
+        let mut b = LineBuffer::default();
+        b.push(&[b'x'; 40]);
+        b.push(b"x\r");
+        assert_eq!(b.next_line(16), None);
+        b.push(b"\nNOOP\r\n");
+        assert_eq!(b.next_line(16), Some(Line::TooLong));
+        assert_eq!(b.next_line(16), Some(Line::Complete(b"NOOP".to_vec())));
     }
 
     #[test]

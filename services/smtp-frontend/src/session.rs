@@ -182,8 +182,18 @@ impl Session {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
+            // A client that never reads its replies must not hold the session
+            // (its task, buffers and connection slot) forever: writing gets the
+            // command timeout too (RFC 5321 §4.5.3.2).
+            let timeout = self.shared.cfg.frontend.timeouts.command;
+            let (stream, out) = (&mut self.stream, &self.out);
+            let write = async move {
+                stream.write_all(out).await?;
+                stream.flush().await
+            };
+            tokio::time::timeout(timeout, write)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             self.out.clear();
         }
         Ok(())
@@ -252,10 +262,7 @@ impl Session {
                 }
             };
             let flow = match line {
-                Line::TooLong => {
-                    self.reply(r::line_too_long());
-                    self.count_error()
-                }
+                Line::TooLong => self.error_reply(r::line_too_long()),
                 Line::Complete(bytes) => self.handle(&bytes).await,
             };
             if let Flow::Close = flow {
@@ -271,6 +278,9 @@ impl Session {
     /// RFC 2920: replies to a batch go out together). `idle`: waiting for a
     /// command between transactions, where a drain may end the session.
     async fn read_line(&mut self, max: usize, idle: bool) -> Result<Line, ReadError> {
+        // One deadline for the whole line, not per read: a slow-loris client
+        // trickling a byte at a time must still time out (RFC 5321 §4.5.3.2.7).
+        let deadline = tokio::time::Instant::now() + self.shared.cfg.frontend.timeouts.command;
         loop {
             if let Some(line) = self.lines.next_line(max) {
                 return Ok(line);
@@ -281,12 +291,11 @@ impl Session {
                 return Err(ReadError::Draining);
             }
             let mut buf = [0u8; 4096];
-            let timeout = self.shared.cfg.frontend.timeouts.command;
             let mut draining = self.shared.draining.clone();
             let end = self.registration.end.clone();
             let n = tokio::select! {
                 _ = end.notified() => return Err(ReadError::Ended),
-                res = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match res {
+                res = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)) => match res {
                     Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadError::Closed),
                     Ok(Ok(n)) => n,
                     Err(_) => return Err(ReadError::Timeout),
@@ -297,12 +306,15 @@ impl Session {
         }
     }
 
-    fn count_error(&mut self) -> Flow {
+    /// Answer a bad command; the one that reaches `max_errors` is answered
+    /// `421` instead, and the connection closes.
+    fn error_reply(&mut self, reply: Reply) -> Flow {
         self.errors += 1;
         if self.errors >= self.shared.cfg.frontend.max_errors {
             self.reply(r::too_many_errors());
             Flow::Close
         } else {
+            self.reply(reply);
             Flow::Continue
         }
     }
@@ -311,7 +323,7 @@ impl Session {
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(e) => {
-                self.reply(match e {
+                return self.error_reply(match e {
                     ParseError::Unrecognized => r::unrecognized(),
                     ParseError::Syntax(s) => Reply::new(501, "5.5.4", format!("Syntax: {s}")),
                     ParseError::Parameter(p) => {
@@ -321,7 +333,6 @@ impl Session {
                         Reply::new(500, "5.5.2", "Invalid characters in command")
                     }
                 });
-                return self.count_error();
             }
         };
         match cmd {
@@ -892,13 +903,10 @@ impl Session {
                 .as_ref()
                 .map(|a| a.authzid.clone())
                 .unwrap_or_default(),
-            // RFC 4954 §5: pass AUTH= on only from an authenticated, trusted
-            // session; otherwise the identity is unknown (`<>`).
-            auth_param: match (&self.auth, &tx.from.auth) {
-                (Some(a), _) if a.trusted => a.authzid.clone(),
-                (_, Some(_)) => "<>".into(),
-                _ => String::new(),
-            },
+            auth_param: auth_param(
+                self.auth.as_ref().map(|a| (a.authzid.as_str(), a.trusted)),
+                tx.from.auth.as_deref(),
+            ),
             env_id: tx.from.env_id.clone().unwrap_or_default(),
             ret: tx.from.ret.unwrap_or_default().to_owned(),
             body: tx.from.body.unwrap_or_default().to_owned(),
@@ -1201,5 +1209,31 @@ impl Upload {
             Ok(Err(e)) => fail(format!("relay-queue call: {e}"), false),
             Err(_) => fail("relay-queue: no answer in time".into(), false),
         }
+    }
+}
+
+/// RFC 4954 §5: the AUTH= value passed on with a message — the session's
+/// authorization id when it authenticated with a trusted mechanism, else
+/// `<>` ("unknown") when the client gave one, else nothing. A client's own
+/// AUTH= value is never passed on: it could name anyone.
+pub(crate) fn auth_param(auth: Option<(&str, bool)>, given: Option<&str>) -> String {
+    match (auth, given) {
+        (Some((authzid, true)), _) => authzid.to_owned(),
+        (_, Some(_)) => "<>".into(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth_param;
+
+    #[test]
+    fn auth_param_is_the_trusted_authzid_never_the_clients_claim() {
+        assert_eq!(auth_param(Some(("test@r", true)), Some("<>")), "test@r");
+        assert_eq!(auth_param(Some(("test@r", true)), None), "test@r");
+        assert_eq!(auth_param(Some(("test@r", false)), Some("boss@r")), "<>");
+        assert_eq!(auth_param(None, Some("boss@r")), "<>");
+        assert_eq!(auth_param(None, None), "");
     }
 }
