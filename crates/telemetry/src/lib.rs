@@ -137,6 +137,39 @@ pub fn record_trace_ids(span: &tracing::Span) {
     }
 }
 
+/// The W3C `traceparent` of the current span (empty when nothing is
+/// traced), to carry a trace where gRPC metadata cannot: in a queued
+/// message's envelope, or to the next hop in `XTRACE`.
+pub fn traceparent() -> String {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::<String, String>::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// The remote context a `traceparent` names, or `None` when it is empty or
+/// malformed (the propagator validates version, ids and flags).
+pub fn context_from_traceparent(traceparent: &str) -> Option<opentelemetry::Context> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    if traceparent.is_empty() || traceparent.len() > 128 {
+        return None;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Make the remote context named by `traceparent` the parent of `span`
+/// (which must not have started: call before entering it or reading its
+/// ids). False, and nothing changed, when the value is malformed.
+pub fn adopt_parent(span: &tracing::Span, traceparent: &str) -> bool {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    context_from_traceparent(traceparent).is_some_and(|cx| span.set_parent(cx).is_ok())
+}
+
 /// Resolves on SIGTERM or SIGINT: the one shutdown trigger every service uses.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -167,4 +200,56 @@ pub fn announce(service: &str, what: &str, addr: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{service} listening on {addr} ({what})");
     let _ = out.flush();
+}
+
+/// The whole `main` of a service binary: `--config FILE` (plus `AUTHRELAY__*`
+/// overrides), logging and tracing, a runtime, then `run` until it returns.
+/// A bad configuration exits non-zero naming the key, the value and why.
+pub fn service_main<F, Fut, E>(
+    service: &'static str,
+    about: &'static str,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(authrelay_config::Config) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let matches = clap::Command::new(service)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(about)
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(std::path::PathBuf))
+                .help("TOML configuration file (AUTHRELAY__* environment variables override it)"),
+        )
+        .get_matches();
+    let config = matches.get_one::<std::path::PathBuf>("config");
+    let cfg = match authrelay_config::Config::load(config.map(|p| p.as_path())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _telemetry = init(service, &cfg);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{service}: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{service}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

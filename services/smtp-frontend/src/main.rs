@@ -1,18 +1,9 @@
-use clap::Parser;
+//! authrelay smtp-frontend: ESMTP for mail clients. Everything lives in the library.
 
-/// authrelay smtp-frontend: ESMTP for mail clients.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// TOML configuration file (AUTHRELAY__* environment variables override it).
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let cfg = authrelay_config::Config::load(args.config.as_deref())?;
-    let _telemetry = authrelay_telemetry::init("smtp-frontend", &cfg);
-    smtp_frontend::main_with(cfg).await
+fn main() -> std::process::ExitCode {
+    authrelay_telemetry::service_main(
+        "smtp-frontend",
+        "authrelay smtp-frontend: ESMTP for mail clients",
+        smtp_frontend::main_with,
+    )
 }
