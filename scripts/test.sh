@@ -42,6 +42,12 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages aiosmtpd 2>/dev/null \
     || apt_install python3-aiosmtpd
 fi
+if ! python3 -c 'import dnslib' 2>/dev/null; then
+  say "installing dnslib (the MX routing tests' DNS server)"
+  python3 -m pip install --quiet dnslib 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages dnslib 2>/dev/null \
+    || apt_install python3-dnslib
+fi
 # SASL interop clients we did not write (tests/tests/sasl_interop.rs): swaks
 # with Perl's Authen::SASL/Digest::HMAC (CRAM-MD5, DIGEST-MD5) and
 # IO::Socket::SSL (STARTTLS), curl, GNU SASL, setsid, and scramp.

@@ -127,6 +127,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The OS process id (for /proc/PID/status readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&mut self, sig: &str) {
         let _ = Command::new("kill")
             .arg(format!("-{sig}"))
@@ -161,14 +166,18 @@ impl Drop for Proc {
 pub struct Redis {
     proc: Proc,
     pub port: u16,
+    dir: PathBuf,
 }
 
 impl Redis {
     pub fn start(dir: &Path) -> Redis {
+        Self::start_on(dir, free_port())
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Redis {
         let server = which("redis-server").unwrap_or_else(|| {
             panic!("redis-server is not on PATH: install it (`apt-get install redis-server`) or run scripts/test.sh, which does")
         });
-        let port = free_port();
         let mut cmd = Command::new(server);
         cmd.args([
             "--port",
@@ -183,9 +192,21 @@ impl Redis {
         .arg("--dir")
         .arg(dir);
         let proc = Proc::spawn("redis-server", cmd, dir.join(format!("redis-{port}.log")));
-        let r = Redis { proc, port };
+        let r = Redis {
+            proc,
+            port,
+            dir: dir.to_owned(),
+        };
         r.wait_ready();
         r
+    }
+
+    /// Start again on the same port (after `stop`), empty, as a restarted
+    /// Redis without persistence comes back.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let dir = self.dir.clone();
+        *self = Self::start_on(&dir, self.port);
     }
 
     fn wait_ready(&self) {
@@ -429,6 +450,31 @@ role = "relay"
         ));
         self.queue = spawn_service("relay-queue", &self.config, &self.dir, &env);
         self.queue.addr("grpc");
+    }
+
+    /// Start `credential-store`, `sasl-auth` or `relay-queue` again on the
+    /// address it had (after its `Proc::kill`), so the others find it again
+    /// without being restarted themselves.
+    pub fn respawn(&mut self, name: &str) {
+        let key = match name {
+            "credential-store" => "CREDENTIAL_STORE",
+            "sasl-auth" => "SASL_AUTH",
+            "relay-queue" => "RELAY_QUEUE",
+            other => panic!("respawn: no such service {other}"),
+        };
+        let addr = self
+            .endpoint(&format!("AUTHRELAY__ENDPOINTS__{key}"))
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut env = self.endpoints.clone();
+        env.push((format!("AUTHRELAY__{key}__LISTEN"), addr));
+        let mut proc = spawn_service(name, &self.config, &self.dir, &env);
+        proc.addr("grpc");
+        match name {
+            "credential-store" => self.creds = proc,
+            "sasl-auth" => self.sasl = proc,
+            _ => self.queue = proc,
+        }
     }
 
     /// All service logs, for greps.
@@ -1055,5 +1101,77 @@ pub fn client_certificate(dir: &Path, cn: &str, email: &str) -> ClientCert {
         ca_pem,
         cert_der: cert.der().to_vec(),
         key_der: key.serialize_der(),
+    }
+}
+
+/// Service-to-service mutual TLS for tests: one CA (rcgen) and a
+/// certificate per workload, laid out as cert-manager writes a Secret
+/// (`tls.crt`, `tls.key`, `ca.crt`).
+pub struct InternalPki {
+    dir: PathBuf,
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl InternalPki {
+    pub fn new(dir: &Path) -> InternalPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "authrelay internal test CA");
+        let ca = params.self_signed(&key).unwrap();
+        let dir = dir.join("internal-tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+        InternalPki {
+            dir,
+            ca_pem: ca.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// The CA certificate (PEM file).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A certificate for `workload` valid for `sans` (host names and IP
+    /// addresses), made on first use and shared by its replicas (one
+    /// Secret per workload); returns the `AUTHRELAY__INTERNAL_TLS__*`
+    /// environment that switches mutual TLS on with it, as
+    /// k8s/components/mtls does.
+    pub fn issue(&self, workload: &str, sans: &[&str]) -> Vec<(String, String)> {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let dir = self.dir.join(workload);
+        if !dir.join("tls.crt").exists() {
+            // Written beside and renamed into place: a running replica
+            // never reads half a file.
+            let tmp = self.dir.join(format!(".{workload}.tmp"));
+            std::fs::create_dir_all(&tmp).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                    .unwrap();
+            params.distinguished_name.push(DnType::CommonName, workload);
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            std::fs::write(tmp.join("tls.crt"), cert.pem()).unwrap();
+            std::fs::write(tmp.join("tls.key"), key.serialize_pem()).unwrap();
+            std::fs::write(tmp.join("ca.crt"), &self.ca_pem).unwrap();
+            std::fs::rename(&tmp, &dir).unwrap();
+        }
+        let path = |f: &str| dir.join(f).display().to_string();
+        vec![
+            ("AUTHRELAY__INTERNAL_TLS__ENABLED".into(), "true".into()),
+            ("AUTHRELAY__INTERNAL_TLS__CERT".into(), path("tls.crt")),
+            ("AUTHRELAY__INTERNAL_TLS__KEY".into(), path("tls.key")),
+            ("AUTHRELAY__INTERNAL_TLS__CA".into(), path("ca.crt")),
+        ]
     }
 }

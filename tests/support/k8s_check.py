@@ -46,6 +46,10 @@ FILE_KEYS = {
     ("frontend", "tls", "key"): {"smtp-frontend"},
     ("admin", "token_file"): {"credential-store", "sasl-auth", "authrelay"},
     ("relay_queue", "authinfo_file"): {"relay-queue"},
+    # Mutual TLS (prod-mtls): every binary presents its certificate.
+    ("internal_tls", "cert"): set(AUTHRELAY_BINARIES),
+    ("internal_tls", "key"): set(AUTHRELAY_BINARIES),
+    ("internal_tls", "ca"): set(AUTHRELAY_BINARIES),
 }
 
 

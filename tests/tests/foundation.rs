@@ -311,9 +311,16 @@ fn a_changed_password_is_not_served_from_the_verified_credential_cache() {
     };
     assert_eq!(login(PASSWORD), 235);
     assert_eq!(login(PASSWORD), 235, "second login, from the cache");
-    let (ok, _, err) = stack.authrelay(&["user", "passwd", "--realm", "mailserver.foo.com", "test"], "brand-new-Password-1\n");
+    let (ok, _, err) = stack.authrelay(
+        &["user", "passwd", "--realm", "mailserver.foo.com", "test"],
+        "brand-new-Password-1\n",
+    );
     assert!(ok, "{err}");
-    assert_eq!(login(PASSWORD), 535, "the old password must fail right after the change");
+    assert_eq!(
+        login(PASSWORD),
+        535,
+        "the old password must fail right after the change"
+    );
     assert_eq!(login("brand-new-Password-1"), 235);
     assert_eq!(login("wrong"), 535);
 }

@@ -374,10 +374,13 @@ fn prod_scales_frontends_and_sasl_auth_with_budgets_spread_and_a_spool_per_queue
 #[test]
 fn every_pod_passes_authrelay_config_check_with_what_its_manifest_mounts() {
     let authrelay = bin("authrelay").display().to_string();
-    // prod-mtls sets internal_tls.* keys the binaries do not know yet (the
-    // Rust side of mutual TLS is another issue); its schema and policies are
-    // checked above.
-    for (o, backend) in [("dev", "file"), ("prod", "postgres")] {
+    // prod-mtls adds internal_tls.* and https:// endpoints: each pod's
+    // certificate Secret must be mounted where the variables point.
+    for (o, backend) in [
+        ("dev", "file"),
+        ("prod", "postgres"),
+        ("prod-mtls", "postgres"),
+    ] {
         let (_, results) = check(&["config-check", &overlay(o), "--authrelay", &authrelay]);
         let results = results.as_array().unwrap();
         let mut checked: Vec<&str> = results

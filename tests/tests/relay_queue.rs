@@ -569,3 +569,388 @@ fn seed_authinfo_line_is_accepted_and_a_malformed_one_refused_at_start_naming_li
     assert!(text.contains("NTLM"), "{text}");
     assert!(!text.contains("secret"), "no password in the error: {text}");
 }
+
+// ---------------------------------------------------------------------------
+// MX routing (RFC 5321 §5.1, RFC 7505) against a real DNS server on loopback.
+
+/// tests/support/dns_zone.py (dnslib) serving `zone`, re-read per query.
+fn dns_server(dir: &Path, zone: &serde_json::Value) -> (Proc, std::net::SocketAddr, PathBuf) {
+    let file = dir.join("zone.json");
+    std::fs::write(&file, zone.to_string()).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(support("dns_zone.py")).arg(&file);
+    let mut proc = Proc::spawn("dns", cmd, dir.join("dns.log"));
+    let line = proc.wait_line("dns listening on");
+    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (proc, addr, file)
+}
+
+/// tests/support/addr_sink.py: the aiosmtpd sink on `host:port`.
+fn sink_at(dir: &Path, name: &str, host: &str, port: u16) -> (Proc, std::net::SocketAddr, PathBuf) {
+    let out = dir.join(name);
+    let mut cmd = Command::new("python3");
+    cmd.arg(support("addr_sink.py"))
+        .arg(&out)
+        .arg(host)
+        .arg(port.to_string());
+    let mut proc = Proc::spawn(name, cmd, dir.join(format!("{name}.log")));
+    let line = proc.wait_line("sink listening on");
+    let addr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    (proc, addr, out)
+}
+
+fn rcpts_of(dir: &Path) -> Vec<String> {
+    json_files(dir)
+        .iter()
+        .flat_map(|m| m["rcpt_tos"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn queue_entries(stack: &Stack) -> Vec<serde_json::Value> {
+    let (ok, out, err) = stack.authrelay(&["queue", "list", "--json"], "");
+    assert!(ok, "queue list: {err}");
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn mx_routing_follows_preference_falls_back_to_the_next_mx_and_to_a_and_bounces_null_mx() {
+    let dir = scratch("rq-mx");
+    let redis = Redis::start(&dir);
+    // Two MX hosts on one port at different loopback addresses; 127.0.0.2
+    // has nothing listening, so it refuses connections.
+    let (_a, a_addr, a_out) = sink_at(&dir, "sink-a", "127.0.0.1", 0);
+    let port = a_addr.port();
+    let (_b, _, b_out) = sink_at(&dir, "sink-b", "127.0.0.3", port);
+    let zone = json!({
+        // Listed out of order: the relay sorts by preference.
+        "mx-test.example.": {"MX": [[30, "mx3.mx-test.example."], [10, "mx1.mx-test.example."],
+                                    [20, "mx2.mx-test.example."]]},
+        "mx1.mx-test.example.": {"A": ["127.0.0.2"]},
+        "mx2.mx-test.example.": {"A": ["127.0.0.1"]},
+        "mx3.mx-test.example.": {"A": ["127.0.0.3"]},
+        "pref-test.example.": {"MX": [[20, "mx2.mx-test.example."], [5, "mx3.mx-test.example."]]},
+        "a-only.example.": {"A": ["127.0.0.3"]},
+        "null-mx.example.": {"MX": [[0, "."]]},
+        "flaky.example.": "SERVFAIL",
+    });
+    let (_dns, dns_addr, zone_file) = dns_server(&dir, &zone);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            hostname: "mailrelay.foo.com".into(),
+            // No smarthost: every outside domain goes by MX. Only the
+            // sender's domain (where DSNs go) has a route, to sink A.
+            extra_toml: format!(
+                "[relay_queue]\ndns_servers = [\"{dns_addr}\"]\nmx_port = {port}\n\
+                 [relay_queue.routes]\n\"mailserver.foo.com\" = \"127.0.0.1:{port}\"\n"
+            ),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    let from = "test@mailserver.foo.com";
+    for to in [
+        "user@mx-test.example",
+        "pref@pref-test.example",
+        "user@a-only.example",
+        "user@null-mx.example",
+        "user@flaky.example",
+    ] {
+        submit(&stack, from, to, &format!("Subject: to {to}\r\n\r\nhi\r\n"));
+    }
+    wait_for(
+        "MX deliveries and the null-MX DSN",
+        Duration::from_secs(60),
+        || rcpts_of(&a_out).len() >= 2 && rcpts_of(&b_out).len() >= 2,
+    );
+    let logs = stack.queue.log_text();
+    // Lowest preference first; mx1 refuses, so mx2 (not mx3) gets it.
+    assert!(
+        rcpts_of(&a_out).contains(&"user@mx-test.example".to_owned()),
+        "mx2 (preference 20) has it: {:?}\n{logs}",
+        rcpts_of(&a_out)
+    );
+    assert!(
+        logs.contains(&format!(
+            "relay=mx1.mx-test.example[127.0.0.2]:{port}, connect to mx1.mx-test.example:{port}"
+        )) && logs.contains("trying the next MX host"),
+        "mx1 was tried first and refused: {logs}"
+    );
+    assert!(
+        logs.contains(&format!(
+            "to=<user@mx-test.example>, relay=mx2.mx-test.example[127.0.0.1]:{port}, stat=Sent"
+        )),
+        "{logs}"
+    );
+    // Preference 5 on 127.0.0.3 beats preference 20 on 127.0.0.1.
+    let b = rcpts_of(&b_out);
+    assert!(b.contains(&"pref@pref-test.example".to_owned()), "{b:?}");
+    // No MX: the domain's own A record (implicit MX).
+    assert!(b.contains(&"user@a-only.example".to_owned()), "{b:?}");
+    // Null MX: a DSN to the sender, at once, with RFC 7505's 5.1.10.
+    let dsn = dsns(&a_out);
+    assert_eq!(dsn.len(), 1, "one DSN: {dsn:?}");
+    let data = dsn[0]["data"].as_str().unwrap();
+    assert_eq!(dsn[0]["rcpt_tos"], json!([from]));
+    assert!(
+        data.contains("Final-Recipient: rfc822;user@null-mx.example"),
+        "{data}"
+    );
+    assert!(data.contains("Status: 5.1.10"), "{data}");
+    assert!(data.contains("null MX"), "{data}");
+    // SERVFAIL is temporary: still queued with the DNS error, no DSN …
+    let entries = queue_entries(&stack);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["recipients"], json!(["user@flaky.example"]));
+    let err = entries[0]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("DNS lookup for flaky.example failed temporarily"),
+        "{err}"
+    );
+    // … and once DNS answers, the retry delivers it.
+    let mut fixed = zone.clone();
+    fixed["flaky.example."] = json!({"MX": [[10, "mx3.mx-test.example."]]});
+    std::fs::write(&zone_file, fixed.to_string()).unwrap();
+    wait_for("the retry after SERVFAIL", Duration::from_secs(60), || {
+        rcpts_of(&b_out).contains(&"user@flaky.example".to_owned())
+    });
+    wait_for("an empty queue", Duration::from_secs(30), || {
+        queue_entries(&stack).is_empty()
+    });
+    assert_eq!(dsns(&a_out).len(), 1, "no DSN for the temporary failure");
+}
+
+// ---------------------------------------------------------------------------
+// relay_queue.tls = "required-verify"
+
+#[test]
+fn required_verify_delivers_to_a_hub_whose_certificate_the_ca_file_vouches_for_and_defers_otherwise()
+ {
+    let dir = scratch("rq-verify");
+    let hub_dir = dir.join("hub");
+    let relay_dir = dir.join("relay");
+    let other_dir = dir.join("other-ca");
+    for d in [&hub_dir, &relay_dir, &other_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let hub_redis = Redis::start(&hub_dir);
+    let relay_redis = Redis::start(&relay_dir);
+    let sink = Sink::start(&hub_dir);
+    // The harness's self-signed certificate names mailhub.foo.com and localhost.
+    let hub = Stack::start(
+        &hub_dir,
+        &hub_redis,
+        StackOptions {
+            hostname: "mailhub.foo.com".into(),
+            smarthost: Some(sink.addr),
+            ..Default::default()
+        },
+    );
+    let hub_cert = hub_dir.join("cert.pem");
+    // A certificate for the same names from a different key: the wrong CA.
+    let (wrong_ca, _) = test_certificate(&other_dir, "mailhub.foo.com");
+    let mut relay = Stack::start(
+        &relay_dir,
+        &relay_redis,
+        StackOptions {
+            hostname: "mailrelay.foo.com".into(),
+            extra_toml: format!(
+                "[relay_queue]\nsmarthost = \"localhost:{}\"\ntls = \"required-verify\"\ntls_ca_file = \"{}\"\n",
+                hub.relay.port(),
+                wrong_ca.display()
+            ),
+            ..Default::default()
+        },
+    );
+    relay.add_user("test", "mailserver.foo.com", PASSWORD);
+    submit(
+        &relay,
+        "test@mailserver.foo.com",
+        "postmaster@mailhub.foo.com",
+        "Subject: verified\r\nX-Marker: tls-verify\r\n\r\nconfidential\r\n",
+    );
+    wait_for("a certificate error", Duration::from_secs(60), || {
+        queue_entries(&relay)
+            .first()
+            .is_some_and(|e| e["attempts"].as_u64().unwrap_or(0) >= 2)
+    });
+    let entry = &queue_entries(&relay)[0];
+    let err = entry["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("TLS handshake") && err.to_lowercase().contains("certificate"),
+        "deferred with a certificate error: {err}"
+    );
+    // Never in the clear: the hub saw no transaction, the sink no message.
+    let hub_front = hub.frontend.log_text();
+    assert!(
+        !hub_front.contains("from=<test@mailserver.foo.com>"),
+        "{hub_front}"
+    );
+    assert!(sink.messages().is_empty());
+    assert!(dsns(&sink.dir).is_empty());
+
+    // The right CA: the same message goes through, over verified TLS.
+    set_queue_env(
+        &mut relay,
+        &[(
+            "AUTHRELAY__RELAY_QUEUE__TLS_CA_FILE",
+            hub_cert.display().to_string(),
+        )],
+    );
+    let msgs = sink.wait_messages(1, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 1, "relay logs:\n{}", relay.queue.log_text());
+    let data = msgs[0]["data"].as_str().unwrap();
+    assert!(data.contains("X-Marker: tls-verify"), "{data}");
+    // The hub's Received: header records the TLS session it accepted.
+    let at = data
+        .find("Received: from mailrelay.foo.com ([127.0.0.1])")
+        .unwrap_or_else(|| panic!("the hub's Received: header: {data}"));
+    assert!(
+        data[at..]
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("(using TLSv1.")),
+        "{data}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// relay_queue.delivery_mode (sendmail's DeliveryMode)
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A sample's value (`name{labels} value`), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn queue_only_spools_without_delivering_until_flush_etrn_or_a_background_restart() {
+    let dir = scratch("rq-queue-only");
+    let redis = Redis::start(&dir);
+    let sink = Sink::start(&dir);
+    let mut relay = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            hostname: "mailrelay.foo.com".into(),
+            smarthost: Some(sink.addr),
+            extra_toml: "[relay_queue]\ndelivery_mode = \"queue-only\"\n".into(),
+            ..Default::default()
+        },
+    );
+    relay.add_user("test", "mailserver.foo.com", PASSWORD);
+    set_queue_env(
+        &mut relay,
+        &[("AUTHRELAY__TELEMETRY__METRICS_LISTEN", "127.0.0.1:0".into())],
+    );
+    let metrics = relay.queue.addr("metrics");
+    let before = scrape(metrics);
+    let sent = "authrelay_deliveries_total{outcome=\"sent\"}";
+    for i in 0..3 {
+        submit(
+            &relay,
+            "test@mailserver.foo.com",
+            &format!("q{i}@outside.example"),
+            &format!("Subject: q{i}\r\n\r\nq\r\n"),
+        );
+    }
+    // Spooled, counted, ageing — and never attempted.
+    wait_for("the queue gauges", Duration::from_secs(30), || {
+        let m = scrape(metrics);
+        sample(&m, "authrelay_queue_messages") == 3.0
+            && sample(&m, "authrelay_queue_oldest_age_seconds") >= 2.0
+    });
+    let entries = queue_entries(&relay);
+    assert_eq!(entries.len(), 3);
+    assert!(
+        entries.iter().all(|e| e["attempts"] == 0),
+        "queue-only makes no attempt: {entries:?}"
+    );
+    assert!(sink.messages().is_empty());
+    // A restart in queue-only keeps them waiting.
+    relay.restart_queue();
+    let metrics = relay.queue.addr("metrics");
+    wait_for("the recovered gauge", Duration::from_secs(30), || {
+        sample(&scrape(metrics), "authrelay_queue_messages") == 3.0
+    });
+    assert!(queue_entries(&relay).iter().all(|e| e["attempts"] == 0));
+    assert!(sink.messages().is_empty());
+
+    // `authrelay queue flush` delivers them.
+    let (ok, out, err) = relay.authrelay(&["queue", "flush"], "");
+    assert!(ok, "{out}{err}");
+    assert_eq!(sink.wait_messages(3, Duration::from_secs(60)).len(), 3);
+    wait_for("the gauges to drop", Duration::from_secs(30), || {
+        let m = scrape(metrics);
+        sample(&m, "authrelay_queue_messages") == 0.0
+            && sample(&m, "authrelay_queue_oldest_age_seconds") == 0.0
+    });
+    let after = scrape(metrics);
+    // The counter restarted with the process: the three are all this one's.
+    assert_eq!(sample(&after, sent), 3.0, "{after}");
+    assert!(sample(&before, sent) == 0.0);
+
+    // ETRN (RFC 1985) on the frontend flushes too.
+    submit(
+        &relay,
+        "test@mailserver.foo.com",
+        "etrn@outside.example",
+        "Subject: etrn\r\n\r\ne\r\n",
+    );
+    wait_for("the fourth message queued", Duration::from_secs(30), || {
+        queue_entries(&relay).len() == 1
+    });
+    assert_eq!(queue_entries(&relay)[0]["attempts"], 0);
+    let mut c = Raw::connect(relay.relay);
+    c.cmd("EHLO client.example");
+    let (code, text) = c.cmd("ETRN outside.example");
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT");
+    assert_eq!(sink.wait_messages(4, Duration::from_secs(60)).len(), 4);
+
+    // A restart in background mode delivers what queue-only left.
+    submit(
+        &relay,
+        "test@mailserver.foo.com",
+        "later@outside.example",
+        "Subject: later\r\n\r\nl\r\n",
+    );
+    wait_for("the fifth message queued", Duration::from_secs(30), || {
+        queue_entries(&relay).len() == 1
+    });
+    set_queue_env(
+        &mut relay,
+        &[("AUTHRELAY__RELAY_QUEUE__DELIVERY_MODE", "background".into())],
+    );
+    assert_eq!(sink.wait_messages(5, Duration::from_secs(60)).len(), 5);
+    let rcpts = rcpts_of(&sink.dir);
+    for to in [
+        "q0@outside.example",
+        "q1@outside.example",
+        "q2@outside.example",
+        "etrn@outside.example",
+        "later@outside.example",
+    ] {
+        assert_eq!(
+            rcpts.iter().filter(|r| *r == to).count(),
+            1,
+            "{to} once: {rcpts:?}"
+        );
+    }
+}

@@ -590,6 +590,25 @@ pub struct RelayQueueConfig {
     /// After a host fails to answer, skip it for this long (`confTO_HOSTSTATUS`); 0 = off.
     #[serde(with = "humantime_serde")]
     pub host_status_ttl: Duration,
+    /// DNS servers (`ip:port`) for MX routing of domains without a route or
+    /// smarthost; empty = the system's resolv.conf.
+    pub dns_servers: WordList,
+    /// Port of MX hosts and A/AAAA-fallback hosts (RFC 5321 §5.1: 25).
+    pub mx_port: u16,
+    /// `background` delivers as soon as a message is queued; `queue-only`
+    /// (sendmail's DeliveryMode=q) only spools until `queue flush` or ETRN.
+    pub delivery_mode: DeliveryMode,
+}
+
+/// When queued messages are delivered (sendmail's `DeliveryMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Deliver right after the message is on disk, retry on schedule.
+    #[default]
+    Background,
+    /// Spool only; deliver what an operator flushes (`queue flush`, ETRN).
+    QueueOnly,
 }
 
 /// One AuthInfo entry in TOML; the password comes from a file (a mounted Secret).
@@ -647,6 +666,9 @@ impl Default for RelayQueueConfig {
             tls_hosts: BTreeMap::new(),
             tls_ca_file: None,
             host_status_ttl: Duration::from_secs(300),
+            dns_servers: WordList::default(),
+            mx_port: 25,
+            delivery_mode: DeliveryMode::Background,
         }
     }
 }

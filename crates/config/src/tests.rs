@@ -146,11 +146,26 @@ fn internal_tls_enabled_needs_cert_key_ca_files_and_https_endpoints() {
         ("AUTHRELAY__INTERNAL_TLS__CERT", format!("{d}/tls.crt")),
         ("AUTHRELAY__INTERNAL_TLS__KEY", format!("{d}/tls.key")),
         ("AUTHRELAY__INTERNAL_TLS__CA", format!("{d}/ca.crt")),
-        ("AUTHRELAY__INTERNAL_TLS__HEALTH_LISTEN", "0.0.0.0:7349".to_owned()),
-        ("AUTHRELAY__ENDPOINTS__SASL_AUTH", "https://sasl-auth-headless:7341".to_owned()),
-        ("AUTHRELAY__ENDPOINTS__CREDENTIAL_STORE", "https://credential-store-headless:7342".to_owned()),
-        ("AUTHRELAY__ENDPOINTS__RELAY_QUEUE", "https://relay-queue-headless:7343".to_owned()),
-        ("AUTHRELAY__ENDPOINTS__FRONTEND", "https://smtp-frontend-admin:7340".to_owned()),
+        (
+            "AUTHRELAY__INTERNAL_TLS__HEALTH_LISTEN",
+            "0.0.0.0:7349".to_owned(),
+        ),
+        (
+            "AUTHRELAY__ENDPOINTS__SASL_AUTH",
+            "https://sasl-auth-headless:7341".to_owned(),
+        ),
+        (
+            "AUTHRELAY__ENDPOINTS__CREDENTIAL_STORE",
+            "https://credential-store-headless:7342".to_owned(),
+        ),
+        (
+            "AUTHRELAY__ENDPOINTS__RELAY_QUEUE",
+            "https://relay-queue-headless:7343".to_owned(),
+        ),
+        (
+            "AUTHRELAY__ENDPOINTS__FRONTEND",
+            "https://smtp-frontend-admin:7340".to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

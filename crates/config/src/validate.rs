@@ -336,6 +336,18 @@ impl Config {
                 "no such file",
             ));
         }
+        for server in rq.dns_servers.iter() {
+            server.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::new("relay_queue.dns_servers", server, "expected ip:port")
+            })?;
+        }
+        if rq.mx_port == 0 {
+            return Err(ConfigError::new(
+                "relay_queue.mx_port",
+                "0",
+                "must be a port",
+            ));
+        }
         if rq.max_deliveries == 0 {
             return Err(ConfigError::new(
                 "relay_queue.max_deliveries",

@@ -1,34 +1,488 @@
 //! Dialling another service. Every service-to-service client goes through
-//! here, so timeouts, balancing and (later) mutual TLS are decided once.
+//! here, so timeouts, balancing and mutual TLS are decided once.
+//!
+//! Balancing is per request (tower's p2c over one connection per replica),
+//! not per connection: a Kubernetes ClusterIP would pin each client to the
+//! one pod its single connection landed on. Each endpoint host name is
+//! re-resolved every few seconds — a headless Service name resolves to every
+//! ready pod — and replicas that stop accepting connections leave the set
+//! within a second, so requests follow pods as they come and go.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::mpsc;
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
-/// A lazily connected channel to one or more replicas of a service.
+/// How often host names are looked up again (a headless Service's DNS TTL
+/// is a few seconds; pods appear in it once ready).
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// How often each resolved address is checked for accepting connections.
+/// A killed pod lingers in DNS until its endpoint is removed; without this,
+/// p2c would keep sending it a share of the requests, each failing at once.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// A lazily connected channel to one or more replicas of a service, in
+/// plain text (`http://` URLs). See [`balanced_channel`].
+pub fn lazy_channel(urls: &[String], timeout: Duration) -> Result<Channel, String> {
+    balanced_channel(urls, timeout, None)
+}
+
+/// A lazily connected channel to every replica behind `urls`.
 ///
-/// With several URLs, requests are balanced per request (tower's p2c), not
-/// per connection — a plain ClusterIP would pin a frontend to one replica.
 /// Lazy: a service whose peer is down still starts, and calls fail with
 /// `Unavailable` until the peer is back, then recover with no restart.
-pub fn lazy_channel(urls: &[String], timeout: Duration) -> Result<Channel, String> {
-    let endpoints = urls
+/// `tls` (client certificate and CA, no server name) is used for `https://`
+/// URLs; the server name checked is the URL's host, also when the
+/// connection goes to an address that host resolved to.
+pub fn balanced_channel(
+    urls: &[String],
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let targets = urls
         .iter()
-        .map(|u| {
-            Endpoint::from_shared(u.clone())
-                .map(|e| {
-                    e.connect_timeout(timeout.min(Duration::from_secs(5)))
-                        .timeout(timeout)
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(30))
-                        .keep_alive_while_idle(true)
-                })
-                .map_err(|e| format!("bad endpoint {u:?}: {e}"))
-        })
+        .map(|u| Target::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
-    match endpoints.as_slice() {
+    let settings = Settings {
+        timeout,
+        tls: tls.cloned(),
+    };
+    match targets.as_slice() {
         [] => Err("no endpoint configured".into()),
-        [one] => Ok(one.connect_lazy()),
-        _ => Ok(Channel::balance_list(endpoints.into_iter())),
+        // One fixed address: nothing to balance or follow.
+        [one] if one.ip.is_some() => Ok(settings.endpoint(one, None)?.connect_lazy()),
+        _ => {
+            let (channel, tx) = Channel::balance_channel(targets.len() * 4 + 16);
+            let mut discovery = Discovery::new(targets, settings, tx);
+            discovery.seed()?;
+            tokio::spawn(discovery.run());
+            Ok(channel)
+        }
+    }
+}
+
+/// One configured URL.
+#[derive(Clone, Debug)]
+struct Target {
+    uri: Uri,
+    https: bool,
+    host: String,
+    port: u16,
+    /// The host is an address literal: no DNS to follow.
+    ip: Option<IpAddr>,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("bad endpoint {url:?}: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("bad endpoint {url:?}: must be http:// or https://")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("bad endpoint {url:?}: no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let ip = host.parse().ok();
+        Ok(Target {
+            uri,
+            https,
+            host,
+            port,
+            ip,
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Settings {
+    timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Settings {
+    /// The endpoint for `target`, dialling `addr` when given (a resolved
+    /// address) while keeping the target's host as HTTP/2 authority and as
+    /// the TLS server name, so certificates name services, not pod IPs.
+    fn endpoint(&self, target: &Target, addr: Option<SocketAddr>) -> Result<Endpoint, String> {
+        let scheme = if target.https { "https" } else { "http" };
+        let mut ep = match addr {
+            Some(a) => Endpoint::from_shared(format!("{scheme}://{a}"))
+                .map_err(|e| format!("bad endpoint {a}: {e}"))?
+                .origin(target.uri.clone()),
+            None => Endpoint::from(target.uri.clone()),
+        };
+        if target.https {
+            let tls = self.tls.clone().ok_or_else(|| {
+                format!(
+                    "endpoint {} is https:// but no client TLS is configured (internal_tls)",
+                    target.uri
+                )
+            })?;
+            ep = ep
+                .tls_config(tls.domain_name(target.host.clone()))
+                .map_err(|e| format!("endpoint {}: TLS: {e}", target.uri))?;
+        }
+        Ok(ep
+            .connect_timeout(self.timeout.min(Duration::from_secs(5)))
+            .timeout(self.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true))
+    }
+}
+
+/// What the balancer holds: one connection per (configured URL, address),
+/// or the URL itself while its name resolves to nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Key {
+    Addr(usize, SocketAddr),
+    Name(usize),
+}
+
+/// The set the balancer should hold. Live addresses when there are any; if
+/// no replica accepts connections, every known one (calls then fail fast
+/// with `Unavailable` instead of waiting on an empty balancer), and a URL
+/// whose name resolved to nothing stands for itself for the same reason.
+fn desired(resolved: &[Vec<SocketAddr>], alive: &BTreeMap<SocketAddr, bool>) -> BTreeSet<Key> {
+    let all: BTreeSet<Key> = resolved
+        .iter()
+        .enumerate()
+        .flat_map(|(i, addrs)| addrs.iter().map(move |a| Key::Addr(i, *a)))
+        .collect();
+    let live: BTreeSet<Key> = all
+        .iter()
+        .copied()
+        .filter(|k| match k {
+            Key::Addr(_, a) => alive.get(a).copied().unwrap_or(true),
+            Key::Name(_) => true,
+        })
+        .collect();
+    if !live.is_empty() {
+        return live;
+    }
+    let mut keep = all;
+    keep.extend(
+        resolved
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.is_empty())
+            .map(|(i, _)| Key::Name(i)),
+    );
+    keep
+}
+
+struct Discovery {
+    targets: Vec<Target>,
+    settings: Settings,
+    tx: mpsc::Sender<Change<Key, Endpoint>>,
+    resolved: Vec<Vec<SocketAddr>>,
+    alive: BTreeMap<SocketAddr, bool>,
+    current: BTreeSet<Key>,
+}
+
+impl Discovery {
+    fn new(
+        targets: Vec<Target>,
+        settings: Settings,
+        tx: mpsc::Sender<Change<Key, Endpoint>>,
+    ) -> Discovery {
+        let resolved = targets
+            .iter()
+            .map(|t| {
+                t.ip.map(|ip| vec![SocketAddr::new(ip, t.port)])
+                    .unwrap_or_default()
+            })
+            .collect();
+        Discovery {
+            targets,
+            settings,
+            tx,
+            resolved,
+            alive: BTreeMap::new(),
+            current: BTreeSet::new(),
+        }
+    }
+
+    /// The first set, before any lookup: requests made right after start-up
+    /// find something to go to (or to fail on) instead of waiting.
+    fn seed(&mut self) -> Result<(), String> {
+        for key in desired(&self.resolved, &self.alive) {
+            let ep = self.endpoint(key)?;
+            self.tx
+                .try_send(Change::Insert(key, ep))
+                .map_err(|e| format!("balancer: {e}"))?;
+            self.current.insert(key);
+        }
+        Ok(())
+    }
+
+    fn endpoint(&self, key: Key) -> Result<Endpoint, String> {
+        match key {
+            Key::Addr(i, a) => self.settings.endpoint(&self.targets[i], Some(a)),
+            Key::Name(i) => self.settings.endpoint(&self.targets[i], None),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut last_resolve: Option<tokio::time::Instant> = None;
+        loop {
+            if self.tx.is_closed() {
+                return; // every clone of the channel is gone
+            }
+            if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
+                self.resolve().await;
+                last_resolve = Some(tokio::time::Instant::now());
+            }
+            self.probe().await;
+            if self.apply().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
+    /// Look every host name up again. A failed lookup keeps what the name
+    /// resolved to before: a DNS hiccup must not empty the balancer.
+    async fn resolve(&mut self) {
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.ip.is_some() {
+                continue;
+            }
+            let lookup = tokio::net::lookup_host((t.host.as_str(), t.port));
+            match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                Ok(Ok(addrs)) => {
+                    let mut addrs: Vec<SocketAddr> = addrs.collect();
+                    addrs.sort();
+                    addrs.dedup();
+                    if addrs != self.resolved[i] {
+                        tracing::info!(host = %t.host, addresses = ?addrs, "endpoint resolved");
+                    }
+                    self.resolved[i] = addrs;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(host = %t.host, error = %e, "endpoint lookup failed")
+                }
+                Err(_) => tracing::debug!(host = %t.host, "endpoint lookup timed out"),
+            }
+        }
+    }
+
+    /// Does each address accept a TCP connection? Refused (a killed or
+    /// stopped replica) answers at once; a silent one gets a second.
+    async fn probe(&mut self) {
+        let addrs: BTreeSet<SocketAddr> = self.resolved.iter().flatten().copied().collect();
+        let mut set = tokio::task::JoinSet::new();
+        for a in addrs {
+            set.spawn(async move {
+                let ok =
+                    tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(a))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                (a, ok)
+            });
+        }
+        let mut alive = BTreeMap::new();
+        while let Some(Ok((a, ok))) = set.join_next().await {
+            if self.alive.get(&a).is_some_and(|was| *was != ok) {
+                tracing::info!(address = %a, accepting = ok, "endpoint changed");
+            }
+            alive.insert(a, ok);
+        }
+        self.alive = alive;
+    }
+
+    /// Tell the balancer what changed. Err: the balancer is gone.
+    async fn apply(&mut self) -> Result<(), ()> {
+        let want = desired(&self.resolved, &self.alive);
+        for key in self.current.difference(&want).copied().collect::<Vec<_>>() {
+            self.tx.send(Change::Remove(key)).await.map_err(|_| ())?;
+            self.current.remove(&key);
+        }
+        for key in want.difference(&self.current).copied().collect::<Vec<_>>() {
+            match self.endpoint(key) {
+                Ok(ep) => {
+                    self.tx
+                        .send(Change::Insert(key, ep))
+                        .await
+                        .map_err(|_| ())?;
+                    self.current.insert(key);
+                }
+                Err(e) => tracing::warn!(error = %e, "endpoint skipped"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn dead_replicas_leave_the_set_while_one_lives() {
+        let resolved = vec![vec![a("127.0.0.1:1"), a("127.0.0.2:1")], vec![]];
+        let alive = BTreeMap::from([(a("127.0.0.1:1"), false), (a("127.0.0.2:1"), true)]);
+        assert_eq!(
+            desired(&resolved, &alive),
+            BTreeSet::from([Key::Addr(0, a("127.0.0.2:1"))])
+        );
+    }
+
+    #[test]
+    fn with_no_live_replica_every_known_one_stays_so_calls_fail_fast() {
+        let resolved = vec![vec![a("127.0.0.1:1")], vec![]];
+        let alive = BTreeMap::from([(a("127.0.0.1:1"), false)]);
+        assert_eq!(
+            desired(&resolved, &alive),
+            BTreeSet::from([Key::Addr(0, a("127.0.0.1:1")), Key::Name(1)])
+        );
+        assert_eq!(
+            desired(&[vec![]], &BTreeMap::new()),
+            BTreeSet::from([Key::Name(0)])
+        );
+    }
+
+    #[test]
+    fn unprobed_addresses_count_as_live() {
+        let resolved = vec![vec![a("[::1]:7"), a("127.0.0.1:7")]];
+        assert_eq!(desired(&resolved, &BTreeMap::new()).len(), 2);
+    }
+
+    #[test]
+    fn endpoint_dials_the_address_but_keeps_the_host_name() {
+        let t = Target::parse("https://sasl-auth-headless:7341").unwrap();
+        assert_eq!(t.host, "sasl-auth-headless");
+        assert!(t.ip.is_none());
+        let s = Settings {
+            timeout: Duration::from_secs(1),
+            tls: Some(ClientTlsConfig::new()),
+        };
+        let ep = s.endpoint(&t, Some(a("10.0.0.7:7341"))).unwrap();
+        assert_eq!(ep.uri().to_string(), "https://10.0.0.7:7341/");
+        let no_tls = Settings {
+            timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        assert!(no_tls.endpoint(&t, None).is_err(), "https without TLS");
+        let v6 = Target::parse("http://[::1]:7341").unwrap();
+        assert_eq!(v6.ip, Some("::1".parse().unwrap()));
+    }
+
+    /// Real name resolution and real listeners: `localhost` resolves (to
+    /// 127.0.0.1 and/or ::1), each address with a listener joins the set,
+    /// a replica that stops listening leaves it, and comes back when it
+    /// listens again.
+    #[tokio::test]
+    async fn localhost_is_resolved_and_replicas_follow_their_listeners() {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p1 = first.local_addr().unwrap().port();
+        let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p2 = second.local_addr().unwrap().port();
+        let urls = [
+            format!("http://localhost:{p1}"),
+            format!("http://localhost:{p2}"),
+        ];
+        let targets: Vec<Target> = urls.iter().map(|u| Target::parse(u).unwrap()).collect();
+        let (tx, mut rx) = mpsc::channel(64);
+        let settings = Settings {
+            timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        let mut d = Discovery::new(targets, settings, tx);
+        d.seed().unwrap();
+        let seeded: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert!(
+            matches!(
+                seeded.as_slice(),
+                [
+                    Change::Insert(Key::Name(0), _),
+                    Change::Insert(Key::Name(1), _)
+                ]
+            ),
+            "before the first lookup each name stands for itself: {:?}",
+            seeded.iter().map(describe).collect::<Vec<_>>()
+        );
+
+        let localhost: Vec<IpAddr> = tokio::net::lookup_host(("localhost", 0))
+            .await
+            .unwrap()
+            .map(|a| a.ip())
+            .collect();
+        assert!(
+            localhost.iter().any(IpAddr::is_ipv4),
+            "localhost resolves to no IPv4 address: {localhost:?}"
+        );
+        d.resolve().await;
+        d.probe().await;
+        d.apply().await.unwrap();
+        let live = |p: u16| {
+            localhost
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .map(move |ip| SocketAddr::new(*ip, p))
+        };
+        let mut expect: BTreeSet<Key> = live(p1).map(|a| Key::Addr(0, a)).collect();
+        expect.extend(live(p2).map(|a| Key::Addr(1, a)));
+        assert_eq!(d.current, expect, "only addresses with a listener");
+        let changes: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| describe(&c))
+            .collect();
+        assert!(
+            changes.contains(&"remove Name(0)".to_owned()),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&format!(
+                "insert Addr(1, 127.0.0.1:{p2}) http://127.0.0.1:{p2}/"
+            )),
+            "{changes:?}"
+        );
+
+        // The second replica stops: it leaves the set, the first stays.
+        drop(second);
+        d.probe().await;
+        d.apply().await.unwrap();
+        let changes: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| describe(&c))
+            .collect();
+        assert_eq!(changes, [format!("remove Addr(1, 127.0.0.1:{p2})")]);
+
+        // It comes back on the same address: it rejoins.
+        let _again = tokio::net::TcpListener::bind(("127.0.0.1", p2))
+            .await
+            .unwrap();
+        d.probe().await;
+        d.apply().await.unwrap();
+        let changes: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| describe(&c))
+            .collect();
+        assert_eq!(
+            changes,
+            [format!(
+                "insert Addr(1, 127.0.0.1:{p2}) http://127.0.0.1:{p2}/"
+            )]
+        );
+        drop(first);
+    }
+
+    fn describe(c: &Change<Key, Endpoint>) -> String {
+        match c {
+            Change::Insert(k, ep) => format!("insert {k:?} {}", ep.uri()),
+            Change::Remove(k) => format!("remove {k:?}"),
+        }
     }
 }

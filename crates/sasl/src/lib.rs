@@ -32,3 +32,28 @@ pub use server::{
     ChannelBinding, ChannelBindingType, Failure, Outcome, SecretRequest, ServerConfig,
     ServerExchange, Step,
 };
+
+/// The attribute parsers inside the mechanisms, reachable for the fuzz targets (`fuzz/`) and
+/// the property tests. Not an API: the mechanisms are.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// DIGEST-MD5 `#rule` directive list (RFC 2831 §7.1).
+    pub fn digest_directives(input: &str) -> Result<Vec<(String, String)>, &'static str> {
+        crate::digest::parse_directives(input)
+    }
+
+    /// An RFC 2616 quoted-string, as DIGEST-MD5 writes values.
+    pub fn digest_quote(value: &str) -> String {
+        crate::digest::quote(value)
+    }
+
+    /// RFC 5802 `saslname` encoding.
+    pub fn scram_escape_saslname(name: &str) -> String {
+        crate::scram::escape_saslname(name)
+    }
+
+    /// RFC 5802 `saslname` decoding (`=2C`, `=3D`; anything else after `=` fails).
+    pub fn scram_unescape_saslname(s: &str) -> Result<String, &'static str> {
+        crate::scram::unescape_saslname(s)
+    }
+}

@@ -158,7 +158,10 @@ pub fn context_from_traceparent(traceparent: &str) -> Option<opentelemetry::Cont
     }
     let carrier =
         std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    // From an empty context: `extract` falls back to the current one (the
+    // caller's own span) when the value does not parse.
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract_with_context(&opentelemetry::Context::new(), &carrier);
     cx.span().span_context().is_valid().then_some(cx)
 }
 
@@ -234,7 +237,6 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    let _telemetry = init(service, &cfg);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -244,6 +246,12 @@ where
             eprintln!("{service}: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
+    };
+    // The OTLP exporter's tonic channel spawns onto the runtime when built;
+    // declared after `runtime`, the guard flushes spans before it stops.
+    let _telemetry = {
+        let _enter = runtime.enter();
+        init(service, &cfg)
     };
     match runtime.block_on(run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -243,6 +243,12 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let rq = tokio::net::TcpListener::bind(cfg.relay_queue.listen)
         .await
         .with_context(|| format!("relay_queue.listen {}", cfg.relay_queue.listen))?;
+    // In one process gRPC never leaves loopback: internal_tls is for
+    // separate pods (and four services cannot share one health_listen).
+    if cfg.internal_tls.enabled || cfg.internal_tls.health_listen.is_some() {
+        tracing::info!("internal_tls ignored by the all-in-one `authrelay serve`");
+        cfg.internal_tls = Default::default();
+    }
     // In one process the services find each other where they actually bound.
     cfg.endpoints.credential_store = vec![format!("http://{}", cs.local_addr()?)].into();
     cfg.endpoints.sasl_auth = vec![format!("http://{}", sa.local_addr()?)].into();
@@ -342,7 +348,8 @@ fn admin_request<T>(cfg: &Config, msg: T) -> anyhow::Result<tonic::Request<T>> {
 fn credential_client(
     cfg: &Config,
 ) -> anyhow::Result<CredentialStoreClient<tonic::transport::Channel>> {
-    let ch = authrelay_proto::channel::lazy_channel(
+    let ch = authrelay_grpc_tls::channel(
+        cfg,
         cfg.endpoints.credential_store.as_slice(),
         cfg.endpoints.timeout,
     )
@@ -506,7 +513,7 @@ async fn put_user(
 
 async fn queue(cfg: Config, cmd: QueueCommand) -> anyhow::Result<()> {
     let eps = cfg.endpoints.relay_queue.as_slice().to_vec();
-    let ch = authrelay_proto::channel::lazy_channel(&eps, cfg.endpoints.timeout)
+    let ch = authrelay_grpc_tls::channel(&cfg, &eps, cfg.endpoints.timeout)
         .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
     let mut client = RelayQueueClient::new(ch);
     let err = |what: &'static str| {
@@ -619,7 +626,7 @@ async fn queue(cfg: Config, cmd: QueueCommand) -> anyhow::Result<()> {
 async fn sessions(cfg: Config, action: Option<SessionsCommand>, json: bool) -> anyhow::Result<()> {
     use authrelay_proto::frontend::v1 as fpb;
     let eps = cfg.endpoints.frontend.as_slice().to_vec();
-    let ch = authrelay_proto::channel::lazy_channel(&eps, cfg.endpoints.timeout)
+    let ch = authrelay_grpc_tls::channel(&cfg, &eps, cfg.endpoints.timeout)
         .map_err(|e| anyhow::anyhow!("endpoints.frontend: {e}"))?;
     let mut client = fpb::sessions_client::SessionsClient::new(ch);
     match action {

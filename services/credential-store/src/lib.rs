@@ -461,6 +461,9 @@ pub async fn serve(
     let service = CredentialService::new(backend, &cfg)?;
     let backend = service.store();
     let (reporter, health) = tonic_health::server::health_reporter();
+    let health_listen = cfg.internal_tls.health_listen;
+    authrelay_grpc_tls::serve_plain_health("credential-store", health_listen, health.clone())
+        .await?;
     // Readiness follows the backend: PostgreSQL down → NOT_SERVING.
     tokio::spawn(async move {
         loop {
@@ -479,7 +482,7 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
     });
-    tonic::transport::Server::builder()
+    authrelay_grpc_tls::server(&cfg)?
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(CredentialStoreServer::new(service))

@@ -60,6 +60,9 @@ pub enum ClientError {
 pub struct Hop<'a> {
     pub host: &'a str,
     pub port: u16,
+    /// The address to connect to when routing already resolved `host` (MX);
+    /// `None` resolves `host` at connect time.
+    pub addr: Option<std::net::IpAddr>,
     pub helo: &'a str,
     pub timeout: Duration,
     pub tls: OutboundTls,
@@ -282,7 +285,13 @@ async fn session(
     body: &[u8],
 ) -> Result<Vec<RcptOutcome>, ClientError> {
     let (host, port) = (hop.host, hop.port);
-    let stream = tokio::time::timeout(hop.timeout, TcpStream::connect((host, port)))
+    let connect = async {
+        match hop.addr {
+            Some(ip) => TcpStream::connect((ip, port)).await,
+            None => TcpStream::connect((host, port)).await,
+        }
+    };
+    let stream = tokio::time::timeout(hop.timeout, connect)
         .await
         .map_err(|_| ClientError::Unreachable(format!("connect to {host}:{port} timed out")))?
         .map_err(|e| ClientError::Unreachable(format!("connect to {host}:{port}: {e}")))?;
@@ -336,10 +345,41 @@ async fn session(
         ext = ehlo(&mut c, hop.helo).await?;
     }
     let ext = ext.unwrap_or(Extensions(Vec::new()));
+    if ext.has("XTRACE") {
+        // Our own extension, between authrelay instances only: the next hop
+        // continues this trace (its AUTH and transaction spans). A refusal
+        // changes nothing for the mail.
+        let traceparent = authrelay_telemetry::traceparent();
+        if !traceparent.is_empty() {
+            c.send(&format!("XTRACE {traceparent}")).await?;
+        }
+    }
     if let Some(info) = hop.authinfo
         && let Some(offered) = ext.params("AUTH")
     {
-        authenticate(&mut c, host, info, &offered).await?;
+        let span = tracing::info_span!(
+            "AUTH client",
+            otel.name = "smtp AUTH client",
+            otel.kind = "client",
+            server.address = %host,
+            server.port = port,
+            sasl.mechanism = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            authenticate(&mut c, host, info, &offered),
+            span.clone(),
+        )
+        .await;
+        span.record(
+            "outcome",
+            if result.is_ok() { "success" } else { "failure" },
+        );
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result?;
     }
     let has = |name: &str| ext.has(name);
     let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
@@ -447,6 +487,7 @@ async fn authenticate(
         tracing::warn!("AUTH=client, relay={host}, {why}");
         return Err(ClientError::Temporary(format!("AUTH to {host}: {why}")));
     };
+    tracing::Span::current().record("sasl.mechanism", mech.name());
     // Our server (and Cyrus with a realm) names users NAME@REALM; DIGEST-MD5
     // carries the realm in its own field instead.
     let authcid = match &info.realm {

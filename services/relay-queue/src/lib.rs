@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dsn;
+pub mod mx;
 pub mod spool;
 pub mod tls;
 
@@ -10,15 +11,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use authrelay_config::{AuthInfoMap, Config, parse_host_port};
+use authrelay_config::{AuthInfoMap, Config, DeliveryMode, parse_host_port};
 use authrelay_proto::queue::v1 as pb;
 use authrelay_proto::queue::v1::relay_queue_server::{RelayQueue, RelayQueueServer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::client::{Hop, RcptOutcome};
+use crate::client::{ClientError, Hop, RcptOutcome};
 use crate::dsn::FailedRecipient;
 use crate::spool::{DeliveryState, Envelope, Recipient, Spool, SpoolError};
 use crate::tls::OutboundTlsConfigs;
@@ -54,6 +57,26 @@ pub struct Queue {
     /// Next hops that did not answer: (host, port) → (until, why). Messages
     /// for them wait without connecting (`confTO_HOSTSTATUS`).
     host_status: Mutex<HashMap<(String, u16), (i64, String)>>,
+    mx: mx::MxResolver,
+    /// Every spooled message → queued_at, for the queue gauges.
+    index: Mutex<HashMap<String, i64>>,
+}
+
+/// Where the mail for one recipient domain goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Destination {
+    /// A route (mailertable) or the smarthost.
+    Fixed(String, u16),
+    /// The domain's MX hosts (or its A/AAAA), on `relay_queue.mx_port`.
+    Mx(String),
+}
+
+/// A delivery's outcome for metrics (`authrelay_deliveries_total{outcome}`).
+fn count_delivery(outcome: &str, n: usize) {
+    let family = &authrelay_telemetry::metrics::METRICS.deliveries;
+    for _ in 0..n {
+        authrelay_telemetry::metrics::outcome(family, outcome);
+    }
 }
 
 impl Queue {
@@ -64,10 +87,23 @@ impl Queue {
             tracing::info!(entries = authinfo.len(), "AuthInfo map loaded");
         }
         let spool = Spool::open(&cfg.spool_dir())?;
+        let dns_servers: Vec<std::net::SocketAddr> = cfg
+            .relay_queue
+            .dns_servers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let mx = mx::MxResolver::new(&dns_servers, cfg.relay_queue.connect_timeout)?;
+        let background = cfg.relay_queue.delivery_mode == DeliveryMode::Background;
         let mut schedule = HashMap::new();
+        let mut index = HashMap::new();
         for id in spool.ids()? {
+            if let Ok(env) = spool.envelope(&id) {
+                index.insert(id.clone(), env.queued_at);
+            }
             let st = spool.state(&id);
-            if !st.held {
+            // queue-only: recovered mail waits for a flush, as new mail does.
+            if !st.held && background {
                 schedule.insert(id, st.next_attempt);
             }
         }
@@ -75,6 +111,12 @@ impl Queue {
             tracing::info!(
                 messages = schedule.len(),
                 "recovered queued messages from the spool"
+            );
+        }
+        if !background {
+            tracing::info!(
+                messages = index.len(),
+                "delivery_mode=queue-only: messages wait for `queue flush` or ETRN"
             );
         }
         let slots = Arc::new(Semaphore::new(cfg.relay_queue.max_deliveries));
@@ -88,6 +130,8 @@ impl Queue {
             authinfo,
             tls,
             host_status: Mutex::new(HashMap::new()),
+            mx,
+            index: Mutex::new(index),
         }))
     }
 
@@ -100,10 +144,37 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    fn background(&self) -> bool {
+        self.cfg.relay_queue.delivery_mode == DeliveryMode::Background
+    }
+
+    /// A new message is on disk: deliver it now, unless queue-only.
+    fn queued(&self, id: &str, queued_at: i64) {
+        Self::lock(&self.index).insert(id.to_owned(), queued_at);
+        if self.background() {
+            self.schedule_now(id);
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        Self::lock(&self.schedule).remove(id);
+        Self::lock(&self.index).remove(id);
+    }
+
+    /// The queue gauges, from the in-memory index (no disk reads).
+    fn update_gauges(&self) {
+        let index = Self::lock(&self.index);
+        let m = &authrelay_telemetry::metrics::METRICS;
+        m.queue_messages.set(index.len() as i64);
+        let oldest = index.values().min().map_or(0, |t| (now() - t).max(0));
+        m.queue_oldest_age.set(oldest);
+    }
+
     /// The delivery loop: start every due message, then sleep until woken
     /// (a new message, a flush) or a second has passed.
     pub async fn run(self: Arc<Self>) {
         loop {
+            self.update_gauges();
             let due: Vec<String> = {
                 let t = now();
                 let inflight = Self::lock(&self.inflight);
@@ -132,8 +203,9 @@ impl Queue {
         }
     }
 
-    /// Where mail for `domain` goes: a route (mailertable), else the smarthost.
-    fn next_hop(&self, domain: &str) -> Option<(String, u16)> {
+    /// Where mail for `domain` goes: a route (mailertable), else the
+    /// smarthost, else the domain's MX (RFC 5321 §5.1).
+    fn route(&self, domain: &str) -> Destination {
         let d = domain.trim_end_matches('.').to_ascii_lowercase();
         let rq = &self.cfg.relay_queue;
         rq.routes
@@ -142,6 +214,144 @@ impl Queue {
             .map(|(_, v)| v.as_str())
             .or(Some(rq.smarthost.as_str()).filter(|s| !s.is_empty()))
             .and_then(|hop| parse_host_port(hop).ok())
+            .map_or(Destination::Mx(d), |(h, p)| Destination::Fixed(h, p))
+    }
+
+    /// One connection to one host, as one `relay-queue deliver` span in the
+    /// trace of the submission that queued the message.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_to(
+        &self,
+        id: &str,
+        host: &str,
+        port: u16,
+        addr: Option<std::net::IpAddr>,
+        env: &Envelope,
+        rcpts: &[&Recipient],
+        body: &[u8],
+    ) -> Result<Vec<RcptOutcome>, ClientError> {
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = "relay-queue deliver",
+            otel.kind = "producer",
+            server.address = %host,
+            server.port = port,
+            network.peer.address = tracing::field::Empty,
+            messaging.system = "smtp",
+            messaging.operation.type = "send",
+            messaging.operation.name = "deliver",
+            messaging.message.id = %id,
+            messaging.message.body.size = body.len(),
+            messaging.batch.message_count = rcpts.len(),
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(cx) = authrelay_telemetry::context_from_traceparent(&env.traceparent) {
+            let _ = span.set_parent(cx);
+        }
+        if let Some(ip) = addr {
+            span.record("network.peer.address", tracing::field::display(ip));
+        }
+        let hop = Hop {
+            host,
+            port,
+            addr,
+            helo: self.cfg.helo_name(),
+            timeout: self.cfg.relay_queue.connect_timeout,
+            tls: self.cfg.outbound_tls(host),
+            authinfo: self.authinfo.lookup(host),
+        };
+        let result = client::deliver(&hop, &self.tls, env, rcpts, body)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Err(ClientError::Unreachable(why)) => self.mark_down(host, port, why),
+            Ok(_) => {
+                Self::lock(&self.host_status).remove(&(host.to_owned(), port));
+            }
+            Err(_) => {}
+        }
+        let outcome = match &result {
+            Ok(o) if o.iter().all(|o| matches!(o, RcptOutcome::Delivered(_))) => "sent",
+            Ok(_) => "partial",
+            Err(ClientError::Permanent(_)) => "failed",
+            Err(_) => "deferred",
+        };
+        span.record("outcome", outcome);
+        if outcome != "sent" {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    /// Deliver to a destination; returns the relay named in the log and DSN.
+    async fn deliver_group(
+        &self,
+        id: &str,
+        dest: &Destination,
+        env: &Envelope,
+        rcpts: &[&Recipient],
+        body: &[u8],
+    ) -> (String, Result<Vec<RcptOutcome>, ClientError>) {
+        match dest {
+            Destination::Fixed(host, port) => {
+                let relay = format!("{host}:{port}");
+                if let Some(why) = self.host_down(host, *port) {
+                    return (
+                        relay,
+                        Err(ClientError::Temporary(format!(
+                            "host status: {host}:{port} did not answer recently ({why})"
+                        ))),
+                    );
+                }
+                let r = self
+                    .deliver_to(id, host, *port, None, env, rcpts, body)
+                    .await;
+                (relay, r)
+            }
+            Destination::Mx(domain) => {
+                let candidates = match self.mx.candidates(domain).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let text = e.to_string();
+                        tracing::info!("{id}: domain={domain}, {text}");
+                        let err = if e.is_permanent() {
+                            ClientError::Permanent(text)
+                        } else {
+                            ClientError::Temporary(text)
+                        };
+                        return (domain.clone(), Err(err));
+                    }
+                };
+                let port = self.cfg.relay_queue.mx_port;
+                let mut tried = Vec::new();
+                // §5.1: on to the next MX host when one cannot be reached.
+                for c in candidates {
+                    let relay = format!("{}[{}]:{port}", c.host, c.addr);
+                    if let Some(why) = self.host_down(&c.host, port) {
+                        tried.push(format!("{relay}: host status ({why})"));
+                        continue;
+                    }
+                    match self
+                        .deliver_to(id, &c.host, port, Some(c.addr), env, rcpts, body)
+                        .await
+                    {
+                        Err(ClientError::Unreachable(why)) => {
+                            tracing::info!("{id}: relay={relay}, {why}; trying the next MX host");
+                            tried.push(format!("{relay}: {why}"));
+                        }
+                        other => return (relay, other),
+                    }
+                }
+                (
+                    domain.clone(),
+                    Err(ClientError::Temporary(format!(
+                        "no MX host of {domain} answered: {}",
+                        tried.join("; ")
+                    ))),
+                )
+            }
+        }
     }
 
     async fn attempt(&self, id: &str) {
@@ -149,7 +359,7 @@ impl Queue {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(queue_id = id, error = %e, "cannot read queued message");
-                Self::lock(&self.schedule).remove(id);
+                self.forget(id);
                 return;
             }
         };
@@ -164,17 +374,11 @@ impl Queue {
             .filter(|r| !state.delivered.contains(&r.address))
             .collect();
         // One connection per next hop carrying all its recipients.
-        let mut by_hop: BTreeMap<(String, u16), Vec<&Recipient>> = BTreeMap::new();
+        let mut by_hop: BTreeMap<Destination, Vec<&Recipient>> = BTreeMap::new();
         let mut errors = Vec::new();
         for r in pending {
             let domain = r.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            match self.next_hop(domain) {
-                Some(hop) => by_hop.entry(hop).or_default().push(r),
-                None => errors.push(format!(
-                    "to=<{}>: no route (no smarthost or route for {domain})",
-                    r.address
-                )),
-            }
+            by_hop.entry(self.route(domain)).or_default().push(r);
         }
         let mut failed: Vec<FailedRecipient> = Vec::new();
         let fail = |r: &Recipient, text: &str, host: &str| FailedRecipient {
@@ -184,52 +388,32 @@ impl Queue {
             remote_mta: Some(host.to_owned()),
             status: dsn::status_of(text),
         };
-        for ((host, port), rcpts) in by_hop {
-            let down = self.host_down(&host, port);
-            let result = match down {
-                Some(why) => Err(client::ClientError::Temporary(format!(
-                    "host status: {host}:{port} did not answer recently ({why})"
-                ))),
-                None => {
-                    let hop = Hop {
-                        host: &host,
-                        port,
-                        helo: self.cfg.helo_name(),
-                        timeout: self.cfg.relay_queue.connect_timeout,
-                        tls: self.cfg.outbound_tls(&host),
-                        authinfo: self.authinfo.lookup(&host),
-                    };
-                    client::deliver(&hop, &self.tls, &env, &rcpts, &body).await
-                }
-            };
-            match &result {
-                Err(client::ClientError::Unreachable(why)) => self.mark_down(&host, port, why),
-                Ok(_) => {
-                    Self::lock(&self.host_status).remove(&(host.clone(), port));
-                }
-                Err(_) => {}
-            }
+        for (dest, rcpts) in by_hop {
+            let (host, result) = self.deliver_group(id, &dest, &env, &rcpts, &body).await;
             match result {
                 Ok(outcomes) => {
                     for (r, o) in rcpts.iter().zip(outcomes) {
                         match o {
                             RcptOutcome::Delivered(text) => {
+                                count_delivery("sent", 1);
                                 tracing::info!(
-                                    "{id}: to=<{}>, relay={host}:{port}, stat=Sent ({text})",
+                                    "{id}: to=<{}>, relay={host}, stat=Sent ({text})",
                                     r.address
                                 );
                                 state.delivered.push(r.address.clone());
                             }
                             RcptOutcome::Deferred(text) => {
+                                count_delivery("deferred", 1);
                                 tracing::info!(
-                                    "{id}: to=<{}>, relay={host}:{port}, stat=Deferred ({text})",
+                                    "{id}: to=<{}>, relay={host}, stat=Deferred ({text})",
                                     r.address
                                 );
                                 errors.push(text);
                             }
                             RcptOutcome::Failed(text) => {
+                                count_delivery("failed", 1);
                                 tracing::info!(
-                                    "{id}: to=<{}>, relay={host}:{port}, stat=Failed ({text})",
+                                    "{id}: to=<{}>, relay={host}, stat=Failed ({text})",
                                     r.address
                                 );
                                 failed.push(fail(r, &text, &host));
@@ -237,10 +421,11 @@ impl Queue {
                         }
                     }
                 }
-                Err(client::ClientError::Permanent(text)) => {
+                Err(ClientError::Permanent(text)) => {
+                    count_delivery("failed", rcpts.len());
                     for r in &rcpts {
                         tracing::info!(
-                            "{id}: to=<{}>, relay={host}:{port}, stat=Failed ({text})",
+                            "{id}: to=<{}>, relay={host}, stat=Failed ({text})",
                             r.address
                         );
                         failed.push(fail(r, &text, &host));
@@ -248,9 +433,10 @@ impl Queue {
                 }
                 Err(e) => {
                     let text = e.to_string();
+                    count_delivery("deferred", rcpts.len());
                     for r in &rcpts {
                         tracing::info!(
-                            "{id}: to=<{}>, relay={host}:{port}, stat=Deferred ({text})",
+                            "{id}: to=<{}>, relay={host}, stat=Deferred ({text})",
                             r.address
                         );
                     }
@@ -272,6 +458,7 @@ impl Queue {
                     || failed.iter().any(|f| f.address == r.address);
                 if !settled {
                     tracing::info!("{id}: to=<{}>, stat=Expired ({last})", r.address);
+                    count_delivery("expired", 1);
                     failed.push(FailedRecipient {
                         address: r.address.clone(),
                         orcpt: r.orcpt.clone(),
@@ -303,7 +490,7 @@ impl Queue {
             if let Err(e) = self.spool.remove(id) {
                 tracing::error!(queue_id = id, error = %e, "cannot remove delivered message");
             }
-            Self::lock(&self.schedule).remove(id);
+            self.forget(id);
             return;
         }
         state.attempts += 1;
@@ -312,7 +499,13 @@ impl Queue {
         if let Err(e) = self.spool.save_state(id, &state) {
             tracing::error!(queue_id = id, error = %e, "cannot save delivery state");
         }
-        Self::lock(&self.schedule).insert(id.to_owned(), state.next_attempt);
+        if self.background() {
+            Self::lock(&self.schedule).insert(id.to_owned(), state.next_attempt);
+        } else {
+            // queue-only: a flushed message that is deferred waits for the
+            // next flush, as it would for sendmail's next queue run.
+            Self::lock(&self.schedule).remove(id);
+        }
     }
 
     fn host_down(&self, host: &str, port: u16) -> Option<String> {
@@ -407,7 +600,7 @@ impl Queue {
             message.len(),
             env.mail_from
         );
-        self.schedule_now(&bounce_id);
+        self.queued(&bounce_id, bounce_env.queued_at);
         Ok(())
     }
 
@@ -460,6 +653,36 @@ impl Queue {
             traceparent: e.traceparent,
             queued_at: now(),
         };
+        let span = tracing::info_span!(
+            "enqueue",
+            otel.name = "relay-queue enqueue",
+            otel.kind = "consumer",
+            messaging.system = "smtp",
+            messaging.operation.type = "receive",
+            messaging.operation.name = "enqueue",
+            messaging.message.id = %id,
+            messaging.batch.message_count = env.recipients.len(),
+        );
+        // The envelope names the submission's trace; a caller that did not
+        // propagate it in gRPC metadata still gets its enqueue in that trace.
+        if let Some(cx) = authrelay_telemetry::context_from_traceparent(&env.traceparent) {
+            use opentelemetry::trace::TraceContextExt as _;
+            let here = tracing::Span::current().context();
+            if here.span().span_context().trace_id() != cx.span().span_context().trace_id() {
+                let _ = span.set_parent(cx);
+            }
+        }
+        self.store(id, env, stream).instrument(span).await
+    }
+
+    /// Write the body as it streams in; on Commit, make it durable and answer.
+    async fn store(
+        &self,
+        id: String,
+        env: Envelope,
+        mut stream: Streaming<pb::EnqueueRequest>,
+    ) -> Result<String, Status> {
+        use pb::enqueue_request::Part;
         let mut writer = self.spool.writer(&id, &env)?;
         // File writes are quick and buffered; each chunk is ≤ 64 KiB.
         while let Some(msg) = stream.next().await {
@@ -485,7 +708,7 @@ impl Queue {
                             &env.auth_id
                         }
                     );
-                    self.schedule_now(&id);
+                    self.queued(&id, env.queued_at);
                     return Ok(id);
                 }
                 Some(Part::Envelope(_)) => {
@@ -588,7 +811,7 @@ impl RelayQueue for QueueService {
             return Err(Status::invalid_argument("malformed queue id"));
         }
         self.queue.spool.remove(&id)?;
-        Queue::lock(&self.queue.schedule).remove(&id);
+        self.queue.forget(&id);
         tracing::info!(queue_id = %id, "deleted by operator");
         Ok(Response::new(pb::MessageOpResponse {}))
     }
@@ -621,7 +844,7 @@ impl QueueService {
         self.queue.spool.save_state(&id, &st)?;
         if held {
             Queue::lock(&self.queue.schedule).remove(&id);
-        } else {
+        } else if self.queue.background() {
             self.queue.schedule_now(&id);
         }
         Ok(Response::new(pb::MessageOpResponse {}))
@@ -634,13 +857,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
+    let (grpc, health_listen) = (
+        authrelay_grpc_tls::server(&cfg)?,
+        cfg.internal_tls.health_listen,
+    );
     let queue = Queue::open(cfg)?;
     let runner = tokio::spawn(queue.clone().run());
     let (reporter, health) = tonic_health::server::health_reporter();
+    authrelay_grpc_tls::serve_plain_health("relay-queue", health_listen, health.clone()).await?;
     reporter
         .set_serving::<RelayQueueServer<QueueService>>()
         .await;
-    let result = tonic::transport::Server::builder()
+    let result = grpc
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(RelayQueueServer::new(QueueService { queue }))

@@ -22,7 +22,12 @@ pub struct VerifiedCache {
 
 impl VerifiedCache {
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        VerifiedCache { key: rand::random(), ttl, max_entries, entries: Mutex::new(HashMap::new()) }
+        VerifiedCache {
+            key: rand::random(),
+            ttl,
+            max_entries,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn key(&self) -> &[u8] {
@@ -34,7 +39,9 @@ impl VerifiedCache {
     }
 
     pub fn hit(&self, fingerprint: &[u8; 32]) -> bool {
-        self.lock().get(fingerprint).is_some_and(|expires| *expires > Instant::now())
+        self.lock()
+            .get(fingerprint)
+            .is_some_and(|expires| *expires > Instant::now())
     }
 
     pub fn insert(&self, fingerprint: [u8; 32]) {

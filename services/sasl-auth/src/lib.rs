@@ -59,7 +59,8 @@ impl SaslService {
     pub fn new(cfg: Config, state: SharedState) -> Result<Self, anyhow::Error> {
         let ttl = cfg.sasl.verified_cache_ttl;
         let verified = (!ttl.is_zero()).then(|| cache::VerifiedCache::new(ttl, 100_000));
-        let channel = authrelay_proto::channel::lazy_channel(
+        let channel = authrelay_grpc_tls::channel(
+            &cfg,
             cfg.endpoints.credential_store.as_slice(),
             cfg.endpoints.timeout,
         )
@@ -182,10 +183,13 @@ impl SaslService {
                     let secret = self.fetch_secret(&name, &realm, family).await?;
                     login = Some((name, realm));
                     let fingerprint = match (&self.verified, &secret) {
-                        (Some(cache), Some(stored)) => exchange.plaintext_fingerprint(cache.key(), stored),
+                        (Some(cache), Some(stored)) => {
+                            exchange.plaintext_fingerprint(cache.key(), stored)
+                        }
                         _ => None,
                     };
-                    let cached = fingerprint.is_some_and(|fp| self.verified.as_ref().is_some_and(|c| c.hit(&fp)));
+                    let cached = fingerprint
+                        .is_some_and(|fp| self.verified.as_ref().is_some_and(|c| c.hit(&fp)));
                     step = if cached {
                         exchange.resume_verified()
                     } else if family == SecretFamily::Password {
@@ -204,7 +208,9 @@ impl SaslService {
                         .await
                         .map_err(|e| AuthError::Dependency(format!("verifier task: {e}")))?;
                         exchange = ex;
-                        if let (Step::Success(_), Some(fp), Some(cache)) = (&st, fingerprint, &self.verified) {
+                        if let (Step::Success(_), Some(fp), Some(cache)) =
+                            (&st, fingerprint, &self.verified)
+                        {
                             cache.insert(fp);
                         }
                         st
@@ -496,12 +502,17 @@ pub async fn serve(
         argon2_t_cost: cfg.credential_store.argon2_iterations,
         ..authrelay_sasl::SecretParams::default()
     });
+    let (grpc, health_listen) = (
+        authrelay_grpc_tls::server(&cfg)?,
+        cfg.internal_tls.health_listen,
+    );
     let service = SaslService::new(cfg, state.clone())?;
     // Build the unknown-user dummy hash now, so the first probe of an
     // unknown user is not measurably slower than a wrong password.
     tokio::task::spawn_blocking(|| authrelay_sasl::dummy_secret(SecretFamily::Password, ""))
         .await?;
     let (reporter, health) = tonic_health::server::health_reporter();
+    authrelay_grpc_tls::serve_plain_health("sasl-auth", health_listen, health.clone()).await?;
     // Readiness follows the shared store: without it no exchange can work.
     tokio::spawn(async move {
         loop {
@@ -516,8 +527,7 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
-    tonic::transport::Server::builder()
-        .layer(authrelay_telemetry::grpc::TraceLayer)
+    grpc.layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(SaslAuthServer::new(service))
         .serve_with_incoming_shutdown(

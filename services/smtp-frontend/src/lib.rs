@@ -81,18 +81,21 @@ pub async fn serve(
             (Some(TlsAcceptor::from(c)), Some(cert))
         }
     };
-    let sasl = authrelay_proto::channel::lazy_channel(
+    let sasl = authrelay_grpc_tls::channel(
+        &cfg,
         cfg.endpoints.sasl_auth.as_slice(),
         cfg.endpoints.timeout,
     )
     .map_err(|e| anyhow::anyhow!("endpoints.sasl_auth: {e}"))?;
     // Enqueue streams a whole message: the per-call deadline must cover a
     // slow client's DATA, so the queue channel gets a generous one.
-    let queue = authrelay_proto::channel::lazy_channel(
+    let queue = authrelay_grpc_tls::channel(
+        &cfg,
         cfg.endpoints.relay_queue.as_slice(),
         cfg.frontend.timeouts.data_block * 4,
     )
     .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
+    let dependencies = (sasl.clone(), queue.clone());
     let (drain_tx, draining) = watch::channel(false);
     let max_conn = cfg.frontend.max_connections;
     let grace = cfg.frontend.drain_grace;
@@ -125,6 +128,13 @@ pub async fn serve(
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    tokio::spawn(follow_dependencies(
+        shared.clone(),
+        reporter.clone(),
+        dependencies,
+    ));
+    let health_listen = shared.cfg.internal_tls.health_listen;
+    authrelay_grpc_tls::serve_plain_health("smtp-frontend", health_listen, health.clone()).await?;
     let admin_addr = bound.admin.local_addr()?;
     authrelay_telemetry::announce("smtp-frontend", "grpc admin", admin_addr);
     let mut admin_drain = shared.draining.clone();
@@ -132,7 +142,7 @@ pub async fn serve(
         let local = authrelay_telemetry::metrics::serve(addr).await?;
         authrelay_telemetry::announce("smtp-frontend", "metrics", local);
     }
-    let admin = tonic::transport::Server::builder()
+    let admin = authrelay_grpc_tls::server(&shared.cfg)?
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(
@@ -153,10 +163,12 @@ pub async fn serve(
         grace_secs = grace.as_secs(),
         "draining: new connections get 421, transactions in flight may finish"
     );
+    // Draining first, then the status: follow_dependencies checks the
+    // flag after each status it sets, so it cannot leave SERVING behind.
+    let _ = drain_tx.send(true);
     reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let _ = drain_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     while slots.available_permits() < max_conn && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -170,6 +182,70 @@ pub async fn serve(
     }
     let _ = admin_task.await;
     Ok(())
+}
+
+/// Readiness follows what a session needs: Redis, sasl-auth and
+/// relay-queue. A frontend that cannot reach one would answer AUTH or DATA
+/// with 4xx, so the load balancer should send clients elsewhere. Two misses
+/// in a row: one replica dying between polls is not an outage (the
+/// channels drop it within a second). Stops at drain, which owns the status.
+async fn follow_dependencies(
+    shared: Arc<Shared>,
+    reporter: tonic_health::server::HealthReporter,
+    (sasl, queue): (tonic::transport::Channel, tonic::transport::Channel),
+) {
+    use authrelay_proto::queue::v1::relay_queue_server::SERVICE_NAME as QUEUE;
+    use authrelay_proto::sasl::v1::sasl_auth_server::SERVICE_NAME as SASL;
+    use tonic_health::pb::health_client::HealthClient;
+    let serving = |ch: tonic::transport::Channel, service: &'static str| async move {
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        };
+        let mut client = HealthClient::new(ch);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), client.check(req)).await,
+            Ok(Ok(r)) if r.get_ref().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
+        )
+    };
+    let mut misses = 0u32;
+    let mut was_ready = true;
+    while !*shared.draining.borrow() {
+        let (redis, sasl_ok, queue_ok) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(2), shared.state.ping()),
+            serving(sasl.clone(), SASL),
+            serving(queue.clone(), QUEUE),
+        );
+        let redis_ok = matches!(redis, Ok(Ok(())));
+        misses = if redis_ok && sasl_ok && queue_ok {
+            0
+        } else {
+            misses + 1
+        };
+        let ready = misses < 2;
+        if ready != was_ready {
+            tracing::warn!(
+                ready,
+                redis = redis_ok,
+                sasl_auth = sasl_ok,
+                relay_queue = queue_ok,
+                "readiness changed"
+            );
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            was_ready = ready;
+            if *shared.draining.borrow() {
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn accept_loop(

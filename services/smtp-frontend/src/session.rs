@@ -135,6 +135,10 @@ pub struct Session {
     bdat: Option<Upload>,
     /// Code of the last reply queued (AUTH outcome for spans and metrics).
     last_code: u16,
+    /// `XTRACE`: the sending authrelay's W3C traceparent, adopted as parent
+    /// of this session's AUTH spans and queued messages. Tracing only.
+    xtrace: Option<String>,
+    xtrace_seen: bool,
 }
 
 pub fn new_id(bytes: usize) -> String {
@@ -155,6 +159,8 @@ impl Session {
             registration,
             bdat: None,
             last_code: 0,
+            xtrace: None,
+            xtrace_seen: false,
             shared,
             stream: Stream::Plain(stream),
             listener,
@@ -320,6 +326,10 @@ impl Session {
     }
 
     async fn handle(&mut self, line: &[u8]) -> Flow {
+        if line.len() >= 7 && line[..7].eq_ignore_ascii_case(b"XTRACE ") {
+            self.xtrace_command(&line[7..]);
+            return Flow::Continue;
+        }
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(e) => {
@@ -369,6 +379,25 @@ impl Session {
             Command::Etrn(node) => self.etrn(node).await,
         }
         Flow::Continue
+    }
+
+    /// `XTRACE <traceparent>` (ours, between authrelay instances): the
+    /// sender's trace continues here. It only parents spans — never touches
+    /// authorization — is taken once per session, and a malformed value is
+    /// refused without counting as an error.
+    fn xtrace_command(&mut self, value: &[u8]) {
+        if self.xtrace_seen {
+            self.reply(r::bad_sequence("XTRACE already given"));
+            return;
+        }
+        let value = std::str::from_utf8(value).unwrap_or("").trim();
+        if authrelay_telemetry::context_from_traceparent(value).is_none() {
+            self.reply(Reply::new(501, "5.5.4", "Syntax: XTRACE traceparent"));
+            return;
+        }
+        self.xtrace_seen = true;
+        self.xtrace = Some(value.to_owned());
+        self.reply(Reply::new(250, "2.0.0", "Trace continued"));
     }
 
     fn offered(&self) -> Vec<Mechanism> {
@@ -423,6 +452,7 @@ impl Session {
             lines.push(format!("AUTH {}", names.join(" ")).into());
         }
         lines.push("ETRN".into());
+        lines.push("XTRACE".into());
         lines.push("HELP".into());
         self.reply(Reply::multi(250, "", lines));
     }
@@ -449,6 +479,8 @@ impl Session {
         // RFC 3207 §4.2: forget everything learnt before TLS.
         self.helo = None;
         self.auth = None;
+        self.xtrace = None;
+        self.xtrace_seen = false;
         self.reset_transaction();
         Flow::Continue
     }
@@ -580,6 +612,9 @@ impl Session {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        if let Some(tp) = &self.xtrace {
+            authrelay_telemetry::adopt_parent(&span, tp);
+        }
         authrelay_telemetry::record_trace_ids(&span);
         let started = std::time::Instant::now();
         let flow =
@@ -913,7 +948,11 @@ impl Session {
             smtputf8: tx.from.smtputf8,
             client_address: self.peer.to_string(),
             session_id: self.id.clone(),
-            traceparent: String::new(),
+            // Delivery continues the submission's trace (or the one XTRACE named).
+            traceparent: self
+                .xtrace
+                .clone()
+                .unwrap_or_else(authrelay_telemetry::traceparent),
             queue_id: queue_id.to_owned(),
         }
     }
@@ -1136,7 +1175,10 @@ impl Upload {
     ) -> Upload {
         let (sender, rx) = tokio::sync::mpsc::channel::<qpb::EnqueueRequest>(8);
         let mut queue = shared.queue.clone();
-        let call = tokio::spawn(async move { queue.enqueue(ReceiverStream::new(rx)).await });
+        // In the session's span, so the gRPC call carries its trace context.
+        let call = tokio::spawn(tracing::Instrument::in_current_span(async move {
+            queue.enqueue(ReceiverStream::new(rx)).await
+        }));
         let header_len = header.len() as u64;
         let queue_ok = sender
             .send(part(qpb::enqueue_request::Part::Envelope(envelope)))
