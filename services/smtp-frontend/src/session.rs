@@ -699,13 +699,15 @@ impl Session {
         };
         let facts = self.session_facts();
         let mut sasl = self.shared.sasl.clone();
-        let mut resp = sasl
-            .start(spb::StartRequest {
-                mechanism: mech.name().to_owned(),
-                initial_response,
-                session: Some(facts.clone()),
-            })
-            .await;
+        let start = spb::StartRequest {
+            mechanism: mech.name().to_owned(),
+            initial_response,
+            session: Some(facts.clone()),
+        };
+        let mut resp = match sasl.start(start.clone()).await {
+            Err(s) if retry_is_safe(&s) => sasl.start(start).await,
+            other => other,
+        };
         loop {
             let result = match resp {
                 Ok(r) => r.into_inner().result,
@@ -765,13 +767,15 @@ impl Session {
                         self.reply(r::auth_malformed());
                         return Flow::Continue;
                     };
-                    resp = sasl
-                        .step(spb::StepRequest {
-                            exchange_id: ch.exchange_id,
-                            response,
-                            session: Some(facts.clone()),
-                        })
-                        .await;
+                    let step = spb::StepRequest {
+                        exchange_id: ch.exchange_id,
+                        response,
+                        session: Some(facts.clone()),
+                    };
+                    resp = match sasl.step(step.clone()).await {
+                        Err(s) if retry_is_safe(&s) => sasl.step(step).await,
+                        other => other,
+                    };
                 }
                 Some(spb::step_response::Result::Success(s)) => {
                     if let Some(extra) = &s.additional_data {
@@ -1252,6 +1256,13 @@ impl Upload {
             Err(_) => fail("relay-queue: no answer in time".into(), false),
         }
     }
+}
+
+/// A call that failed before reaching sasl-auth (a replica that just died
+/// and the balancer has not dropped yet) consumed no exchange state, so it
+/// may go once more — to another replica.
+fn retry_is_safe(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
 }
 
 /// RFC 4954 §5: the AUTH= value passed on with a message — the session's
