@@ -85,7 +85,12 @@ impl FileBackend {
         family: SecretFamily,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let k = key(name, realm);
-        self.blocking(move |db| {
+        // Inline, not on the blocking pool: a read is a few page-cache
+        // lookups in redb's copy-on-write tree, and the pool's thread
+        // hand-off cost more than the read itself (it topped the profile of
+        // an AUTH load). Writes, which fsync, stay on the pool.
+        let db = &self.db;
+        {
             let txn = db
                 .begin_read()
                 .map_err(|e| db_err("begin read")(e.into()))?;
@@ -99,8 +104,7 @@ impl FileBackend {
                 .get(family.name())
                 .map(entry_bytes)
                 .transpose()
-        })
-        .await
+        }
     }
 
     pub async fn put(&self, user: RawUser, mode: PutMode) -> Result<Stored, StoreError> {
