@@ -111,3 +111,12 @@ say "building the binaries"
 cargo build --workspace --bins --locked
 say "running the tests"
 cargo test --workspace --locked "$@"
+
+# The fuzz targets (fuzz/, a cargo-fuzz package outside the workspace) must
+# keep compiling. Running them needs an AddressSanitizer build of the whole
+# dependency tree, longer than this suite on 2 cores: scripts/fuzz.sh does
+# that (SECURITY.md). libfuzzer-sys compiles libFuzzer, which needs a C++ compiler.
+command -v c++ >/dev/null || apt_install g++
+say "type-checking the fuzz targets"
+# Not --locked: fuzz/Cargo.lock follows the workspace's dependencies as they change.
+RUSTC_BOOTSTRAP=1 cargo check --manifest-path fuzz/Cargo.toml --bins
