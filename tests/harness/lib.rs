@@ -1175,3 +1175,19 @@ impl InternalPki {
         ]
     }
 }
+
+impl Raw {
+    /// Connect and send `preamble` (e.g. a PROXY header) before reading the
+    /// greeting. Returns the greeting code with the connection.
+    pub fn connect_with_preamble(addr: SocketAddr, preamble: &[u8]) -> (Raw, u16) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(preamble).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut r = Raw { stream, reader };
+        let (code, _) = r.read();
+        (r, code)
+    }
+}

@@ -522,3 +522,56 @@ fn limits_recipients_errors_connections_per_address_and_etrn() {
     assert_eq!(code, 421, "{text}");
     assert_eq!(c2.read().0, 0, "connection closed");
 }
+
+#[test]
+fn proxy_protocol_listener_takes_the_client_address_from_the_balancer() {
+    let extra = "[frontend]\ntrusted_networks = [\"192.0.2.0/24\"]\n[[frontend.listeners]]\naddress = \"127.0.0.1:0\"\nrole = \"relay\"\nproxy_protocol = true\n";
+    let (_d, _r, sink, mut stack) = stack("proxy-protocol", extra);
+    let addr = stack.frontend.addr("smtp relay proxy");
+    let header = smtp_frontend_proxy_v2("192.0.2.55:40000", &addr.to_string());
+    let (mut c, code) = Raw::connect_with_preamble(addr, &header);
+    assert_eq!(code, 220);
+    let (_, ehlo) = c.cmd("EHLO client.example");
+    assert!(
+        ehlo.contains("[192.0.2.55]"),
+        "the balancer's client address is the peer: {ehlo}"
+    );
+    // The trusted network 192.0.2.0/24 applies to the proxied address.
+    assert_eq!(c.cmd("MAIL FROM:<a@example.net>").0, 250);
+    assert_eq!(
+        c.cmd("RCPT TO:<far@outside.example>").0,
+        250,
+        "relay allowed for the trusted client address"
+    );
+    assert_eq!(c.cmd("DATA").0, 354);
+    assert_eq!(c.cmd("Subject: proxied\r\n\r\nx\r\n.").0, 250);
+    let msgs = sink.wait_messages(1, Duration::from_secs(20));
+    assert!(
+        msgs[0]["data"].as_str().unwrap().contains("([192.0.2.55])"),
+        "Received: names the real client"
+    );
+    // Without a header the connection is closed, no greeting.
+    let (_c, code) = Raw::connect_with_preamble(addr, b"EHLO sneaky.example\r\n");
+    assert_eq!(code, 0, "no PROXY header: closed without a greeting");
+    // The plain relay listener does not trust the same client.
+    let mut plain = Raw::connect(stack.relay);
+    plain.cmd("EHLO client.example");
+    plain.cmd("MAIL FROM:<a@example.net>");
+    assert_eq!(plain.cmd("RCPT TO:<far@outside.example>").0, 550);
+}
+
+/// A PROXY v2 header, as a load balancer sends it.
+fn smtp_frontend_proxy_v2(source: &str, dest: &str) -> Vec<u8> {
+    let s: std::net::SocketAddr = source.parse().unwrap();
+    let d: std::net::SocketAddr = dest.parse().unwrap();
+    let (std::net::IpAddr::V4(si), std::net::IpAddr::V4(di)) = (s.ip(), d.ip()) else {
+        panic!("v4 only")
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&si.octets());
+    h.extend_from_slice(&di.octets());
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
+}

@@ -382,7 +382,9 @@ impl ServerExchange {
             State::LoginSecret { username } => username,
             _ => return None,
         };
-        let (StoredSecret::Password { phc }, Some(HeldPassword(password))) = (secret, &self.password) else {
+        let (StoredSecret::Password { phc }, Some(HeldPassword(password))) =
+            (secret, &self.password)
+        else {
             return None;
         };
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).ok()?;
@@ -399,7 +401,9 @@ impl ServerExchange {
     pub fn resume_verified(&mut self) -> Step {
         let state = std::mem::replace(&mut self.state, State::Done);
         let flow = match state {
-            State::PlainSecret { authcid, authzid } => Ok(self.success(authcid, None, authzid, None)),
+            State::PlainSecret { authcid, authzid } => {
+                Ok(self.success(authcid, None, authzid, None))
+            }
             State::LoginSecret { username } => Ok(self.success(username, None, None, None)),
             _ => Err(Failure::Malformed("no plaintext verification pending")),
         };

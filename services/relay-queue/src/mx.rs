@@ -66,7 +66,15 @@ impl MxResolver {
     /// `servers` empty: the system's resolv.conf.
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Self, anyhow::Error> {
         let mut builder = if servers.is_empty() {
-            TokioResolver::builder_tokio()?
+            // A host without resolv.conf still relays by routes and smarthost;
+            // MX lookups then fail (temporarily) until it has one.
+            TokioResolver::builder_tokio().unwrap_or_else(|e| {
+                tracing::warn!("no system DNS configuration ({e}); MX routing unavailable");
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_parts(None, Vec::new(), Vec::new()),
+                    TokioRuntimeProvider::default(),
+                )
+            })
         } else {
             let name_servers = servers
                 .iter()
@@ -159,6 +167,19 @@ impl MxResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn without_name_servers_mx_lookups_fail_temporarily_not_permanently() {
+        let builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, Vec::new(), Vec::new()),
+            TokioRuntimeProvider::default(),
+        );
+        let mx = MxResolver {
+            resolver: builder.build().expect("a resolver with no servers builds"),
+        };
+        let err = mx.candidates("example.com").await.unwrap_err();
+        assert!(!err.is_permanent(), "{err}");
+    }
 
     #[test]
     fn null_mx_bounces_with_rfc7505_status_and_dns_failures_are_temporary() {

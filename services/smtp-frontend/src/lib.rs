@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod policy;
+pub mod proxy;
 pub mod received;
 pub mod reply;
 mod session;
@@ -118,7 +119,16 @@ pub async fn serve(
         let local = sock.local_addr()?;
         authrelay_telemetry::announce(
             "smtp-frontend",
-            &format!("smtp {:?}", listener.role).to_lowercase(),
+            &format!(
+                "smtp {:?}{}",
+                listener.role,
+                if listener.proxy_protocol {
+                    " proxy"
+                } else {
+                    ""
+                }
+            )
+            .to_lowercase(),
             local,
         );
         tokio::spawn(accept_loop(shared.clone(), listener, sock, slots.clone()));
@@ -286,6 +296,19 @@ async fn accept_loop(
         let shared = shared.clone();
         let listener = listener.clone();
         tokio::spawn(async move {
+            let mut stream = stream;
+            let mut peer = peer;
+            if listener.proxy_protocol {
+                match read_proxy_header(&mut stream).await {
+                    Ok(Some(source)) => peer = source,
+                    Ok(None) => {}
+                    Err(why) => {
+                        // Not from our balancer: say nothing, close.
+                        tracing::info!(peer = %peer, why, "connection without a valid PROXY header");
+                        return;
+                    }
+                }
+            }
             // confCONNECTION_RATE_THROTTLE, summed over every frontend through
             // the shared store. A throttle, not a lock: if the store is down,
             // connections are let through (AUTH still fails closed).
@@ -321,6 +344,44 @@ async fn accept_loop(
                 .await;
             drop(permit);
         });
+    }
+}
+
+/// Read and consume the PROXY header, leaving the SMTP bytes in the socket.
+/// `Ok(None)`: a balancer health check (keep the socket's address).
+async fn read_proxy_header(
+    stream: &mut tokio::net::TcpStream,
+) -> Result<Option<std::net::SocketAddr>, &'static str> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 256];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .map_err(|_| "timed out")?
+            .map_err(|_| "read error")?;
+        if n == 0 {
+            return Err("closed");
+        }
+        match proxy::parse(&buf[..n]) {
+            Ok(header) => {
+                let (source, len) = match header {
+                    proxy::Header::Proxied { source, len } => (Some(source), len),
+                    proxy::Header::Local { len } => (None, len),
+                };
+                let mut skip = vec![0u8; len];
+                stream
+                    .read_exact(&mut skip)
+                    .await
+                    .map_err(|_| "read error")?;
+                return Ok(source);
+            }
+            Err(proxy::ProxyError::NeedMore) if n < buf.len() => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(proxy::ProxyError::NeedMore) => return Err("header too long"),
+            Err(proxy::ProxyError::Invalid(why)) => return Err(why),
+        }
     }
 }
 
