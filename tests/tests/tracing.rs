@@ -290,6 +290,12 @@ fn each_auth_is_one_trace_across_frontend_sasl_auth_credential_store_and_redis()
         after.contains("authrelay_auth_duration_seconds_bucket"),
         "{after}"
     );
+    assert!(
+        after.contains(
+            "authrelay_grpc_client_duration_seconds_count{operation=\"sasl-auth/Start\"} "
+        ),
+        "gRPC latency is observed: {after}"
+    );
     stack.frontend.signal("TERM");
 }
 

@@ -128,6 +128,7 @@ impl SaslService {
         realm: &str,
         family: SecretFamily,
     ) -> Result<Option<StoredSecret>, AuthError> {
+        let started = std::time::Instant::now();
         let resp = self
             .creds
             .clone()
@@ -139,6 +140,12 @@ impl SaslService {
             .await
             .map_err(|s| AuthError::Dependency(format!("credential-store: {}", s.code())))?
             .into_inner();
+        let m = &authrelay_telemetry::metrics::METRICS;
+        authrelay_telemetry::metrics::observe(
+            &m.grpc_client_duration,
+            "credential-store/GetSecret",
+            started.elapsed(),
+        );
         if !resp.found {
             return Ok(None);
         }
