@@ -1191,3 +1191,23 @@ impl Raw {
         (r, code)
     }
 }
+
+/// The usual set-up of a test: a private Redis, an aiosmtpd sink as the
+/// smarthost, the four services with `extra` TOML merged in, and the user
+/// test@mailserver.foo.com with `password`.
+pub fn standard_stack(name: &str, extra: &str, password: &str) -> (PathBuf, Redis, Sink, Stack) {
+    let dir = scratch(name);
+    let redis = Redis::start(&dir);
+    let sink = Sink::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            smarthost: Some(sink.addr),
+            extra_toml: extra.to_owned(),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", password);
+    (dir, redis, sink, stack)
+}

@@ -17,20 +17,7 @@ const PASSWORD: &str = "dependencies-Secret-3";
 const USER: &str = "test@mailserver.foo.com";
 
 fn stack(name: &str, extra: &str) -> (std::path::PathBuf, Redis, Sink, Stack) {
-    let dir = scratch(name);
-    let redis = Redis::start(&dir);
-    let sink = Sink::start(&dir);
-    let stack = Stack::start(
-        &dir,
-        &redis,
-        StackOptions {
-            smarthost: Some(sink.addr),
-            extra_toml: extra.to_owned(),
-            ..Default::default()
-        },
-    );
-    stack.add_user("test", "mailserver.foo.com", PASSWORD);
-    (dir, redis, sink, stack)
+    standard_stack(name, extra, PASSWORD)
 }
 
 /// One AUTH on a fresh connection (SCRAM-SHA-256: several steps, each through

@@ -16,20 +16,7 @@ const PASSWORD: &str = "hardening-Secret-9";
 const USER: &str = "test@mailserver.foo.com";
 
 fn stack(name: &str, extra: &str) -> (std::path::PathBuf, Redis, Sink, Stack) {
-    let dir = scratch(name);
-    let redis = Redis::start(&dir);
-    let sink = Sink::start(&dir);
-    let stack = Stack::start(
-        &dir,
-        &redis,
-        StackOptions {
-            smarthost: Some(sink.addr),
-            extra_toml: extra.to_owned(),
-            ..Default::default()
-        },
-    );
-    stack.add_user("test", "mailserver.foo.com", PASSWORD);
-    (dir, redis, sink, stack)
+    standard_stack(name, extra, PASSWORD)
 }
 
 fn ehlo(c: &mut Raw) {
