@@ -99,27 +99,56 @@ def cmd_validate(args):
 
 # --- compare -------------------------------------------------------------------
 
+def golden_path(golden_dir, overlay):
+    return os.path.join(golden_dir, os.path.basename(os.path.normpath(overlay)) + ".yaml")
+
+
+def diff(lite, real):
+    differing = sorted(k for k in set(lite) & set(real)
+                       if json.dumps(lite[k], sort_keys=True) != json.dumps(real[k], sort_keys=True))
+    return {"only_kubectl": sorted(set(real) - set(lite)), "only_lite": sorted(set(lite) - set(real)),
+            "differing": differing}
+
+
 def cmd_compare(args):
+    """kustomize_lite against real kustomize. Where kubectl exists, against
+    `kubectl kustomize` live — and the stored golden renderings must match it
+    too; elsewhere (CI on a fresh machine: kubectl is no Debian package)
+    against those golden renderings, made by `golden` where kubectl exists."""
     kubectl = shutil.which("kubectl")
-    if not kubectl:
-        die("kubectl not on PATH")
     out = {}
     for overlay in args.overlays:
         lite = {key(d): d for d in render(overlay)}
-        run = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True)
-        if run.returncode != 0:
-            out[overlay] = {"kubectl_error": run.stderr.strip()}
-            continue
-        real = {key(d): d for d in yaml.safe_load_all(run.stdout) if d}
-        differing = sorted(k for k in set(lite) & set(real)
-                           if json.dumps(lite[k], sort_keys=True) != json.dumps(real[k], sort_keys=True))
-        out[overlay] = {
-            "resources": len(real),
-            "only_kubectl": sorted(set(real) - set(lite)),
-            "only_lite": sorted(set(lite) - set(real)),
-            "differing": differing,
-        }
+        gpath = golden_path(args.golden, overlay)
+        golden_text = open(gpath).read() if os.path.exists(gpath) else None
+        if kubectl:
+            run = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True)
+            if run.returncode != 0:
+                out[overlay] = {"kubectl_error": run.stderr.strip()}
+                continue
+            real_text, source = run.stdout, "kubectl"
+        elif golden_text is not None:
+            real_text, source = golden_text, "golden"
+        else:
+            die(f"kubectl not on PATH and no golden rendering at {gpath}")
+        real = {key(d): d for d in yaml.safe_load_all(real_text) if d}
+        r = {"resources": len(real), "source": source, **diff(lite, real)}
+        if source == "kubectl":
+            golden = {key(d): d for d in yaml.safe_load_all(golden_text or "") if d}
+            r["golden_stale"] = diff(golden, real) != {"only_kubectl": [], "only_lite": [], "differing": []}
+        out[overlay] = r
     print(json.dumps(out, indent=1))
+
+
+def cmd_golden(args):
+    """Store `kubectl kustomize` renderings as the golden files (run where
+    kubectl exists, after changing k8s/)."""
+    kubectl = shutil.which("kubectl") or die("kubectl not on PATH")
+    os.makedirs(args.golden, exist_ok=True)
+    for overlay in args.overlays:
+        run = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True, check=True)
+        with open(golden_path(args.golden, overlay), "w") as f:
+            f.write(run.stdout)
 
 
 # --- facts ---------------------------------------------------------------------
@@ -479,6 +508,10 @@ def main():
     v.add_argument("--versions", default="1.30.0,1.33.0")
     c = sub.add_parser("compare")
     c.add_argument("overlays", nargs="+")
+    c.add_argument("--golden", required=True)
+    g = sub.add_parser("golden")
+    g.add_argument("overlays", nargs="+")
+    g.add_argument("--golden", required=True)
     f = sub.add_parser("facts")
     f.add_argument("overlay")
     cc = sub.add_parser("config-check")
@@ -487,7 +520,7 @@ def main():
     d = sub.add_parser("dockerfile")
     d.add_argument("path")
     args = ap.parse_args()
-    {"validate": cmd_validate, "compare": cmd_compare, "facts": cmd_facts,
+    {"validate": cmd_validate, "compare": cmd_compare, "golden": cmd_golden, "facts": cmd_facts,
      "config-check": cmd_config_check, "dockerfile": cmd_dockerfile}[args.cmd](args)
 
 
