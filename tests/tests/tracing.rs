@@ -197,6 +197,11 @@ fn each_auth_is_one_trace_across_frontend_sasl_auth_credential_store_and_redis()
                 .any(|s| s.attr("db.system").as_deref() == Some("redis")),
             "{mech}: no Redis span"
         );
+        assert!(
+            trace.iter().any(|s| s.service == "credential-store"
+                && s.attr("db.system").as_deref() == Some("redb")),
+            "{mech}: no storage span under credential-store"
+        );
         let rpc = trace
             .iter()
             .find(|s| s.service == "sasl-auth" && s.attr("rpc.system").as_deref() == Some("grpc"))

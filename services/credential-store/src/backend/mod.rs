@@ -189,7 +189,25 @@ impl Store {
         realm: &str,
         family: SecretFamily,
     ) -> Result<Option<StoredSecret>, StoreError> {
-        match self.backend.get(name, realm, family).await? {
+        use tracing::Instrument;
+        // The storage step of an AUTH trace (OpenTelemetry database conventions).
+        let span = tracing::info_span!(
+            "storage",
+            otel.name = "credential-store storage read",
+            otel.kind = "client",
+            db.system = if self.backend.kind() == "file" {
+                "redb"
+            } else {
+                "postgresql"
+            },
+            db.operation = "SELECT",
+        );
+        let stored = self
+            .backend
+            .get(name, realm, family)
+            .instrument(span)
+            .await?;
+        match stored {
             None => Ok(None),
             Some(bytes) => self.keys.open(realm, name, family, &bytes).map(Some),
         }
