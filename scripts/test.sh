@@ -99,7 +99,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
     # initdb refuses to run as root: run the private cluster as postgres.
     as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
     as_pg "$pg_bin/initdb" -D "$pg_dir" -A trust -U postgres >"$work/initdb.log" 2>&1
-    as_pg "$pg_bin/pg_ctl" -D "$pg_dir" -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1" -l "$work/pg.log" -w start >/dev/null
+    as_pg "$pg_bin/pg_ctl" -D "$pg_dir" -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1" -l "$pg_dir/postgres.log" -w start >/dev/null
     as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U postgres test
     export DATABASE_URL="postgres://postgres@127.0.0.1:$port/test"
     say "private PostgreSQL at $DATABASE_URL"
