@@ -190,7 +190,11 @@ impl Redis {
             "no",
         ])
         .arg("--dir")
-        .arg(dir);
+        .arg(dir)
+        // A Unix socket beside the port, for co-located set-ups (`unix_url`).
+        .arg("--unixsocket")
+        .arg(dir.join(format!("redis-{port}.sock")))
+        .args(["--unixsocketperm", "600"]);
         let proc = Proc::spawn("redis-server", cmd, dir.join(format!("redis-{port}.log")));
         let r = Redis {
             proc,
@@ -229,6 +233,14 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The same server through its Unix socket.
+    pub fn unix_url(&self) -> String {
+        format!(
+            "unix://{}",
+            self.dir.join(format!("redis-{}.sock", self.port)).display()
+        )
     }
 
     pub fn stop(&mut self) {
@@ -308,6 +320,10 @@ pub struct StackOptions {
     pub extra_toml: String,
     /// Extra environment for every service process (e.g. OTEL_*).
     pub env: Vec<(String, String)>,
+    /// Co-located: sasl-auth, credential-store and relay-queue also listen
+    /// on Unix sockets in the stack's directory, every client dials those
+    /// (`unix:` endpoints), and Redis is reached through its socket too.
+    pub unix_sockets: bool,
 }
 
 impl Default for StackOptions {
@@ -318,6 +334,7 @@ impl Default for StackOptions {
             smarthost: None,
             extra_toml: String::new(),
             env: Vec::new(),
+            unix_sockets: false,
         }
     }
 }
@@ -384,30 +401,57 @@ role = "relay"
             host = opts.hostname,
             realm = opts.realm,
             data = dir.join("data").display(),
-            redis = redis.url(),
+            redis = if opts.unix_sockets {
+                redis.unix_url()
+            } else {
+                redis.url()
+            },
             cert = cert.display(),
             key = key.display(),
         );
-        std::fs::write(&config, merge_toml(&toml, &opts.extra_toml)).unwrap();
+        let sock = |name: &str| dir.join(format!("{name}.sock")).display().to_string();
+        let unix_toml = if opts.unix_sockets {
+            format!(
+                "[sasl_auth]\nlisten_unix = \"{}\"\n[credential_store]\nlisten_unix = \"{}\"\n\
+                 [relay_queue]\nlisten_unix = \"{}\"\n",
+                sock("sasl-auth"),
+                sock("credential-store"),
+                sock("relay-queue")
+            )
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &config,
+            merge_toml(&merge_toml(&toml, &unix_toml), &opts.extra_toml),
+        )
+        .unwrap();
+        // Where clients dial a service: its Unix socket or its TCP address.
+        let endpoint = |proc: &mut Proc, name: &str| {
+            if opts.unix_sockets {
+                proc.wait_line("(grpc unix)");
+                format!("unix:{}", sock(name))
+            } else {
+                format!("http://{}", proc.addr("grpc"))
+            }
+        };
 
         let mut creds = spawn_service("credential-store", &config, dir, &opts.env);
-        let creds_addr = creds.addr("grpc");
         let mut endpoints = opts.env.clone();
         endpoints.push((
             "AUTHRELAY__ENDPOINTS__CREDENTIAL_STORE".to_owned(),
-            format!("http://{creds_addr}"),
+            endpoint(&mut creds, "credential-store"),
         ));
         let mut sasl = spawn_service("sasl-auth", &config, dir, &endpoints);
-        let sasl_addr = sasl.addr("grpc");
         endpoints.push((
             "AUTHRELAY__ENDPOINTS__SASL_AUTH".into(),
-            format!("http://{sasl_addr}"),
+            endpoint(&mut sasl, "sasl-auth"),
         ));
         let mut queue = spawn_service("relay-queue", &config, dir, &endpoints);
         let queue_addr = queue.addr("grpc");
         endpoints.push((
             "AUTHRELAY__ENDPOINTS__RELAY_QUEUE".into(),
-            format!("http://{queue_addr}"),
+            endpoint(&mut queue, "relay-queue"),
         ));
         let mut frontend = spawn_service("smtp-frontend", &config, dir, &endpoints);
         let submission = frontend.addr("smtp submission");

@@ -139,9 +139,23 @@ fn failures_from_one_address_over_two_frontends_trip_the_per_address_limit() {
     let (code, text, took) = attempt(b, "127.0.0.1", "test@mailserver.foo.com", PASSWORD);
     assert_eq!(code, 454, "{text}");
     assert!(took >= BLOCK_DELAY, "{took:?}");
+    // A challenge mechanism is refused as well, before any challenge: the
+    // address count rides in the pipeline that would store the exchange.
+    let (mut c, code, text) = Raw::connect_from("127.0.0.1", a).expect("connect");
+    assert_eq!(code, 220, "{text}");
+    assert_eq!(c.cmd("EHLO client.example").0, 250);
+    let (code, text) = c.cmd("AUTH CRAM-MD5");
+    assert_eq!(code, 454, "no challenge for a blocked address: {text}");
+    c.send("QUIT");
     let (code, text, took) = attempt(a, "127.0.0.2", "test@mailserver.foo.com", PASSWORD);
     assert_eq!(code, 235, "{text}");
     assert!(took < BLOCK_DELAY, "{took:?}");
+    // A clean address still gets its CRAM-MD5 challenge.
+    let (mut c, _, _) = Raw::connect_from("127.0.0.2", a).expect("connect");
+    assert_eq!(c.cmd("EHLO client.example").0, 250);
+    let (code, text) = c.cmd("AUTH CRAM-MD5");
+    assert_eq!(code, 334, "{text}");
+    c.send("*");
     let sasl_log = stack.sasl.log_text();
     assert_eq!(
         count(

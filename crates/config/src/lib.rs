@@ -105,9 +105,7 @@ impl Default for Config {
             log: LogConfig::default(),
             sasl: SaslConfig::default(),
             frontend: FrontendConfig::default(),
-            sasl_auth: ServiceListen {
-                listen: "127.0.0.1:7341".parse().expect("literal"),
-            },
+            sasl_auth: ServiceListen::default(),
             credential_store: CredentialStoreConfig::default(),
             relay_queue: RelayQueueConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -484,9 +482,22 @@ impl Default for FrontendConfig {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServiceListen {
     pub listen: SocketAddr,
+    /// Also listen on this Unix-domain socket (plain HTTP/2, mode 0660),
+    /// for co-located clients whose endpoint is `unix:PATH`. Not with
+    /// `internal_tls.enabled`, which asks for mutual TLS on every connection.
+    pub listen_unix: Option<PathBuf>,
+}
+
+impl Default for ServiceListen {
+    fn default() -> Self {
+        ServiceListen {
+            listen: "127.0.0.1:7341".parse().expect("literal"),
+            listen_unix: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,6 +514,10 @@ pub enum CredentialBackend {
 #[serde(default, deny_unknown_fields)]
 pub struct CredentialStoreConfig {
     pub listen: SocketAddr,
+    /// Also listen on this Unix-domain socket (plain HTTP/2, mode 0660),
+    /// for co-located clients whose endpoint is `unix:PATH`. Not with
+    /// `internal_tls.enabled`, which asks for mutual TLS on every connection.
+    pub listen_unix: Option<PathBuf>,
     pub backend: CredentialBackend,
     /// File backend: the database file; default `data_dir/credentials.redb`.
     pub path: Option<PathBuf>,
@@ -530,6 +545,7 @@ impl Default for CredentialStoreConfig {
     fn default() -> Self {
         CredentialStoreConfig {
             listen: "127.0.0.1:7342".parse().expect("literal"),
+            listen_unix: None,
             backend: CredentialBackend::File,
             path: None,
             database_url: String::new(),
@@ -556,6 +572,10 @@ impl Default for CredentialStoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RelayQueueConfig {
     pub listen: SocketAddr,
+    /// Also listen on this Unix-domain socket (plain HTTP/2, mode 0660),
+    /// for co-located clients whose endpoint is `unix:PATH`. Not with
+    /// `internal_tls.enabled`, which asks for mutual TLS on every connection.
+    pub listen_unix: Option<PathBuf>,
     /// Spool directory; default `data_dir/spool`.
     pub spool_dir: Option<PathBuf>,
     /// Default next hop `host:port` for every domain without a route.
@@ -651,6 +671,7 @@ impl Default for RelayQueueConfig {
     fn default() -> Self {
         RelayQueueConfig {
             listen: "127.0.0.1:7343".parse().expect("literal"),
+            listen_unix: None,
             spool_dir: None,
             smarthost: String::new(),
             routes: BTreeMap::new(),

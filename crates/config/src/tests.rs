@@ -184,6 +184,16 @@ fn internal_tls_enabled_needs_cert_key_ca_files_and_https_endpoints() {
     assert_eq!(err.key, "endpoints.relay_queue");
     assert!(err.reason.contains("https://"), "{err}");
 
+    // A plain Unix socket would be a way around mutual TLS.
+    let mut env = env_ok.clone();
+    env.push((
+        "AUTHRELAY__SASL_AUTH__LISTEN_UNIX".into(),
+        "/run/authrelay/sasl-auth.sock".into(),
+    ));
+    let err = Config::load_with_env(None, env).unwrap_err();
+    assert_eq!(err.key, "sasl_auth.listen_unix", "{err}");
+    assert!(err.reason.contains("mutual TLS"), "{err}");
+
     // A missing Secret mount is named before any pod starts.
     let mut env = env_ok.clone();
     env.retain(|(k, _)| k != "AUTHRELAY__INTERNAL_TLS__CA");
@@ -197,4 +207,31 @@ fn internal_tls_enabled_needs_cert_key_ca_files_and_https_endpoints() {
     let err = Config::load_with_env(None, env).unwrap_err();
     assert_eq!(err.key, "internal_tls.key");
     assert_eq!(err.reason, "no such file");
+}
+
+#[test]
+fn unix_socket_endpoints_and_listeners_are_checked() {
+    let cfg = load_str(
+        "[endpoints]\nsasl_auth = \"unix:/run/authrelay/sasl-auth.sock\"\n\
+         [sasl_auth]\nlisten = \"127.0.0.1:7341\"\nlisten_unix = \"/run/authrelay/sasl-auth.sock\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.sasl_auth.listen_unix.as_deref(),
+        Some(Path::new("/run/authrelay/sasl-auth.sock"))
+    );
+    let err = load_str("[endpoints]\nsasl_auth = \"unix:run/sasl.sock\"\n", &[]).unwrap_err();
+    assert_eq!(err.key, "endpoints.sasl_auth");
+    assert!(err.reason.contains("absolute path"), "{err}");
+    let err = load_str(
+        "[endpoints]\nsasl_auth = [\"unix:/run/a.sock\", \"http://10.0.0.1:7341\"]\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.reason.contains("only one"), "{err}");
+    let err = load_str("[credential_store]\nlisten_unix = \"cs.sock\"\n", &[]).unwrap_err();
+    assert_eq!(err.key, "credential_store.listen_unix");
+    let err = load_str("[endpoints]\ncredential_store = \"ftp://x\"\n", &[]).unwrap_err();
+    assert!(err.reason.contains("unix:/path"), "{err}");
 }

@@ -159,11 +159,32 @@ impl Config {
                 ));
             }
             for url in list.iter() {
+                if let Some(path) = url.strip_prefix("unix:") {
+                    // A co-located peer's socket: nothing to balance, plain.
+                    let path = path.strip_prefix("//").unwrap_or(path);
+                    let why = if list.len() > 1 {
+                        Some("a unix: endpoint must be the only one for its service")
+                    } else if !std::path::Path::new(path).is_absolute() {
+                        Some(
+                            "a unix: endpoint needs an absolute path, e.g. unix:/run/authrelay/sasl-auth.sock",
+                        )
+                    } else if self.internal_tls.enabled {
+                        Some(
+                            "unix: endpoints are plain; with internal_tls.enabled every hop is mutual TLS — use https://",
+                        )
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(ConfigError::new(key, url, why));
+                    }
+                    continue;
+                }
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(ConfigError::new(
                         key,
                         url,
-                        "must be an http:// or https:// URL",
+                        "must be an http://, https:// or unix:/path URL",
                     ));
                 }
                 // With mutual TLS on, every server demands a client
@@ -182,6 +203,27 @@ impl Config {
                         "https:// needs internal_tls.enabled = true (and its cert, key and ca)",
                     ));
                 }
+            }
+        }
+        for (key, path) in [
+            ("sasl_auth.listen_unix", &self.sasl_auth.listen_unix),
+            (
+                "credential_store.listen_unix",
+                &self.credential_store.listen_unix,
+            ),
+            ("relay_queue.listen_unix", &self.relay_queue.listen_unix),
+        ] {
+            let Some(path) = path else { continue };
+            let shown = path.display().to_string();
+            if !path.is_absolute() {
+                return Err(ConfigError::new(key, &shown, "must be an absolute path"));
+            }
+            if self.internal_tls.enabled {
+                return Err(ConfigError::new(
+                    key,
+                    &shown,
+                    "the Unix socket is plain HTTP/2; with internal_tls.enabled every connection must be mutual TLS — leave it unset",
+                ));
             }
         }
         if self.internal_tls.enabled {

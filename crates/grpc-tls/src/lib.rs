@@ -13,6 +13,10 @@
 //! `internal_tls.health_listen` serves the same `grpc.health.v1` statuses in
 //! plain text on a port of its own, and nothing else.
 
+mod incoming;
+
+pub use incoming::{Conn, UnixBindError, bind_unix, incoming, listen_unix};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -7,9 +7,16 @@
 //! re-resolved every few seconds — a headless Service name resolves to every
 //! ready pod — and replicas that stop accepting connections leave the set
 //! within a second, so requests follow pods as they come and go.
+//!
+//! A `unix:/path/to.sock` endpoint dials a Unix-domain socket instead: for
+//! services on one host or in one pod, where it skips the kernel's TCP
+//! stack on every message (Postfix talks to Dovecot's auth the same way).
+//! It stands alone — there is nothing to resolve or balance — and is plain
+//! HTTP/2: the socket file's permissions are its access control.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -42,6 +49,11 @@ pub fn balanced_channel(
     timeout: Duration,
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Channel, String> {
+    if let [one] = urls
+        && let Some(path) = unix_path(one)?
+    {
+        return Ok(unix_channel(path, timeout));
+    }
     let targets = urls
         .iter()
         .map(|u| Target::parse(u))
@@ -64,6 +76,38 @@ pub fn balanced_channel(
     }
 }
 
+/// The socket path of a `unix:/path` (or `unix:///path`) endpoint; None for
+/// any other URL. Err for a relative path.
+pub fn unix_path(url: &str) -> Result<Option<PathBuf>, String> {
+    let Some(rest) = url.strip_prefix("unix:") else {
+        return Ok(None);
+    };
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if !Path::new(path).is_absolute() {
+        return Err(format!(
+            "bad endpoint {url:?}: a unix: endpoint needs an absolute path, e.g. unix:/run/authrelay/sasl-auth.sock"
+        ));
+    }
+    Ok(Some(PathBuf::from(path)))
+}
+
+/// A lazily connected channel over the Unix socket at `path`.
+fn unix_channel(path: PathBuf, timeout: Duration) -> Channel {
+    // The URI only names the HTTP/2 authority; the connector ignores it.
+    Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+}
+
 /// One configured URL.
 #[derive(Clone, Debug)]
 struct Target {
@@ -77,13 +121,22 @@ struct Target {
 
 impl Target {
     fn parse(url: &str) -> Result<Target, String> {
+        if url.starts_with("unix:") {
+            return Err(format!(
+                "bad endpoint {url:?}: a unix: endpoint must be the only one for its service"
+            ));
+        }
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("bad endpoint {url:?}: {e}"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("bad endpoint {url:?}: must be http:// or https://")),
+            _ => {
+                return Err(format!(
+                    "bad endpoint {url:?}: must be http://, https:// or unix:/path"
+                ));
+            }
         };
         let host = uri
             .host()
@@ -330,6 +383,31 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn unix_endpoints_name_an_absolute_socket_path_and_stand_alone() {
+        assert_eq!(
+            unix_path("unix:/run/a.sock").unwrap(),
+            Some(PathBuf::from("/run/a.sock"))
+        );
+        assert_eq!(
+            unix_path("unix:///run/a.sock").unwrap(),
+            Some(PathBuf::from("/run/a.sock"))
+        );
+        assert_eq!(unix_path("http://127.0.0.1:1").unwrap(), None);
+        assert!(
+            unix_path("unix:run/a.sock")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        let err = balanced_channel(
+            &["unix:/run/a.sock".into(), "http://127.0.0.1:1".into()],
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("only one"), "{err}");
     }
 
     #[test]

@@ -198,6 +198,56 @@ impl SharedState {
         self.window_op(key, window, false).await
     }
 
+    /// The events in each sliding window of `keys` and, when given, a `put`
+    /// of (key, value, ttl) — all in one round trip (a Redis pipeline). An
+    /// AUTH step reads the per-address and per-user failure counts and stores
+    /// its exchange together instead of one after the other.
+    pub async fn count_events_and_put(
+        &self,
+        keys: &[&str],
+        window: Duration,
+        put: Option<(&str, &[u8], Duration)>,
+    ) -> Result<Vec<u64>> {
+        if keys.is_empty() && put.is_none() {
+            return Ok(Vec::new());
+        }
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let from = now_micros().saturating_sub(window.as_micros() as u64);
+                let mut pipe = redis::pipe();
+                for k in keys {
+                    let k = r.key(k);
+                    pipe.cmd("ZREMRANGEBYSCORE")
+                        .arg(&k)
+                        .arg("-inf")
+                        .arg(format!("({from}"))
+                        .ignore();
+                    pipe.cmd("ZCARD").arg(&k);
+                }
+                if let Some((k, value, ttl)) = put {
+                    pipe.cmd("SET")
+                        .arg(r.key(k))
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .ignore();
+                }
+                r.run("ZCARD pipeline", async move {
+                    pipe.query_async::<Vec<u64>>(&mut c).await
+                })
+                .await
+            }
+            SharedState::Memory(m) => {
+                let counts = keys.iter().map(|k| m.window(k, window, false)).collect();
+                if let Some((k, value, ttl)) = put {
+                    m.put(k, value, ttl);
+                }
+                Ok(counts)
+            }
+        }
+    }
+
     async fn window_op(&self, key: &str, window: Duration, add: bool) -> Result<u64> {
         match self {
             SharedState::Redis(r) => {

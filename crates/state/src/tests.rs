@@ -117,3 +117,53 @@ async fn lists_push_and_drain_once() {
         assert!(s.drain("q").await.unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn counts_and_put_in_one_round_trip() {
+    for s in stores().await {
+        let w = Duration::from_secs(30);
+        s.record_event("ip", w).await.unwrap();
+        s.record_event("ip", w).await.unwrap();
+        s.record_event("user", w).await.unwrap();
+        let counts = s
+            .count_events_and_put(
+                &["ip", "user", "nobody"],
+                w,
+                Some(("x", b"exchange", Duration::from_secs(10))),
+            )
+            .await
+            .unwrap();
+        assert_eq!(counts, vec![2, 1, 0], "{}", s.kind());
+        assert_eq!(
+            s.take("x").await.unwrap().as_deref(),
+            Some(&b"exchange"[..]),
+            "{}",
+            s.kind()
+        );
+        // Counting records nothing.
+        assert_eq!(s.count_events("ip", w).await.unwrap(), 2, "{}", s.kind());
+        let counts = s.count_events_and_put(&[], w, None).await.unwrap();
+        assert!(counts.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_put_alone_goes_through_the_pipeline_too() {
+    for s in stores().await {
+        let counts = s
+            .count_events_and_put(
+                &[],
+                Duration::from_secs(1),
+                Some(("p", b"v", Duration::from_secs(10))),
+            )
+            .await
+            .unwrap();
+        assert!(counts.is_empty());
+        assert_eq!(
+            s.get("p").await.unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "{}",
+            s.kind()
+        );
+    }
+}

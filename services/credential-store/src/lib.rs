@@ -482,14 +482,16 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
     });
+    let unix = authrelay_grpc_tls::listen_unix(
+        "credential-store",
+        "credential_store.listen_unix",
+        cfg.credential_store.listen_unix.as_deref(),
+    )?;
     authrelay_grpc_tls::server(&cfg)?
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(CredentialStoreServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix), shutdown)
         .await?;
     Ok(())
 }

@@ -20,11 +20,32 @@ use sha2::{Digest, Sha256};
 use crate::StoreError;
 
 /// One stored entry: a sealed box, or (encryption off) the secret itself.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize)]
 #[serde(untagged)]
 enum Entry {
     Sealed { sealed: SealedBox },
     Plain(StoredSecret),
+}
+
+impl Entry {
+    /// Decode a stored entry. Not through the untagged derive: that buffers
+    /// the whole record into serde's generic `Content` tree and then tries
+    /// each variant, which was most of credential-store's CPU per GetSecret.
+    /// Each attempt here fails at the record's first key, so trying the two
+    /// forms in turn costs next to nothing.
+    fn decode(bytes: &[u8]) -> Result<Entry, StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SealedOnly {
+            sealed: SealedBox,
+        }
+        match serde_json::from_slice::<StoredSecret>(bytes) {
+            Ok(secret) => Ok(Entry::Plain(secret)),
+            Err(plain_err) => serde_json::from_slice::<SealedOnly>(bytes)
+                .map(|s| Entry::Sealed { sealed: s.sealed })
+                .map_err(|_| StoreError::Backend(format!("decode secret: {plain_err}"))),
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -190,8 +211,7 @@ impl Keyring {
         bytes: &[u8],
         allow_unsealed: bool,
     ) -> Result<StoredSecret, StoreError> {
-        let entry: Entry = serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::Backend(format!("decode secret: {e}")))?;
+        let entry = Entry::decode(bytes)?;
         let secret = match entry {
             Entry::Plain(s) => {
                 if self.current.is_some() && !allow_unsealed {
@@ -260,8 +280,7 @@ impl Keyring {
         family: SecretFamily,
         bytes: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let entry: Entry = serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::Backend(format!("decode secret: {e}")))?;
+        let entry = Entry::decode(bytes)?;
         let up_to_date = match (&entry, &self.current) {
             (Entry::Sealed { sealed }, Some(k)) => sealed.kid == k.id,
             (Entry::Plain(_), None) => true,

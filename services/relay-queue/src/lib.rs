@@ -857,6 +857,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
+    let unix = authrelay_grpc_tls::listen_unix(
+        "relay-queue",
+        "relay_queue.listen_unix",
+        cfg.relay_queue.listen_unix.as_deref(),
+    )?;
     let (grpc, health_listen) = (
         authrelay_grpc_tls::server(&cfg)?,
         cfg.internal_tls.health_listen,
@@ -872,10 +877,7 @@ pub async fn serve(
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(RelayQueueServer::new(QueueService { queue }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix), shutdown)
         .await;
     runner.abort();
     result?;

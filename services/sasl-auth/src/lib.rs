@@ -165,11 +165,18 @@ impl SaslService {
         scfg: ServerConfig,
         session: &pb::SessionFacts,
         exchange_id: Option<String>,
+        mut ip_pending: bool,
     ) -> Result<pb::StepResponse, AuthError> {
         let mech = exchange.mechanism();
         let client_ip = policy::client_ip(&session.client_address);
         let mut login: Option<(String, String)> = None;
         loop {
+            // A step that ends without a Redis write of its own still answers
+            // to the per-address limit first (EXTERNAL, a malformed message).
+            if ip_pending && matches!(step, Step::Success(_) | Step::Failure(_)) {
+                policy::check_ip_limit(&self.state, &self.cfg, &client_ip, mech).await?;
+                ip_pending = false;
+            }
             match step {
                 Step::NeedSecret(SecretRequest {
                     authcid,
@@ -178,15 +185,17 @@ impl SaslService {
                 }) => {
                     let (name, realm) =
                         split_login(&authcid, realm.as_deref(), &self.cfg.default_realm);
-                    policy::check_user_limit(
+                    policy::check_limits(
                         &self.state,
                         &self.cfg,
                         &client_ip,
-                        &name,
-                        &realm,
+                        ip_pending,
+                        Some((&name, &realm)),
+                        None,
                         mech,
                     )
                     .await?;
+                    ip_pending = false;
                     let secret = self.fetch_secret(&name, &realm, family).await?;
                     login = Some((name, realm));
                     let fingerprint = match (&self.verified, &secret) {
@@ -234,9 +243,17 @@ impl SaslService {
                     };
                     let bytes = serde_json::to_vec(&record)
                         .map_err(|e| AuthError::Dependency(format!("encode exchange: {e}")))?;
-                    self.state
-                        .put(&exchange_key(&id), &bytes, self.cfg.sasl.exchange_ttl)
-                        .await?;
+                    let key = exchange_key(&id);
+                    policy::check_limits(
+                        &self.state,
+                        &self.cfg,
+                        &client_ip,
+                        ip_pending,
+                        None,
+                        Some((&key, &bytes, self.cfg.sasl.exchange_ttl)),
+                        mech,
+                    )
+                    .await?;
                     return Ok(challenge(id, data));
                 }
                 Step::Success(outcome) => {
@@ -339,17 +356,12 @@ impl SaslService {
         if !all.contains(&mech) {
             return Err(AuthError::UnsupportedMechanism);
         }
-        policy::check_ip_limit(
-            &self.state,
-            &self.cfg,
-            &policy::client_ip(&session.client_address),
-            mech,
-        )
-        .await?;
+        // The per-address limit is read with the step's first Redis write
+        // (the exchange, or the per-user count): one round trip, not two.
         let scfg = self.server_config(&session);
         let mut exchange = ServerExchange::new(mech);
         let step = exchange.start(&scfg, r.initial_response.as_deref());
-        self.drive(exchange, step, scfg, &session, None).await
+        self.drive(exchange, step, scfg, &session, None, true).await
     }
 
     async fn step_inner(&self, r: pb::StepRequest) -> Result<pb::StepResponse, AuthError> {
@@ -368,7 +380,8 @@ impl SaslService {
         let mut exchange = record.exchange;
         let step = exchange.step(&scfg, &r.response);
         // A new id per step: a captured id is useless after its step.
-        self.drive(exchange, step, scfg, &session, None).await
+        self.drive(exchange, step, scfg, &session, None, false)
+            .await
     }
 }
 
@@ -509,6 +522,11 @@ pub async fn serve(
         argon2_t_cost: cfg.credential_store.argon2_iterations,
         ..authrelay_sasl::SecretParams::default()
     });
+    let unix = authrelay_grpc_tls::listen_unix(
+        "sasl-auth",
+        "sasl_auth.listen_unix",
+        cfg.sasl_auth.listen_unix.as_deref(),
+    )?;
     let (grpc, health_listen) = (
         authrelay_grpc_tls::server(&cfg)?,
         cfg.internal_tls.health_listen,
@@ -537,10 +555,7 @@ pub async fn serve(
     grpc.layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(SaslAuthServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix), shutdown)
         .await?;
     Ok(())
 }

@@ -99,33 +99,74 @@ pub async fn check_ip_limit(
     Ok(())
 }
 
-/// Once the user is known. A user past its limit is blocked for addresses
-/// that have failed recently; a clean address still gets through, so an
-/// attacker cannot lock the real user out (the lockout-DoS), while each
-/// attacking address gets at most one more guess per window.
-pub async fn check_user_limit(
+/// The limits one AUTH step is subject to, read in one round trip, together
+/// with the exchange to store (`put`) when the step ends in a challenge.
+///
+/// `ip_pending`: the per-address count has not been read for this AUTH yet
+/// (the first step): an address past its limit is then answered 454 after
+/// a delay. `user`: the login, once the mechanism has named it. A user past
+/// its limit is blocked only for addresses that have failed recently; a
+/// clean address still gets through, so an attacker cannot lock the real
+/// user out (the lockout-DoS), while each attacking address gets at most
+/// one more guess per window.
+pub async fn check_limits(
     state: &SharedState,
     cfg: &Config,
     ip: &str,
-    name: &str,
-    realm: &str,
+    ip_pending: bool,
+    user: Option<(&str, &str)>,
+    put: Option<(&str, &[u8], std::time::Duration)>,
     mech: Mechanism,
 ) -> Result<(), AuthError> {
     let lim = &cfg.sasl.limits;
-    if lim.max_failures_per_user == 0 {
-        return Ok(());
-    }
-    let key = user_key(name, realm);
-    let n = state.count_events(&key, lim.window).await?;
-    if n >= u64::from(lim.max_failures_per_user)
-        && state.count_events(&ip_key(ip), lim.window).await? > 0
-    {
-        log_block_once(state, cfg, &key, "user", &format!("{name}@{realm}")).await;
+    let want_ip = ip_pending && lim.max_failures_per_ip > 0;
+    let want_user = user.filter(|_| lim.max_failures_per_user > 0);
+    let ipk = ip_key(ip);
+    let userk = want_user.map(|(name, realm)| user_key(name, realm));
+    let keys: Vec<&str> = want_ip
+        .then_some(ipk.as_str())
+        .into_iter()
+        .chain(userk.as_deref())
+        .collect();
+    let counts = state.count_events_and_put(&keys, lim.window, put).await?;
+    let mut counts = counts.into_iter();
+    let ip_n = if want_ip { counts.next() } else { None };
+    let user_n = if want_user.is_some() {
+        counts.next()
+    } else {
+        None
+    };
+    let forget_exchange = || async {
+        if let Some((key, _, _)) = put {
+            let _ = state.delete(key).await;
+        }
+    };
+    if ip_n.is_some_and(|n| n >= u64::from(lim.max_failures_per_ip)) {
+        forget_exchange().await;
+        log_block_once(state, cfg, &ipk, "client address", ip).await;
         blocked_delay(cfg).await;
         return Err(AuthError::RateLimited {
             mechanism: mech,
-            authcid: format!("{name}@{realm}"),
+            authcid: String::new(),
         });
+    }
+    if let (Some(n), Some((name, realm)), Some(key)) = (user_n, want_user, &userk)
+        && n >= u64::from(lim.max_failures_per_user)
+    {
+        // Rare (a user under attack): the address's count, if not read above.
+        let ip_failed = match ip_n {
+            Some(n) => n > 0,
+            None => state.count_events(&ipk, lim.window).await? > 0,
+        };
+        if ip_failed {
+            forget_exchange().await;
+            log_block_once(state, cfg, key, "user", &format!("{name}@{realm}")).await;
+            blocked_delay(cfg).await;
+            return Err(AuthError::RateLimited {
+                mechanism: mech,
+                authcid: format!("{name}@{realm}"),
+            });
+        }
     }
     Ok(())
 }

@@ -50,6 +50,21 @@ pub struct Report {
     pub auth_us: Vec<u32>,
     pub session_us: Vec<u32>,
     pub errors: BTreeMap<String, u64>,
+    /// CPU time this process used during the run (user + system), so a
+    /// benchmark can subtract the client's share from the machine's.
+    pub cpu: Option<Duration>,
+}
+
+/// User + system CPU time of this process, from /proc/self/stat (Linux).
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the ")" that closes the command name: state is field 3,
+    // utime and stime are fields 14 and 15 (proc(5)), in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI Rust targets.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn pct(sorted: &[u32], p: f64) -> f64 {
@@ -84,6 +99,7 @@ impl Report {
             "auth": lat(&self.auth_us),
             "session": lat(&self.session_us),
             "errors": self.errors,
+            "client_cpu_ms": self.cpu.map(|c| c.as_secs_f64() * 1000.0),
         })
     }
 
@@ -338,6 +354,7 @@ pub fn body(size: usize) -> Vec<u8> {
 }
 
 pub async fn run(plan: Plan) -> Report {
+    let cpu0 = process_cpu();
     let tls = tls_connector();
     let deadline = Instant::now() + plan.duration;
     let started = Instant::now();
@@ -391,5 +408,6 @@ pub async fn run(plan: Plan) -> Report {
         auth_us: all.auth_us,
         session_us: all.session_us,
         errors: all.errors,
+        cpu: process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
     }
 }

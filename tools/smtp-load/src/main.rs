@@ -46,11 +46,28 @@ struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Runtime threads for the clients. One (the default) keeps the load
+    /// tool to a single core, leaving the rest to the server it measures.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    let runtime = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(a))
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
     let mechanism = match &a.mech {
         Some(m) => Some(
             authrelay_sasl::Mechanism::from_name(m)
