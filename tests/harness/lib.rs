@@ -1192,6 +1192,22 @@ impl Raw {
 /// smarthost, the four services with `extra` TOML merged in, and the user
 /// test@mailserver.foo.com with `password`.
 pub fn standard_stack(name: &str, extra: &str, password: &str) -> (PathBuf, Redis, Sink, Stack) {
+    standard_stack_with(
+        name,
+        StackOptions {
+            extra_toml: extra.to_owned(),
+            ..Default::default()
+        },
+        password,
+    )
+}
+
+/// `standard_stack` with any `opts` (the smarthost is always the sink).
+pub fn standard_stack_with(
+    name: &str,
+    opts: StackOptions,
+    password: &str,
+) -> (PathBuf, Redis, Sink, Stack) {
     let dir = scratch(name);
     let redis = Redis::start(&dir);
     let sink = Sink::start(&dir);
@@ -1200,8 +1216,7 @@ pub fn standard_stack(name: &str, extra: &str, password: &str) -> (PathBuf, Redi
         &redis,
         StackOptions {
             smarthost: Some(sink.addr),
-            extra_toml: extra.to_owned(),
-            ..Default::default()
+            ..opts
         },
     );
     stack.add_user("test", "mailserver.foo.com", password);

@@ -13,22 +13,14 @@ use serde_json::json;
 
 const PASSWORD: &str = "unix-Socket-Secret-7";
 
+/// The usual stack, co-located: every hop on a Unix socket. The CLI adds
+/// the user through credential-store's socket too.
 fn unix_stack(name: &str) -> (std::path::PathBuf, Redis, Sink, Stack) {
-    let dir = scratch(name);
-    let redis = Redis::start(&dir);
-    let sink = Sink::start(&dir);
-    let stack = Stack::start(
-        &dir,
-        &redis,
-        StackOptions {
-            smarthost: Some(sink.addr),
-            unix_sockets: true,
-            ..Default::default()
-        },
-    );
-    // The CLI reaches credential-store through its socket too.
-    stack.add_user("test", "mailserver.foo.com", PASSWORD);
-    (dir, redis, sink, stack)
+    let opts = StackOptions {
+        unix_sockets: true,
+        ..Default::default()
+    };
+    standard_stack_with(name, opts, PASSWORD)
 }
 
 #[test]
