@@ -585,6 +585,135 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
     });
 }
 
+/// LOGIN (and PLAIN after an empty challenge) hold only what the client sent
+/// between prompts, so sasl-auth carries that state in the exchange id: no
+/// Redis record, any replica takes the next step. A forged inline id for a
+/// state with a server challenge (CRAM-MD5 with a chosen challenge, to replay
+/// a captured response) is refused.
+#[test]
+fn login_state_travels_in_the_exchange_id_and_a_forged_challenge_state_is_refused() {
+    let (_dir, _redis, stack) = stack("interop-inline");
+    let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
+    let first: std::net::SocketAddr = stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut replicas = [connect(first).await, connect(second).await];
+        let mut res = result(
+            replicas[0]
+                .start(pb::StartRequest {
+                    mechanism: "LOGIN".into(),
+                    initial_response: None,
+                    session: Some(facts("s-login")),
+                })
+                .await,
+        );
+        for (turn, answer) in [&b"test@mailserver.foo.com"[..], PASSWORD.as_bytes()]
+            .into_iter()
+            .enumerate()
+        {
+            let pb::step_response::Result::Challenge(ch) = res else {
+                panic!("LOGIN prompt {turn}: {res:?}")
+            };
+            assert!(ch.exchange_id.starts_with("inline:"), "{}", ch.exchange_id);
+            res = result(
+                replicas[(turn + 1) % 2]
+                    .step(pb::StepRequest {
+                        exchange_id: ch.exchange_id,
+                        response: answer.to_vec(),
+                        session: Some(facts("s-login")),
+                    })
+                    .await,
+            );
+        }
+        match &res {
+            pb::step_response::Result::Success(s) => assert_eq!(s.authcid, USER),
+            other => panic!("LOGIN across replicas: {other:?}"),
+        }
+
+        // Another session cannot use an inline id it did not get.
+        let ch = match result(
+            replicas[0]
+                .start(pb::StartRequest {
+                    mechanism: "PLAIN".into(),
+                    initial_response: None,
+                    session: Some(facts("s-plain")),
+                })
+                .await,
+        ) {
+            pb::step_response::Result::Challenge(ch) => ch,
+            other => panic!("{other:?}"),
+        };
+        assert!(ch.exchange_id.starts_with("inline:"));
+        let creds = format!("\0{USER}\0{PASSWORD}").into_bytes();
+        for (session, want_ok) in [("s-other", false), ("s-plain", true)] {
+            let r = result(
+                replicas[1]
+                    .step(pb::StepRequest {
+                        exchange_id: ch.exchange_id.clone(),
+                        response: creds.clone(),
+                        session: Some(facts(session)),
+                    })
+                    .await,
+            );
+            match r {
+                pb::step_response::Result::Success(_) if want_ok => {}
+                pb::step_response::Result::Failure(f) if !want_ok => {
+                    assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
+                }
+                other => panic!("{session}: {other:?}"),
+            }
+        }
+
+        // A CRAM-MD5 state with a challenge of the forger's choosing.
+        let cfg = authrelay_sasl::ServerConfig {
+            hostname: "mailserver.foo.com".into(),
+            realms: vec!["mailserver.foo.com".into()],
+            service: "smtp".into(),
+            channel_bindings: Vec::new(),
+            plus_advertised: false,
+            external_identity: None,
+        };
+        let mut cram = authrelay_sasl::ServerExchange::new(Mechanism::CramMd5);
+        let pb_challenge = match cram.start(&cfg, None) {
+            authrelay_sasl::Step::Challenge(c) => c,
+            _ => panic!("CRAM-MD5 starts with a challenge"),
+        };
+        let record = json!({"session_id": "s-forged", "client_ip": "127.0.0.1", "exchange": cram});
+        let forged = format!(
+            "inline:{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&record).unwrap())
+        );
+        let mut client =
+            ClientExchange::new(Mechanism::CramMd5, ClientCredentials::new("test", PASSWORD))
+                .unwrap();
+        let ClientStep::Respond(response) = client.step(&pb_challenge).unwrap() else {
+            panic!("no CRAM-MD5 response")
+        };
+        match result(
+            replicas[0]
+                .step(pb::StepRequest {
+                    exchange_id: forged,
+                    response,
+                    session: Some(facts("s-forged")),
+                })
+                .await,
+        ) {
+            pb::step_response::Result::Failure(f) => {
+                assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
+            }
+            other => panic!("a forged CRAM-MD5 state was resumed: {other:?}"),
+        }
+    });
+}
+
 /// The frontend balancing each gRPC call over two replicas: every DIGEST-MD5
 /// (swaks) and SCRAM-SHA-256 (scramp) login succeeds, whichever replica
 /// takes which step.

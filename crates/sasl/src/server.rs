@@ -292,6 +292,23 @@ impl ServerExchange {
         matches!(self.state, State::Done)
     }
 
+    /// Waiting for the client's credentials with nothing of the server's in the state: PLAIN
+    /// after an empty challenge, LOGIN before the user name or the password. Such a state holds
+    /// no nonce or challenge to replay and no secret, only what the client sent, so a caller
+    /// may hand it around (sasl-auth carries it in the exchange id instead of Redis). From any
+    /// other state — CRAM-MD5's challenge, DIGEST-MD5's and SCRAM's nonces — this is false.
+    pub fn awaits_client_credentials(&self) -> bool {
+        self.digest_nonce.is_none()
+            && matches!(
+                (self.mechanism, &self.state),
+                (Mechanism::Plain, State::AwaitPlain)
+                    | (
+                        Mechanism::Login,
+                        State::AwaitLoginUsername | State::AwaitLoginPassword { .. }
+                    )
+            )
+    }
+
     /// The DIGEST-MD5 nonce issued, so the caller can record it as used: RFC 2831 §2.1.2
     /// replay protection has to hold across replicas, which this crate cannot see.
     pub fn digest_nonce(&self) -> Option<&str> {

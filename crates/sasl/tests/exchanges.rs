@@ -798,3 +798,41 @@ fn digest_md5_nonces_are_fresh_and_reported() {
         None
     );
 }
+
+/// Only states made of what the client sent may leave the server's hands:
+/// PLAIN after its empty challenge and LOGIN before user name or password;
+/// never a state holding a server challenge or nonce.
+#[test]
+fn only_credential_waiting_plain_and_login_states_may_travel() {
+    let cfg = tls_config();
+    let mut plain = ServerExchange::new(Mechanism::Plain);
+    assert!(matches!(plain.start(&cfg, None), Step::Challenge(_)));
+    assert!(plain.awaits_client_credentials());
+
+    let mut login = ServerExchange::new(Mechanism::Login);
+    assert!(matches!(login.start(&cfg, None), Step::Challenge(_)));
+    assert!(login.awaits_client_credentials(), "before the user name");
+    assert!(matches!(login.step(&cfg, b"alice"), Step::Challenge(_)));
+    assert!(login.awaits_client_credentials(), "before the password");
+    assert!(matches!(login.step(&cfg, b"pw"), Step::NeedSecret(_)));
+    assert!(
+        !login.awaits_client_credentials(),
+        "holding a password: never"
+    );
+
+    for mech in [
+        Mechanism::CramMd5,
+        Mechanism::DigestMd5,
+        Mechanism::ScramSha256,
+        Mechanism::ScramSha1,
+    ] {
+        let mut x = ServerExchange::new(mech);
+        let first = if mech == Mechanism::ScramSha256 || mech == Mechanism::ScramSha1 {
+            Some(&b"n,,n=alice,r=abcdefghijklmnop"[..])
+        } else {
+            None
+        };
+        let _ = x.start(&cfg, first);
+        assert!(!x.awaits_client_credentials(), "{}", mech.name());
+    }
+}

@@ -3,7 +3,9 @@
 //! Runs mechanism exchanges from the shared `authrelay-sasl` crate. Between
 //! SMTP round trips an exchange lives in the shared store under a random id
 //! with a short TTL, so any replica can take any step; it is taken with an
-//! atomic GETDEL, so one step cannot be played twice. Brute-force counters
+//! atomic GETDEL, so one step cannot be played twice. PLAIN and LOGIN waiting
+//! for credentials hold nothing of the server's (no challenge, no nonce), so
+//! their state travels in the exchange id instead and costs no Redis at all. Brute-force counters
 //! live in the same store and so are shared by every replica and frontend.
 //! Unknown users are verified against a dummy secret: same reply, same log
 //! shape, about the same time as a wrong password.
@@ -25,6 +27,8 @@ use authrelay_sasl::{
     ServerConfig, ServerExchange, Step, StoredSecret,
 };
 use authrelay_state::SharedState;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -243,6 +247,21 @@ impl SaslService {
                     };
                     let bytes = serde_json::to_vec(&record)
                         .map_err(|e| AuthError::Dependency(format!("encode exchange: {e}")))?;
+                    if record.exchange.awaits_client_credentials() {
+                        // PLAIN/LOGIN between prompts hold only what the client
+                        // sent: the state rides in the id, no Redis write or GETDEL.
+                        policy::check_limits(
+                            &self.state,
+                            &self.cfg,
+                            &client_ip,
+                            ip_pending,
+                            None,
+                            None,
+                            mech,
+                        )
+                        .await?;
+                        return Ok(challenge(inline_id(&bytes), data));
+                    }
                     let key = exchange_key(&id);
                     policy::check_limits(
                         &self.state,
@@ -366,14 +385,27 @@ impl SaslService {
 
     async fn step_inner(&self, r: pb::StepRequest) -> Result<pb::StepResponse, AuthError> {
         let session = r.session.unwrap_or_default();
-        let bytes = self
-            .state
-            .take(&exchange_key(&r.exchange_id))
-            .await?
-            .ok_or(AuthError::ExchangeExpired)?;
+        let inline = r.exchange_id.strip_prefix(INLINE_ID);
+        let bytes = match inline {
+            Some(encoded) if encoded.len() <= MAX_INLINE_ID => B64URL
+                .decode(encoded)
+                .map_err(|_| AuthError::ExchangeExpired)?,
+            Some(_) => return Err(AuthError::ExchangeExpired),
+            None => self
+                .state
+                .take(&exchange_key(&r.exchange_id))
+                .await?
+                .ok_or(AuthError::ExchangeExpired)?,
+        };
         let record: ExchangeRecord =
             serde_json::from_slice(&bytes).map_err(|_| AuthError::ExchangeExpired)?;
         if record.session_id != session.session_id {
+            return Err(AuthError::ExchangeExpired);
+        }
+        // An inline id may only resume a state that holds nothing of the
+        // server's: a forged CRAM-MD5/DIGEST-MD5/SCRAM state (a chosen
+        // challenge or nonce, to replay a captured response) is refused.
+        if inline.is_some() && !record.exchange.awaits_client_credentials() {
             return Err(AuthError::ExchangeExpired);
         }
         let scfg = self.server_config(&session);
@@ -392,6 +424,18 @@ fn challenge(id: String, data: Vec<u8>) -> pb::StepResponse {
             data,
         })),
     }
+}
+
+/// Exchange ids that carry their state (PLAIN/LOGIN awaiting credentials)
+/// start with this; every other id names a Redis record.
+const INLINE_ID: &str = "inline:";
+/// Bounds what a step will decode: a LOGIN user name is at most 8 KiB (the
+/// mechanism's response limit), six times that JSON-escaped at worst, then
+/// base64 and the record around it.
+const MAX_INLINE_ID: usize = 72 * 1024;
+
+fn inline_id(record: &[u8]) -> String {
+    format!("{INLINE_ID}{}", B64URL.encode(record))
 }
 
 fn exchange_key(id: &str) -> String {
@@ -500,8 +544,11 @@ impl SaslAuth for SaslService {
         req: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let id = req.into_inner().exchange_id;
-        // Best effort: an abandoned exchange also expires on its own.
-        let _ = self.state.delete(&exchange_key(&id)).await;
+        // Best effort: an abandoned exchange also expires on its own. An
+        // inline one has nothing stored.
+        if !id.starts_with(INLINE_ID) {
+            let _ = self.state.delete(&exchange_key(&id)).await;
+        }
         Ok(Response::new(pb::AbortResponse {}))
     }
 }
