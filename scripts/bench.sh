@@ -3,7 +3,7 @@
 #
 # The end-to-end benchmark: release binaries, the four services as separate
 # processes with a private Redis, 100 users, and tools/smtp-load on the same
-# machine running the matrix — mechanisms PLAIN, CRAM-MD5, DIGEST-MD5,
+# machine running the matrix — mechanisms PLAIN, LOGIN, CRAM-MD5, DIGEST-MD5,
 # SCRAM-SHA-256; auth-only sessions and authenticated 1 KiB submissions
 # (spooled durably, delivery held: relay_queue.delivery_mode = queue-only);
 # 1, 16 and 64 concurrent clients. Results replace the "End-to-end" section
@@ -118,7 +118,7 @@ cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 names=(redis credential-store sasl-auth relay-queue smtp-frontend)
 results="$work/results.jsonl"
 for size in ${BENCH_SIZES:-0 1024}; do
-  for mech in ${BENCH_MECHS:-PLAIN CRAM-MD5 DIGEST-MD5 SCRAM-SHA-256}; do
+  for mech in ${BENCH_MECHS:-PLAIN LOGIN CRAM-MD5 DIGEST-MD5 SCRAM-SHA-256}; do
     for c in ${BENCH_CLIENTS:-1 16 64}; do
       echo "==> $mech size=$size c=$c"
       before=(); for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
