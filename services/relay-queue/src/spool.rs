@@ -7,6 +7,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -87,10 +89,52 @@ impl From<std::io::Error> for SpoolError {
 #[derive(Clone)]
 pub struct Spool {
     root: PathBuf,
+    queue_sync: Arc<DirSync>,
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Group commit for the queue directory's fsync. Every commit renames its
+/// file into `queue/` and then needs the directory on disk; concurrent
+/// commits share one fsync instead of each paying its own: a commit is
+/// covered by any fsync that *started* after its rename.
+struct DirSync {
+    dir: PathBuf,
+    /// Tickets handed out, one per rename, in order.
+    requested: AtomicU64,
+    /// The highest ticket a finished fsync covers; the lock also makes
+    /// fsyncs one at a time, so waiters pile up and one fsync serves them.
+    covered: Mutex<u64>,
+    /// fsyncs done, for tests of the sharing.
+    fsyncs: AtomicU64,
+}
+
+impl DirSync {
+    fn new(dir: PathBuf) -> DirSync {
+        DirSync {
+            dir,
+            requested: AtomicU64::new(0),
+            covered: Mutex::new(0),
+            fsyncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Call after the rename; returns once the directory entry is durable.
+    fn sync(&self) -> std::io::Result<()> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
+        if *covered >= ticket {
+            return Ok(()); // someone's fsync began after our rename
+        }
+        // Every ticket up to here belongs to a rename already done.
+        let upto = self.requested.load(Ordering::SeqCst);
+        fsync_dir(&self.dir)?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        *covered = upto;
+        Ok(())
+    }
 }
 
 /// Queue ids: 8-32 of [0-9A-Z], so they are safe as file names.
@@ -113,6 +157,7 @@ impl Spool {
         }
         let spool = Spool {
             root: root.to_owned(),
+            queue_sync: Arc::new(DirSync::new(root.join("queue"))),
         };
         // Leftovers of enqueues that never committed: not acknowledged, so drop.
         for entry in fs::read_dir(root.join("tmp"))? {
@@ -146,6 +191,7 @@ impl Spool {
             tmp,
             dest: self.msg_path(id),
             body_len: 0,
+            queue_sync: self.queue_sync.clone(),
         })
     }
 
@@ -221,6 +267,7 @@ pub struct Writer {
     tmp: PathBuf,
     dest: PathBuf,
     body_len: u64,
+    queue_sync: Arc<DirSync>,
 }
 
 impl Writer {
@@ -237,7 +284,8 @@ impl Writer {
         self.body_len
     }
 
-    /// fsync the file, rename it into the queue, fsync the directory.
+    /// fsync the file, rename it into the queue, fsync the directory (shared
+    /// with concurrent commits, see `DirSync`).
     /// Only after this returns may anyone be told the message is queued.
     pub fn commit(mut self) -> Result<(), SpoolError> {
         let file = self.file.take().expect("commit once");
@@ -247,7 +295,7 @@ impl Writer {
         file.sync_all()?;
         drop(file);
         fs::rename(&self.tmp, &self.dest)?;
-        fsync_dir(self.dest.parent().expect("queue dir"))?;
+        self.queue_sync.sync()?;
         Ok(())
     }
 }
@@ -333,6 +381,37 @@ mod tests {
         s.remove("ABCDEF0125").unwrap();
         assert!(s.ids().unwrap().is_empty());
         assert_eq!(s.state("ABCDEF0125"), DeliveryState::default());
+    }
+
+    #[test]
+    fn concurrent_commits_share_one_directory_fsync() {
+        let (s, _dir) = spool();
+        // Hold the directory lock as an fsync in progress would: every
+        // commit renames its file, takes its ticket and waits behind it.
+        let guard = s.queue_sync.covered.lock().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut w = s.writer(&format!("GROUP{i:05}"), &env()).unwrap();
+                    w.write(b"body\r\n").unwrap();
+                    w.commit().unwrap();
+                })
+            })
+            .collect();
+        while s.queue_sync.requested.load(Ordering::SeqCst) < 8 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(guard);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.queue_sync.fsyncs.load(Ordering::Relaxed), 1);
+        assert_eq!(s.ids().unwrap().len(), 8);
+        // Alone, a commit pays its own fsync.
+        let w = s.writer("ALONE00001", &env()).unwrap();
+        w.commit().unwrap();
+        assert_eq!(s.queue_sync.fsyncs.load(Ordering::Relaxed), 2);
     }
 
     #[test]
