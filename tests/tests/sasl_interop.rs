@@ -428,6 +428,29 @@ fn result(
     r.expect("gRPC call").into_inner().result.expect("a result")
 }
 
+/// A stack with a second sasl-auth replica and a gRPC client to each (first,
+/// second), for `body` to run exchanges across them.
+fn across_two_replicas<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce([Client; 2]) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (_dir, _redis, stack) = stack(name);
+    let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
+    let first: std::net::SocketAddr = stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        body([connect(first).await, connect(second).await]).await;
+    });
+}
+
 /// Runs one exchange with Start on `replicas[0]` and each later step on the
 /// next replica in turn; returns the client's messages and the outcome.
 async fn exchange_across(
@@ -484,19 +507,7 @@ async fn exchange_across(
 #[test]
 fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and_a_replayed_digest_response_is_refused()
  {
-    let (_dir, _redis, stack) = stack("interop-replicas");
-    let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
-    let first: std::net::SocketAddr = stack
-        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut replicas = [connect(first).await, connect(second).await];
+    across_two_replicas("interop-replicas", |mut replicas| async move {
         let digest_creds = || ClientCredentials {
             host: "mailserver.foo.com".into(),
             ..ClientCredentials::new("test", PASSWORD)
@@ -592,19 +603,7 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
 /// a captured response) is refused.
 #[test]
 fn login_state_travels_in_the_exchange_id_and_a_forged_challenge_state_is_refused() {
-    let (_dir, _redis, stack) = stack("interop-inline");
-    let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
-    let first: std::net::SocketAddr = stack
-        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut replicas = [connect(first).await, connect(second).await];
+    across_two_replicas("interop-inline", |mut replicas| async move {
         let mut res = result(
             replicas[0]
                 .start(pb::StartRequest {

@@ -247,32 +247,26 @@ impl SaslService {
                     };
                     let bytes = serde_json::to_vec(&record)
                         .map_err(|e| AuthError::Dependency(format!("encode exchange: {e}")))?;
-                    if record.exchange.awaits_client_credentials() {
-                        // PLAIN/LOGIN between prompts hold only what the client
-                        // sent: the state rides in the id, no Redis write or GETDEL.
-                        policy::check_limits(
-                            &self.state,
-                            &self.cfg,
-                            &client_ip,
-                            ip_pending,
-                            None,
-                            None,
-                            mech,
-                        )
-                        .await?;
-                        return Ok(challenge(inline_id(&bytes), data));
-                    }
+                    // PLAIN/LOGIN between prompts hold only what the client
+                    // sent: the state rides in the id, no Redis write or GETDEL.
+                    let inline = record.exchange.awaits_client_credentials();
                     let key = exchange_key(&id);
+                    let put = (!inline).then_some((
+                        key.as_str(),
+                        bytes.as_slice(),
+                        self.cfg.sasl.exchange_ttl,
+                    ));
                     policy::check_limits(
                         &self.state,
                         &self.cfg,
                         &client_ip,
                         ip_pending,
                         None,
-                        Some((&key, &bytes, self.cfg.sasl.exchange_ttl)),
+                        put,
                         mech,
                     )
                     .await?;
+                    let id = if inline { inline_id(&bytes) } else { id };
                     return Ok(challenge(id, data));
                 }
                 Step::Success(outcome) => {
