@@ -43,9 +43,19 @@ impl Entry {
             Ok(secret) => Ok(Entry::Plain(secret)),
             Err(plain_err) => serde_json::from_slice::<SealedOnly>(bytes)
                 .map(|s| Entry::Sealed { sealed: s.sealed })
-                .map_err(|_| StoreError::Backend(format!("decode secret: {plain_err}"))),
+                .map_err(|_| malformed(&plain_err)),
         }
     }
+}
+
+/// A record that does not decode. Not serde's message: that can quote the
+/// value it choked on (`invalid type: string "…"`), which here is a secret.
+fn malformed(e: &serde_json::Error) -> StoreError {
+    StoreError::Backend(format!(
+        "decode secret: malformed record ({:?} error at column {})",
+        e.classify(),
+        e.column()
+    ))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -258,8 +268,7 @@ impl Keyring {
                             key.id
                         ))
                     })?;
-                serde_json::from_slice(&plain)
-                    .map_err(|e| StoreError::Backend(format!("decode secret: {e}")))?
+                serde_json::from_slice(&plain).map_err(|e| malformed(&e))?
             }
         };
         if secret.family() != family {
@@ -345,6 +354,30 @@ mod tests {
             ring.open("r", "u", SecretFamily::ScramSha1, &bytes)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_malformed_record_is_refused_without_quoting_it() {
+        let ring = Keyring::default();
+        // A PHC string where a byte array belongs: serde would quote it.
+        let bad = br#"{"DigestMd5":{"ha1":"$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"}}"#;
+        let err = ring
+            .open("r", "u", SecretFamily::DigestMd5, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed record"), "{err}");
+        assert!(!err.contains("argon2id"), "{err}");
+        let sealed = Keyring::with_key(&[7; 32], &[]);
+        let err = sealed
+            .open(
+                "r",
+                "u",
+                SecretFamily::DigestMd5,
+                br#"{"sealed":{"kid":1}}"#,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed record"), "{err}");
     }
 
     #[test]
