@@ -168,7 +168,6 @@ impl SaslService {
         mut step: Step,
         scfg: ServerConfig,
         session: &pb::SessionFacts,
-        exchange_id: Option<String>,
         mut ip_pending: bool,
     ) -> Result<pb::StepResponse, AuthError> {
         let mech = exchange.mechanism();
@@ -178,7 +177,8 @@ impl SaslService {
             // A step that ends without a Redis write of its own still answers
             // to the per-address limit first (EXTERNAL, a malformed message).
             if ip_pending && matches!(step, Step::Success(_) | Step::Failure(_)) {
-                policy::check_ip_limit(&self.state, &self.cfg, &client_ip, mech).await?;
+                policy::check_limits(&self.state, &self.cfg, &client_ip, true, None, None, mech)
+                    .await?;
                 ip_pending = false;
             }
             match step {
@@ -239,7 +239,6 @@ impl SaslService {
                     };
                 }
                 Step::Challenge(data) => {
-                    let id = exchange_id.unwrap_or_else(new_exchange_id);
                     let record = ExchangeRecord {
                         session_id: session.session_id.clone(),
                         client_ip: client_ip.clone(),
@@ -249,13 +248,18 @@ impl SaslService {
                         .map_err(|e| AuthError::Dependency(format!("encode exchange: {e}")))?;
                     // PLAIN/LOGIN between prompts hold only what the client
                     // sent: the state rides in the id, no Redis write or GETDEL.
-                    let inline = record.exchange.awaits_client_credentials();
-                    let key = exchange_key(&id);
-                    let put = (!inline).then_some((
-                        key.as_str(),
-                        bytes.as_slice(),
-                        self.cfg.sasl.exchange_ttl,
-                    ));
+                    // Any other state is stored under a new random id per
+                    // challenge: a captured id is useless after its step.
+                    let (id, key) = if record.exchange.awaits_client_credentials() {
+                        (inline_id(&bytes), None)
+                    } else {
+                        let id = new_exchange_id();
+                        let key = exchange_key(&id);
+                        (id, Some(key))
+                    };
+                    let put = key
+                        .as_deref()
+                        .map(|k| (k, bytes.as_slice(), self.cfg.sasl.exchange_ttl));
                     policy::check_limits(
                         &self.state,
                         &self.cfg,
@@ -266,7 +270,6 @@ impl SaslService {
                         mech,
                     )
                     .await?;
-                    let id = if inline { inline_id(&bytes) } else { id };
                     return Ok(challenge(id, data));
                 }
                 Step::Success(outcome) => {
@@ -374,7 +377,7 @@ impl SaslService {
         let scfg = self.server_config(&session);
         let mut exchange = ServerExchange::new(mech);
         let step = exchange.start(&scfg, r.initial_response.as_deref());
-        self.drive(exchange, step, scfg, &session, None, true).await
+        self.drive(exchange, step, scfg, &session, true).await
     }
 
     async fn step_inner(&self, r: pb::StepRequest) -> Result<pb::StepResponse, AuthError> {
@@ -405,9 +408,7 @@ impl SaslService {
         let scfg = self.server_config(&session);
         let mut exchange = record.exchange;
         let step = exchange.step(&scfg, &r.response);
-        // A new id per step: a captured id is useless after its step.
-        self.drive(exchange, step, scfg, &session, None, false)
-            .await
+        self.drive(exchange, step, scfg, &session, false).await
     }
 }
 

@@ -75,30 +75,6 @@ async fn blocked_delay(cfg: &Config) {
     tokio::time::sleep(cfg.sasl.limits.block_delay).await;
 }
 
-/// Before any work: an address past its failure limit is answered 454 after
-/// a delay, whatever it sends.
-pub async fn check_ip_limit(
-    state: &SharedState,
-    cfg: &Config,
-    ip: &str,
-    mech: Mechanism,
-) -> Result<(), AuthError> {
-    let lim = &cfg.sasl.limits;
-    if lim.max_failures_per_ip == 0 {
-        return Ok(());
-    }
-    let n = state.count_events(&ip_key(ip), lim.window).await?;
-    if n >= u64::from(lim.max_failures_per_ip) {
-        log_block_once(state, cfg, &ip_key(ip), "client address", ip).await;
-        blocked_delay(cfg).await;
-        return Err(AuthError::RateLimited {
-            mechanism: mech,
-            authcid: String::new(),
-        });
-    }
-    Ok(())
-}
-
 /// The limits one AUTH step is subject to, read in one round trip, together
 /// with the exchange to store (`put`) when the step ends in a challenge.
 ///
