@@ -174,26 +174,43 @@ pub fn adopt_parent(span: &tracing::Span, traceparent: &str) -> bool {
 }
 
 /// Resolves on SIGTERM or SIGINT: the one shutdown trigger every service uses.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+///
+/// The handlers are installed when this is *called*, not when the future is
+/// first polled: services call it before they bind, so a SIGTERM that comes
+/// while they are still starting (Kubernetes deleting a pod that just began,
+/// or a test restarting one) is held until they are up and then shuts them
+/// down cleanly. With the signal's default action instead, the process died
+/// wherever it was: a credential-store killed while creating its database
+/// file left one that never opened again. Must be called inside a runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            // Installing a handler only fails if the runtime has no signal
+            // driver; then wait for nothing rather than stop at once.
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {},
+                _ = wait(int) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
+            tracing::info!("shutdown requested");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
-    tracing::info!("shutdown requested");
+    #[cfg(not(unix))]
+    async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    }
 }
 
 /// Print where a service listens, on stdout, flushed: operators read it, and

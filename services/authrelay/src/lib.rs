@@ -226,6 +226,8 @@ fn config_check(cfg: &Config) {
 /// All four services in one process, gRPC between them over loopback.
 async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let _telemetry = authrelay_telemetry::init("authrelay", &cfg);
+    // Before anything binds or opens: a SIGTERM during start-up waits for it.
+    let shutdown = authrelay_telemetry::shutdown_signal();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
     let state = authrelay_state::SharedState::from_url(
@@ -294,7 +296,7 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         ("relay-queue", queue),
     ];
     tokio::select! {
-        _ = authrelay_telemetry::shutdown_signal() => {},
+        _ = shutdown => {},
         (res, i, _) = futures_select_any(&mut tasks) => {
             let name = i;
             match res {

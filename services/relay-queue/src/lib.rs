@@ -886,6 +886,8 @@ pub async fn serve(
 
 /// Bind the configured address, announce it, and serve until SIGTERM/SIGINT.
 pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
+    // Before anything else: a SIGTERM during start-up waits for it to finish.
+    let shutdown = authrelay_telemetry::shutdown_signal();
     let listener = TcpListener::bind(cfg.relay_queue.listen).await?;
     authrelay_telemetry::announce("relay-queue", "grpc", listener.local_addr()?);
     if let Some(addr) = cfg.telemetry.metrics_listen {
@@ -895,5 +897,5 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
             authrelay_telemetry::metrics::serve(addr).await?,
         );
     }
-    serve(cfg, listener, authrelay_telemetry::shutdown_signal()).await
+    serve(cfg, listener, shutdown).await
 }

@@ -606,6 +606,8 @@ pub async fn serve(
 /// A separate sasl-auth must share Redis with its replicas: refuse to run
 /// with an in-process store.
 pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
+    // Before anything else: a SIGTERM during start-up waits for it to finish.
+    let shutdown = authrelay_telemetry::shutdown_signal();
     if cfg.redis.url.is_empty() {
         anyhow::bail!(
             "configuration key `redis.url` is empty: a separate sasl-auth needs Redis so replicas share exchanges and limits (only `authrelay serve` may run without it)"
@@ -621,5 +623,5 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
             authrelay_telemetry::metrics::serve(addr).await?,
         );
     }
-    serve(cfg, state, listener, authrelay_telemetry::shutdown_signal()).await
+    serve(cfg, state, listener, shutdown).await
 }

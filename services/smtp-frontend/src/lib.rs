@@ -393,6 +393,8 @@ async fn refuse(mut stream: tokio::net::TcpStream, reply: Reply) {
 
 /// Bind, announce and serve until SIGTERM/SIGINT, then drain.
 pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
+    // Before anything else: a SIGTERM during start-up waits for it to finish.
+    let shutdown = authrelay_telemetry::shutdown_signal();
     if cfg.redis.url.is_empty() {
         anyhow::bail!(
             "configuration key `redis.url` is empty: separate frontends share sessions and rates through Redis (only `authrelay serve` may run without it)"
@@ -402,12 +404,5 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     tls::setup(&cfg, false)?;
     let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
     let bound = bind(&cfg).await?;
-    serve(
-        cfg,
-        state,
-        bound,
-        false,
-        authrelay_telemetry::shutdown_signal(),
-    )
-    .await
+    serve(cfg, state, bound, false, shutdown).await
 }

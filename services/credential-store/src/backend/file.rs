@@ -52,19 +52,66 @@ fn families_of(r: &Record) -> Vec<SecretFamily> {
     f
 }
 
+/// Build a new, empty database under a temporary name beside `path` and
+/// link it into place: the file appears under its name complete or not at
+/// all. redb guards a database once it exists (atomic commits, repair after
+/// a crash), but a process killed while redb wrote a brand-new file's
+/// header left one that no later start could open ("invalid data").
+/// `hard_link` rather than `rename`, because it never replaces: if another
+/// process created `path` meanwhile, theirs stands and ours is dropped.
+fn create_atomically(path: &Path) -> Result<(), StoreError> {
+    let backend = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Backend(format!("{what} {}: {e}", path.display()))
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.new", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    // Left by an earlier creation killed midway with the same pid (in a
+    // container that is always 1): never a database anyone used.
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let db = Database::create(&tmp).map_err(|e| backend("create", &e))?;
+        init_tables(&db)?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(backend("link", &e)),
+    }
+    // The new name is durable only once its directory is.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| backend("sync the directory of", &e))
+}
+
+/// Create the table up front so readers never see "table does not exist".
+fn init_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(|e| db_err("begin")(e.into()))?;
+    txn.open_table(USERS)
+        .map_err(|e| db_err("open table")(e.into()))?;
+    txn.commit().map_err(|e| db_err("commit")(e.into()))
+}
+
 impl FileBackend {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         }
+        if !path.exists() {
+            create_atomically(path)?;
+        }
         let db = Database::create(path)
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
-        // Create the table up front so readers never see "table does not exist".
-        let txn = db.begin_write().map_err(|e| db_err("begin")(e.into()))?;
-        txn.open_table(USERS)
-            .map_err(|e| db_err("open table")(e.into()))?;
-        txn.commit().map_err(|e| db_err("commit")(e.into()))?;
+        // Idempotent; an existing file that redb initialised but no table
+        // was made in (say, an empty file an operator created) gets it too.
+        init_tables(&db)?;
         Ok(FileBackend { db: Arc::new(db) })
     }
 

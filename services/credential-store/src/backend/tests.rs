@@ -337,3 +337,70 @@ async fn sealed_entries_hold_no_secret_bytes() {
         }
     }
 }
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("authrelay-cs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_new_file_database_appears_whole_and_a_torn_creation_is_discarded() {
+    let dir = scratch_dir("create");
+    let path = dir.join("credentials.redb");
+    // What a creation killed midway left under the temporary name (with
+    // this pid, as every start in a container has): garbage, not a database.
+    let torn = dir.join(format!("credentials.redb.{}.new", std::process::id()));
+    std::fs::write(&torn, b"redb header cut short").unwrap();
+    let db = FileBackend::open(&path).unwrap();
+    assert_eq!(
+        names_in(&dir),
+        ["credentials.redb"],
+        "only the database is left"
+    );
+    let store = Store::new(Backend::File(db), Keyring::default());
+    store
+        .put_user(
+            record(
+                "torn",
+                "example.org",
+                "torn-Secret-1",
+                &[SecretFamily::Password],
+            ),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    drop(store);
+    // Reopened, it is the same database with the same user.
+    let db = FileBackend::open(&path).unwrap();
+    let users = Backend::File(db).list_users(None).await.unwrap();
+    assert_eq!(users.len(), 1);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_and_left_as_it_is() {
+    let dir = scratch_dir("garbage");
+    let path = dir.join("credentials.redb");
+    std::fs::write(&path, b"not a redb file at all, and maybe someone's data").unwrap();
+    let err = FileBackend::open(&path).err().expect("garbage opened");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "the error names the file: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"not a redb file at all, and maybe someone's data",
+        "never overwritten"
+    );
+}
