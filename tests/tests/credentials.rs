@@ -405,12 +405,14 @@ fn password_behind(
                         x.inner == inner && x.outer == outer
                     }
                     Kind::DigestMd5(x) => {
-                        let StoredSecret::DigestMd5 { ha1 } =
+                        let StoredSecret::DigestMd5 { ha1, ha1_qualified } =
                             derive_secret(family, name, REALM, pw, &p)
                         else {
                             unreachable!()
                         };
                         x.ha1 == ha1
+                            && Some(x.ha1_qualified.as_slice())
+                                == ha1_qualified.as_ref().map(|h| &h[..])
                     }
                     Kind::ScramSha1(x) | Kind::ScramSha256(x) => {
                         match derive_scram_secret(family, pw, &x.salt, x.iterations).unwrap() {

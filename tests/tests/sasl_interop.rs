@@ -122,12 +122,14 @@ fn swaks_challenges(transcript: &str) -> Vec<String> {
 fn swaks_plain_login_cram_md5_and_digest_md5_log_in_and_a_wrong_password_is_535() {
     let (_dir, _redis, stack) = stack("interop-swaks");
     // DIGEST-MD5 carries the realm in its own directive (RFC 2831 §2.1.2):
-    // the user name is the bare NAME, as with Cyrus' sasldb.
+    // the user name may be the bare NAME, as with Cyrus' sasldb, or the
+    // address people type (hashed with the realm the server offered).
     for (mech, user) in [
         ("PLAIN", USER),
         ("LOGIN", USER),
         ("CRAM-MD5", USER),
         ("DIGEST-MD5", "test"),
+        ("DIGEST-MD5", USER),
     ] {
         let (ok, text) = swaks(stack.submission, mech, user, PASSWORD, &[]);
         assert!(ok && text.contains("235 2.7.0"), "{mech}: {text}");
@@ -184,6 +186,24 @@ fn swaks_digest_md5_gets_realms_nonce_qop_charset_and_rspauth_and_the_service_mu
     // The same user in the wrong realm is someone else.
     let (ok, text) = swaks(stack.submission, "DIGEST-MD5", "kurt", PASSWORD, &[]);
     assert!(!ok && text.contains("535 5.7.8"), "{text}");
+    // With his address as the user name: his realm, picked, hashed with it.
+    let (ok, text) = swaks(
+        stack.submission,
+        "DIGEST-MD5",
+        "kurt@other.example",
+        PASSWORD,
+        &["--auth-extra", "realm=other.example"],
+    );
+    assert!(ok && text.contains("235 2.7.0"), "{text}");
+    // His address hashed with the first realm offered is nobody's.
+    let (ok, text) = swaks(
+        stack.submission,
+        "DIGEST-MD5",
+        "kurt@other.example",
+        PASSWORD,
+        &[],
+    );
+    assert!(!ok && text.contains("535 5.7.8"), "{text}");
     // A response made for IMAP is not valid for SMTP.
     let (ok, text) = swaks(
         stack.submission,
@@ -198,9 +218,11 @@ fn swaks_digest_md5_gets_realms_nonce_qop_charset_and_rspauth_and_the_service_mu
         logs.contains("authid=test@mailserver.foo.com, mech=DIGEST-MD5, bits=128"),
         "{logs}"
     );
-    assert!(
-        logs.contains("authid=kurt@other.example, mech=DIGEST-MD5"),
-        "{logs}"
+    assert_eq!(
+        logs.matches("authid=kurt@other.example, mech=DIGEST-MD5")
+            .count(),
+        2,
+        "kurt, then kurt@other.example, both as kurt of other.example: {logs}"
     );
     assert_no_password_logged(&stack);
 }
@@ -239,9 +261,11 @@ fn curl(server: SocketAddr, dir: &Path, mech: &str, password: &str) -> (i32, Str
 }
 
 #[test]
-fn curl_plain_login_and_cram_md5_log_in_and_a_wrong_password_is_535() {
+fn curl_plain_login_cram_md5_and_digest_md5_log_in_and_a_wrong_password_is_535() {
     let (dir, _redis, stack) = stack("interop-curl");
-    for mech in ["PLAIN", "LOGIN", "CRAM-MD5"] {
+    // curl logs in as the address (`test@mailserver.foo.com`); for DIGEST-MD5
+    // it hashes that with the first realm we offer.
+    for mech in ["PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5"] {
         let (code, text) = curl(stack.submission, &dir, mech, PASSWORD);
         assert_eq!(code, 0, "{mech}: {text}");
         assert!(text.contains(&format!("> AUTH {mech}")), "{mech}: {text}");

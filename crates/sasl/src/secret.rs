@@ -90,8 +90,17 @@ pub enum StoredSecret {
     /// HMAC-MD5 pre-computed contexts: MD5 state after absorbing `key ^ ipad` and
     /// `key ^ opad` (RFC 2104 §4), as Dovecot and Cyrus keep them.
     CramMd5 { inner: [u32; 4], outer: [u32; 4] },
-    /// `MD5(user ":" realm ":" password)` (RFC 2831 §2.1.2.1).
-    DigestMd5 { ha1: [u8; 16] },
+    /// `MD5(user ":" realm ":" password)` (RFC 2831 §2.1.2.1) for the bare user
+    /// name, and for the name qualified with its realm (`user@realm`): clients
+    /// where people log in with their address (swaks, curl, mail clients) send
+    /// that as `username` and hash it with the realm the server offered, and
+    /// HA1 cannot be re-derived without the password. Secrets imported as a
+    /// bare HA1 (Dovecot's `{DIGEST-MD5}`) have no qualified form.
+    DigestMd5 {
+        ha1: [u8; 16],
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ha1_qualified: Option<[u8; 16]>,
+    },
     /// RFC 5802 §3 StoredKey and ServerKey.
     ScramSha1 {
         salt: Vec<u8>,
@@ -171,6 +180,11 @@ pub fn derive_secret(
         }
         SecretFamily::DigestMd5 => StoredSecret::DigestMd5 {
             ha1: user_realm_password_hash(user, realm, password),
+            ha1_qualified: Some(user_realm_password_hash(
+                &format!("{user}@{realm}"),
+                realm,
+                password,
+            )),
         },
         SecretFamily::ScramSha1 | SecretFamily::ScramSha256 => {
             let mut salt = vec![0u8; 16];
@@ -323,7 +337,12 @@ pub fn dummy_secret(family: SecretFamily, user: &str) -> StoredSecret {
         SecretFamily::DigestMd5 => {
             let mut ha1 = [0u8; 16];
             ha1.copy_from_slice(&keyed("digest-md5", user)[..16]);
-            StoredSecret::DigestMd5 { ha1 }
+            let mut qualified = [0u8; 16];
+            qualified.copy_from_slice(&keyed("digest-md5-qualified", user)[..16]);
+            StoredSecret::DigestMd5 {
+                ha1,
+                ha1_qualified: Some(qualified),
+            }
         }
         SecretFamily::ScramSha1 | SecretFamily::ScramSha256 => {
             let salt = keyed(&format!("{}-salt", family.name()), user)[..16].to_vec();

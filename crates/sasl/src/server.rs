@@ -133,7 +133,9 @@ pub enum Step {
 /// The secret the server needs to continue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretRequest {
-    /// Exactly what the client sent; splitting `name@realm` is the caller's job.
+    /// What the client sent; splitting `name@realm` is the caller's job. (DIGEST-MD5
+    /// alone sends `NAME` for a `username="NAME@REALM"` in its own `realm`, whose
+    /// qualified hash it checks.)
     pub authcid: String,
     /// Only when the mechanism carries a realm (DIGEST-MD5's `realm` directive).
     pub realm: Option<String>,

@@ -3,8 +3,8 @@
 
 use authrelay_sasl::{
     ChannelBinding, ChannelBindingType, ClientCredentials, ClientError, ClientExchange, ClientStep,
-    Failure, Mechanism, Outcome, SecretFamily, SecretParams, ServerConfig, ServerExchange, Step,
-    StoredSecret, derive_secret,
+    Failure, Mechanism, Outcome, SecretFamily, SecretParams, SecretRequest, ServerConfig,
+    ServerExchange, Step, StoredSecret, derive_secret,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -297,6 +297,88 @@ fn digest_md5_client_may_name_a_realm() {
     assert_eq!(outcome.realm.as_deref(), Some("other.example"));
 }
 
+/// Drive a DIGEST-MD5 exchange by hand; the secret request it made and the result.
+fn digest_with(
+    username: &str,
+    realm: &str,
+    secret: &StoredSecret,
+) -> (SecretRequest, Result<Outcome, Failure>) {
+    let cfg = tls_config();
+    let creds = ClientCredentials {
+        host: "mx.example.org".into(),
+        realm: Some(realm.into()),
+        ..ClientCredentials::new(username, PASSWORD)
+    };
+    let mut client = ClientExchange::new(Mechanism::DigestMd5, creds).unwrap();
+    let mut server = ServerExchange::new(Mechanism::DigestMd5);
+    let Step::Challenge(challenge) = server.start(&cfg, None) else {
+        panic!("no challenge")
+    };
+    let Ok(ClientStep::Respond(response)) = client.step(&challenge) else {
+        panic!("client had nothing to say")
+    };
+    let Step::NeedSecret(request) = server.step(&cfg, &response) else {
+        panic!("no secret requested")
+    };
+    let result = match server.resume(&cfg, Some(secret)) {
+        Step::Success(outcome) => Ok(outcome),
+        Step::Failure(f) => Err(f),
+        other => panic!("unexpected {other:?}"),
+    };
+    (request, result)
+}
+
+#[test]
+fn digest_md5_with_the_qualified_name_is_the_bare_user_checked_against_the_qualified_hash() {
+    let secret = derive_secret(
+        SecretFamily::DigestMd5,
+        "alice",
+        "example.org",
+        PASSWORD.as_bytes(),
+        &fast_params(),
+    );
+    // swaks and curl hash `alice@example.org` with the realm we offered.
+    let (request, result) = digest_with("alice@example.org", "example.org", &secret);
+    assert_eq!(request.authcid, "alice", "looked up by the bare name");
+    assert_eq!(request.realm.as_deref(), Some("example.org"));
+    let outcome = result.expect("qualified login");
+    assert_eq!(outcome.authcid, "alice");
+    assert_eq!(outcome.realm.as_deref(), Some("example.org"));
+    // The bare name still works with the same stored secret.
+    assert!(digest_with("alice", "example.org", &secret).1.is_ok());
+    // Qualified with another realm than the response's: a name we have no
+    // user for, looked up as it is (and then not found).
+    let (request, _) = digest_with("alice@other.example", "example.org", &secret);
+    assert_eq!(request.authcid, "alice@other.example");
+    // An imported bare HA1 (no qualified twin) refuses the qualified form
+    // as a wrong password would, and still takes the bare one.
+    let StoredSecret::DigestMd5 { ha1, .. } = secret else {
+        unreachable!()
+    };
+    let imported = StoredSecret::DigestMd5 {
+        ha1,
+        ha1_qualified: None,
+    };
+    assert_eq!(
+        digest_with("alice@example.org", "example.org", &imported)
+            .1
+            .err(),
+        Some(Failure::InvalidCredentials)
+    );
+    assert!(digest_with("alice", "example.org", &imported).1.is_ok());
+    // The qualified hash is not the bare one under another name.
+    let bare_only_twin = StoredSecret::DigestMd5 {
+        ha1,
+        ha1_qualified: Some(ha1),
+    };
+    assert_eq!(
+        digest_with("alice@example.org", "example.org", &bare_only_twin)
+            .1
+            .err(),
+        Some(Failure::InvalidCredentials)
+    );
+}
+
 #[test]
 fn digest_md5_without_configured_realms_uses_the_empty_realm() {
     let cfg = ServerConfig::default();
@@ -544,7 +626,10 @@ fn forbidden(secret: &StoredSecret, password: &str) -> Vec<String> {
             out.extend(both(&bytes[..16]));
             out.extend(both(&bytes[16..]));
         }
-        StoredSecret::DigestMd5 { ha1 } => out.extend(both(ha1)),
+        StoredSecret::DigestMd5 { ha1, ha1_qualified } => {
+            out.extend(both(ha1));
+            out.extend(ha1_qualified.iter().flat_map(|h| both(h)));
+        }
         StoredSecret::ScramSha1 {
             salt,
             iterations,

@@ -124,7 +124,11 @@ fn dovecot_scheme(scheme: &str, value: &str, has_realm: bool) -> Result<Credenti
             if b.len() != 16 {
                 return Err("DIGEST-MD5 hash is not 16 bytes".into());
             }
-            Ok(secret(Kind::DigestMd5(cpb::DigestMd5 { ha1: b })))
+            // Only the bare form: `user@realm` logins need the password.
+            Ok(secret(Kind::DigestMd5(cpb::DigestMd5 {
+                ha1: b,
+                ha1_qualified: Vec::new(),
+            })))
         }
         "DIGEST-MD5" => Err(
             "DIGEST-MD5 hash of a login without @realm was made with an empty realm, which no user here has"

@@ -167,7 +167,10 @@ pub fn secret_to_proto(s: &StoredSecret) -> pb::Secret {
             inner: inner.to_vec(),
             outer: outer.to_vec(),
         }),
-        StoredSecret::DigestMd5 { ha1 } => Kind::DigestMd5(pb::DigestMd5 { ha1: ha1.to_vec() }),
+        StoredSecret::DigestMd5 { ha1, ha1_qualified } => Kind::DigestMd5(pb::DigestMd5 {
+            ha1: ha1.to_vec(),
+            ha1_qualified: ha1_qualified.map(|h| h.to_vec()).unwrap_or_default(),
+        }),
         StoredSecret::ScramSha1 {
             salt,
             iterations,
@@ -245,6 +248,12 @@ pub fn secret_from_proto(s: &pb::Secret) -> Result<StoredSecret, StoreError> {
                 .as_slice()
                 .try_into()
                 .map_err(|_| StoreError::InvalidSecret("DIGEST-MD5 HA1 is not 16 bytes"))?,
+            ha1_qualified: match d.ha1_qualified.as_slice() {
+                [] => None,
+                h => Some(h.try_into().map_err(|_| {
+                    StoreError::InvalidSecret("DIGEST-MD5 qualified HA1 is not 16 bytes")
+                })?),
+            },
         },
         Some(Kind::ScramSha1(x)) => {
             let (salt, iterations, stored_key, server_key) = scram::<20>(x)?;

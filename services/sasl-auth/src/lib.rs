@@ -469,6 +469,8 @@ pub fn secret_from_proto(s: cpb::Secret, family: SecretFamily) -> Option<StoredS
         },
         Kind::DigestMd5(d) => StoredSecret::DigestMd5 {
             ha1: d.ha1.as_slice().try_into().ok()?,
+            // Empty when only a bare HA1 was imported: qualified logins fail.
+            ha1_qualified: d.ha1_qualified.as_slice().try_into().ok(),
         },
         Kind::ScramSha1(k) => StoredSecret::ScramSha1 {
             salt: k.salt,

@@ -30,8 +30,13 @@ impl DigestState {
 /// A syntactically valid digest-response, waiting for the secret to check it against.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct DigestResponse {
+    /// The user name to look up: `username` as sent, or its NAME when it was
+    /// `NAME@REALM` in the response's own realm (`qualified`).
     username: String,
     realm: String,
+    /// The client hashed `NAME@REALM`: check against the qualified HA1.
+    #[serde(default)]
+    qualified: bool,
     nonce: String,
     cnonce: String,
     nc: String,
@@ -74,7 +79,21 @@ pub(super) fn step(
     let DigestState::AwaitResponse { nonce } = state else {
         return Err(Failure::Malformed("a secret is pending"));
     };
-    let parsed = parse_response(cfg, &nonce, response)?;
+    let mut parsed = parse_response(cfg, &nonce, response)?;
+    // A client where people log in with their address sends
+    // `username="test@mailserver.foo.com"` and `realm="mailserver.foo.com"`:
+    // that is the user `test` of that realm, hashed in its qualified form.
+    // (A stored user name never contains '@', so this reads no one else.)
+    let bare = parsed
+        .username
+        .strip_suffix(parsed.realm.as_str())
+        .and_then(|n| n.strip_suffix('@'))
+        .filter(|n| !n.is_empty() && !parsed.realm.is_empty())
+        .map(str::to_owned);
+    if let Some(name) = bare {
+        parsed.username = name;
+        parsed.qualified = true;
+    }
     let request = SecretRequest {
         authcid: parsed.username.clone(),
         realm: Some(parsed.realm.clone()),
@@ -161,6 +180,7 @@ fn parse_response(
     Ok(DigestResponse {
         username: username.to_owned(),
         realm,
+        qualified: false,
         nonce: nonce.to_owned(),
         cnonce: cnonce.to_owned(),
         nc: nc.to_owned(),
@@ -179,17 +199,18 @@ pub(super) fn resume(
     let DigestState::AwaitSecret(r) = state else {
         return Err(Failure::Malformed("no secret was requested"));
     };
-    let dummy;
-    let ha1 = match secret {
-        Some(StoredSecret::DigestMd5 { ha1 }) => ha1,
-        Some(_) => return Err(Failure::InvalidCredentials),
-        None => {
-            dummy = dummy_secret(SecretFamily::DigestMd5, &r.username);
-            match &dummy {
-                StoredSecret::DigestMd5 { ha1 } => ha1,
-                _ => return Err(Failure::InvalidCredentials),
-            }
-        }
+    let pick = |s: &StoredSecret| match s {
+        StoredSecret::DigestMd5 { ha1, .. } if !r.qualified => Some(*ha1),
+        StoredSecret::DigestMd5 { ha1_qualified, .. } => *ha1_qualified,
+        _ => None,
+    };
+    // No user, or no hash of the form the client used (an imported bare
+    // HA1 has no qualified twin): check against a dummy anyway, so the
+    // answer takes as long, and refuse.
+    let found = secret.and_then(pick);
+    let Some(ha1) = found.or_else(|| pick(&dummy_secret(SecretFamily::DigestMd5, &r.username)))
+    else {
+        return Err(Failure::InvalidCredentials);
     };
     let inputs = DigestInputs {
         nonce: &r.nonce,
@@ -199,12 +220,12 @@ pub(super) fn resume(
         digest_uri: &r.digest_uri,
         authzid: r.authzid.as_deref(),
     };
-    let expected = response_value(ha1, &inputs, DigestKind::Response);
+    let expected = response_value(&ha1, &inputs, DigestKind::Response);
     let matches = bool::from(expected.as_bytes().ct_eq(r.response.as_bytes()));
-    if !(matches && secret.is_some()) {
+    if !(matches && found.is_some()) {
         return Err(Failure::InvalidCredentials);
     }
-    let rspauth = response_value(ha1, &inputs, DigestKind::RspAuth);
+    let rspauth = response_value(&ha1, &inputs, DigestKind::RspAuth);
     let DigestResponse {
         username,
         realm,

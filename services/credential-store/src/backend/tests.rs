@@ -326,7 +326,7 @@ async fn sealed_entries_hold_no_secret_bytes() {
             let plain = serde_json::to_vec(secret).unwrap();
             let needle: Vec<u8> = match secret {
                 StoredSecret::Password { phc } => phc.as_bytes().to_vec(),
-                StoredSecret::DigestMd5 { ha1 } => ha1.to_vec(),
+                StoredSecret::DigestMd5 { ha1, .. } => ha1.to_vec(),
                 _ => plain[plain.len() - 24..].to_vec(),
             };
             assert!(
