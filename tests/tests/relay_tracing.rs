@@ -400,3 +400,28 @@ fn xtrace_parents_auth_spans_only_once_ignores_malformed_values_and_never_author
         .collect();
     assert!(sessions.iter().all(|s| s.trace_id() != trace_id));
 }
+
+/// XTRACE is offered only to `frontend.xtrace_networks` (loopback by
+/// default, which the test above relies on): with it empty, EHLO does not
+/// name it and the command is unknown (500), as for any unoffered verb.
+#[test]
+fn xtrace_is_neither_offered_nor_taken_outside_xtrace_networks() {
+    let dir = scratch("xtrace-off");
+    let redis = Redis::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            extra_toml: "[frontend]\nxtrace_networks = []\n".into(),
+            ..Default::default()
+        },
+    );
+    let mut c = Raw::connect(stack.relay);
+    let (code, ehlo) = c.cmd("EHLO peer.example");
+    assert_eq!(code, 250);
+    assert!(!ehlo.contains("XTRACE"), "offered: {ehlo}");
+    let (code, text) = c.cmd("XTRACE 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    assert_eq!((code, text.contains("5.5.1")), (500, true), "{text}");
+    let (code, _) = c.cmd("NOOP");
+    assert_eq!(code, 250, "the session goes on");
+}

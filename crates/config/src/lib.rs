@@ -430,6 +430,11 @@ pub struct FrontendConfig {
     pub relay_domains: WordList,
     /// Client networks that may relay without AUTH.
     pub trusted_networks: WordList,
+    /// Client networks offered `XTRACE` (another authrelay's relay-queue
+    /// continuing its trace here). It grants nothing, but it lets a client
+    /// choose the trace its spans join, so like Postfix's XCLIENT it is for
+    /// listed peers only: loopback by default; empty turns it off.
+    pub xtrace_networks: WordList,
     pub access: Vec<AccessRule>,
     pub privacy: PrivacyConfig,
     pub tls: TlsConfig,
@@ -472,6 +477,7 @@ impl Default for FrontendConfig {
             local_domains: WordList::default(),
             relay_domains: WordList::default(),
             trusted_networks: WordList::default(),
+            xtrace_networks: WordList::from(["127.0.0.0/8", "::1/128"]),
             access: Vec::new(),
             privacy: PrivacyConfig::default(),
             tls: TlsConfig::default(),

@@ -96,6 +96,11 @@ fn postgres_backend_needs_url() {
 fn bad_trusted_network_is_refused() {
     let err = load_str("[frontend]\ntrusted_networks = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
     assert_eq!(err.key, "frontend.trusted_networks");
+    let err = load_str("[frontend]\nxtrace_networks = [\"loopback\"]\n", &[]).unwrap_err();
+    assert_eq!(
+        (err.key.as_str(), err.value.as_str()),
+        ("frontend.xtrace_networks", "loopback")
+    );
 }
 
 #[test]

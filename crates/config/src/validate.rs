@@ -314,9 +314,13 @@ impl Config {
                 "cert and key must be given together",
             ));
         }
-        for net in fe.trusted_networks.iter() {
-            parse_network(net)
-                .map_err(|why| ConfigError::new("frontend.trusted_networks", net, why))?;
+        for (key, nets) in [
+            ("frontend.trusted_networks", &fe.trusted_networks),
+            ("frontend.xtrace_networks", &fe.xtrace_networks),
+        ] {
+            for net in nets.iter() {
+                parse_network(net).map_err(|why| ConfigError::new(key, net, why))?;
+            }
         }
         for (i, rule) in fe.access.iter().enumerate() {
             if rule.key.trim().is_empty() {

@@ -30,6 +30,7 @@ pub struct RelayPolicy {
     local_domains: Vec<String>,
     relay_domains: Vec<String>,
     trusted_networks: Vec<IpNet>,
+    xtrace_networks: Vec<IpNet>,
     access: Vec<AccessEntry>,
 }
 
@@ -96,8 +97,21 @@ impl RelayPolicy {
                 .iter()
                 .filter_map(|n| parse_network(n).ok())
                 .collect(),
+            xtrace_networks: cfg
+                .frontend
+                .xtrace_networks
+                .iter()
+                .filter_map(|n| parse_network(n).ok())
+                .collect(),
             access,
         }
+    }
+
+    /// May this client continue its trace here (`XTRACE`)?
+    pub fn may_xtrace(&self, ip: IpAddr) -> bool {
+        // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        self.xtrace_networks.iter().any(|n| n.contains(&ip))
     }
 
     pub fn is_local(&self, domain: &str) -> bool {
@@ -223,6 +237,26 @@ mod tests {
             message: Some("go away".into()),
         }];
         RelayPolicy::from_config(&cfg)
+    }
+
+    #[test]
+    fn xtrace_is_for_loopback_by_default_listed_networks_when_set_and_nobody_when_empty() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let default = policy();
+        assert!(default.may_xtrace(ip("127.0.0.1")));
+        assert!(default.may_xtrace(ip("::1")));
+        assert!(
+            default.may_xtrace(ip("::ffff:127.0.0.2")),
+            "dual-stack listener"
+        );
+        assert!(!default.may_xtrace(ip("192.0.2.7")));
+        let mut cfg = Config::default();
+        cfg.frontend.xtrace_networks = authrelay_config::WordList::from(["10.1.0.0/16"]);
+        let listed = RelayPolicy::from_config(&cfg);
+        assert!(listed.may_xtrace(ip("10.1.2.3")));
+        assert!(!listed.may_xtrace(ip("127.0.0.1")));
+        cfg.frontend.xtrace_networks = authrelay_config::WordList::default();
+        assert!(!RelayPolicy::from_config(&cfg).may_xtrace(ip("127.0.0.1")));
     }
 
     fn anon() -> Client {

@@ -326,7 +326,11 @@ impl Session {
     }
 
     async fn handle(&mut self, line: &[u8]) -> Flow {
-        if line.len() >= 7 && line[..7].eq_ignore_ascii_case(b"XTRACE ") {
+        // From other clients XTRACE is an unknown command, as it is unoffered.
+        if line.len() >= 7
+            && line[..7].eq_ignore_ascii_case(b"XTRACE ")
+            && self.shared.policy.may_xtrace(self.peer.ip())
+        {
             self.xtrace_command(&line[7..]);
             return Flow::Continue;
         }
@@ -452,7 +456,9 @@ impl Session {
             lines.push(format!("AUTH {}", names.join(" ")).into());
         }
         lines.push("ETRN".into());
-        lines.push("XTRACE".into());
+        if self.shared.policy.may_xtrace(self.peer.ip()) {
+            lines.push("XTRACE".into());
+        }
         lines.push("HELP".into());
         self.reply(Reply::multi(250, "", lines));
     }
