@@ -73,13 +73,20 @@ fn create_atomically(path: &Path) -> Result<(), StoreError> {
         let db = Database::create(&tmp).map_err(|e| backend("create", &e))?;
         init_tables(&db)?;
     }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    match std::fs::hard_link(&tmp, path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(backend("link", &e)),
+        // A volume without hard links (some network file systems): rename,
+        // which is as atomic, only without the never-replace guarantee.
+        Err(_) if !path.exists() => {
+            std::fs::rename(&tmp, path).map_err(|e| backend("rename into", &e))?;
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(backend("link", &e));
+        }
     }
+    let _ = std::fs::remove_file(&tmp);
     // The new name is durable only once its directory is.
     let dir = path
         .parent()
