@@ -547,6 +547,39 @@ fn proxy_protocol_listener_takes_the_client_address_from_the_balancer() {
     assert_eq!(plain.cmd("RCPT TO:<far@outside.example>").0, 550);
 }
 
+/// A listener on `[::]` also takes IPv4 clients, which the kernel hands over
+/// as `::ffff:127.0.0.1`: they are still the 127.0.0.0/8 of
+/// `trusted_networks` and `[127.0.0.1]` in `Received:`.
+#[test]
+fn a_dual_stack_listener_sees_ipv4_clients_as_ipv4() {
+    let extra = "[frontend]\ntrusted_networks = [\"127.0.0.0/8\"]\n[[frontend.listeners]]\naddress = \"[::]:0\"\nrole = \"relay\"\n";
+    let (_d, _r, sink, mut stack) = stack("dual-stack", extra);
+    let line = stack.frontend.wait_line("listening on [::]:");
+    let port: u16 = line
+        .split("listening on [::]:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?} (does this machine have IPv6?)"));
+    let mut c = Raw::connect(([127, 0, 0, 1], port).into());
+    let (_, ehlo) = c.cmd("EHLO client.example");
+    assert!(ehlo.contains("[127.0.0.1]"), "the peer is IPv4: {ehlo}");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.net>").0, 250);
+    assert_eq!(
+        c.cmd("RCPT TO:<far@outside.example>").0,
+        250,
+        "relay allowed for the trusted IPv4 network"
+    );
+    assert_eq!(c.cmd("DATA").0, 354);
+    assert_eq!(c.cmd("Subject: dual stack\r\n\r\nx\r\n.").0, 250);
+    let msgs = sink.wait_messages(1, Duration::from_secs(20));
+    let data = msgs[0]["data"].as_str().unwrap();
+    assert!(
+        data.contains("([127.0.0.1])") && !data.contains("::ffff:"),
+        "Received: names the IPv4 client: {data}"
+    );
+}
+
 /// A PROXY v2 header, as a load balancer sends it.
 fn smtp_frontend_proxy_v2(source: &str, dest: &str) -> Vec<u8> {
     let s: std::net::SocketAddr = source.parse().unwrap();

@@ -309,6 +309,10 @@ async fn accept_loop(
                     }
                 }
             }
+            // A dual-stack listener ([::]) sees IPv4 clients as ::ffff:a.b.c.d;
+            // networks, per-address limits, the access map and Received: all
+            // speak of a.b.c.d.
+            let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
             // confCONNECTION_RATE_THROTTLE, summed over every frontend through
             // the shared store. A throttle, not a lock: if the store is down,
             // connections are let through (AUTH still fails closed).
