@@ -59,7 +59,7 @@ pub struct Config {
 
 /// Service-to-service mutual TLS for the gRPC between the services.
 /// Files in the layout cert-manager writes (`tls.crt`, `tls.key`, `ca.crt`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InternalTlsConfig {
     /// On: every gRPC server requires a client certificate signed by `ca`,
@@ -75,6 +75,24 @@ pub struct InternalTlsConfig {
     /// A plain-text `grpc.health.v1` server with the same statuses, for
     /// probes that cannot present a client certificate (the kubelet's).
     pub health_listen: Option<SocketAddr>,
+    /// How often the three files are read again when in use: renewed
+    /// certificates (cert-manager rewrites the Secret's files in place) are
+    /// taken for new connections with no restart.
+    #[serde(with = "humantime_serde")]
+    pub reload_every: Duration,
+}
+
+impl Default for InternalTlsConfig {
+    fn default() -> Self {
+        InternalTlsConfig {
+            enabled: false,
+            cert: None,
+            key: None,
+            ca: None,
+            health_listen: None,
+            reload_every: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Traces, metrics and what they may show.

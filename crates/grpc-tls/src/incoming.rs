@@ -10,6 +10,7 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -17,10 +18,25 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::{HANDSHAKE_TIMEOUT, InternalTls};
+
 /// One accepted connection, from either listener.
 pub enum Conn {
     Tcp(TcpStream),
+    /// A TCP connection after the mutual-TLS handshake (`internal_tls`).
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Unix(UnixStream),
+}
+
+/// Every I/O method of [`Conn`], passed to the stream inside.
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Conn::Tcp($s) => $e,
+            Conn::Tls($s) => $e,
+            Conn::Unix($s) => $e,
+        }
+    };
 }
 
 impl Connected for Conn {
@@ -31,6 +47,7 @@ impl Connected for Conn {
     fn connect_info(&self) -> TcpConnectInfo {
         match self {
             Conn::Tcp(s) => s.connect_info(),
+            Conn::Tls(s) => s.get_ref().0.connect_info(),
             Conn::Unix(_) => TcpConnectInfo {
                 local_addr: None,
                 remote_addr: None,
@@ -45,10 +62,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -58,10 +72,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -69,28 +80,19 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        each!(self, s => s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 
@@ -140,17 +142,27 @@ pub fn listen_unix(
 
 /// Every connection of `tcp` and (when given) `unix`, as one stream for
 /// tonic's `serve_with_incoming*`. TCP connections get TCP_NODELAY: a
-/// response must not wait on the peer's delayed ACK.
+/// response must not wait on the peer's delayed ACK. With `tls` (mutual TLS
+/// on), TCP connections come out after their handshake, made with the
+/// settings current when they arrived, each in a task of its own so a slow
+/// or silent client holds up no one; one that fails or takes longer than
+/// [`HANDSHAKE_TIMEOUT`] is dropped and logged.
 pub fn incoming(
     tcp: TcpListener,
     unix: Option<UnixListener>,
+    tls: Option<Arc<InternalTls>>,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-    let tcp = tokio_stream::wrappers::TcpListenerStream::new(tcp).map(|r| {
-        r.map(|s| {
-            let _ = s.set_nodelay(true);
-            Conn::Tcp(s)
-        })
-    });
+    let tcp: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> = match tls {
+        None => Box::pin(
+            tokio_stream::wrappers::TcpListenerStream::new(tcp).map(|r| {
+                r.map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Conn::Tcp(s)
+                })
+            }),
+        ),
+        Some(tls) => Box::pin(tls_accepted(tcp, tls)),
+    };
     let unix: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> = match unix {
         Some(u) => {
             Box::pin(tokio_stream::wrappers::UnixListenerStream::new(u).map(|r| r.map(Conn::Unix)))
@@ -158,4 +170,49 @@ pub fn incoming(
         None => Box::pin(tokio_stream::empty()),
     };
     tcp.merge(unix)
+}
+
+/// Accept on `tcp` and hand over each connection once its handshake is
+/// done. Ends (and closes the listener) when the server drops the stream.
+fn tls_accepted(
+    tcp: TcpListener,
+    tls: Arc<InternalTls>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn>>(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = tcp.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
+                    }
+                    // Closed before a word: our clients' liveness probes
+                    // (a TCP connect every second) — not worth a line.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%peer, "connection closed before the TLS handshake")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "internal TLS handshake refused")
+                    }
+                    Err(_) => tracing::info!(%peer, "internal TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

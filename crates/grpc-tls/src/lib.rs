@@ -2,12 +2,21 @@
 //!
 //! Off (the default), servers listen in plain text and clients dial
 //! `http://`. On, every server requires a client certificate signed by
-//! `internal_tls.ca` (rustls `WebPkiClientVerifier`, through tonic's
-//! `ServerTlsConfig`), and every client presents `internal_tls.cert` and
-//! checks the server's certificate against the same CA and the host name of
-//! its `https://` endpoint. So a pod that is not ours — or a NetworkPolicy
-//! gap — gets no answer from credential-store, and no one can pose as
-//! sasl-auth to the frontends.
+//! `internal_tls.ca` (rustls `WebPkiClientVerifier`), and every client
+//! presents `internal_tls.cert` and checks the server's certificate against
+//! the same CA and the host name of its `https://` endpoint. So a pod that
+//! is not ours — or a NetworkPolicy gap — gets no answer from
+//! credential-store, and no one can pose as sasl-auth to the frontends.
+//!
+//! The files are read again every `internal_tls.reload_every` while in use
+//! (on a new connection, and by each client channel every second): when
+//! cert-manager renews a Secret, the kubelet rewrites its files in place,
+//! and new connections use the new certificate — servers for their next
+//! handshake, clients by dialling every replica again — with no restart.
+//! A renewal that does not make a usable set (a key that is not the
+//! certificate's, caught half-written) is logged and the old set kept.
+//! That is why servers do their own TLS accept (`incoming`) instead of
+//! tonic's `ServerTlsConfig`, which is fixed when the server is built.
 //!
 //! The kubelet's gRPC probe cannot present a certificate:
 //! `internal_tls.health_listen` serves the same `grpc.health.v1` statuses in
@@ -19,11 +28,17 @@ pub use incoming::{Conn, UnixBindError, bind_unix, incoming, listen_unix};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use authrelay_config::{Config, InternalTlsConfig};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use authrelay_proto::channel::ClientTlsSource;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server};
 use tonic_health::pb::health_server::{Health, HealthServer};
+
+/// How long a TLS handshake may take, either side: an unfinished one must
+/// not hold a connection slot forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why mutual TLS could not be set up; every variant names the key.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +51,10 @@ pub enum TlsError {
         path: PathBuf,
         why: String,
     },
+    /// The files read, but rustls refused them together (say, a key that
+    /// is not the certificate's). rustls' text never holds key material.
+    #[error("internal_tls: {0}")]
+    Unusable(String),
     #[error("internal_tls: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("configuration key `internal_tls.health_listen` = \"{addr}\": {source}")]
@@ -45,49 +64,151 @@ pub enum TlsError {
     },
 }
 
-/// The certificate, key and CA of `internal_tls`, read and checked.
-#[derive(Clone)]
+/// The PEM files of `internal_tls`, as read.
+#[derive(PartialEq, Eq)]
+struct Pems {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+impl Pems {
+    fn read(cfg: &InternalTlsConfig) -> Result<Pems, TlsError> {
+        Ok(Pems {
+            cert: read_pem(
+                "internal_tls.cert",
+                cfg.cert.as_deref(),
+                PemKind::Certificates,
+            )?,
+            key: read_pem("internal_tls.key", cfg.key.as_deref(), PemKind::PrivateKey)?,
+            ca: read_pem("internal_tls.ca", cfg.ca.as_deref(), PemKind::Certificates)?,
+        })
+    }
+
+    /// Both sides' settings. Client certificates are required, not
+    /// optional: a handshake without one fails before any gRPC is read.
+    /// Only our CA is trusted (no web roots).
+    fn build(&self) -> Result<(Arc<rustls::ServerConfig>, ClientTlsConfig), TlsError> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: &dyn std::fmt::Display| TlsError::Unusable(e.to_string());
+        let certs = |pem: &[u8]| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+            rustls_pemfile::certs(&mut &pem[..])
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))
+        };
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &self.key[..])
+            .ok()
+            .flatten()
+            .ok_or_else(|| TlsError::Unusable("internal_tls.key holds no private key".into()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs(&self.ca)? {
+            roots.add(ca).map_err(|e| bad(&e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(&e))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_client_cert_verifier(verifier)
+            // Also checks that the key is the certificate's.
+            .with_single_cert(certs(&self.cert)?, key)
+            .map_err(|e| bad(&e))?;
+        // gRPC is HTTP/2; tonic's clients insist on having negotiated it.
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let client = ClientTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .timeout(HANDSHAKE_TIMEOUT);
+        Ok((Arc::new(server), client))
+    }
+}
+
+struct Loaded {
+    checked: Instant,
+    pems: Pems,
+    generation: u64,
+    server: Arc<rustls::ServerConfig>,
+    client: ClientTlsConfig,
+}
+
+/// The certificate, key and CA of `internal_tls`, read and checked, and
+/// read again every `reload_every` while in use.
 pub struct InternalTls {
-    identity: Identity,
-    ca: Certificate,
+    cfg: InternalTlsConfig,
+    loaded: Mutex<Loaded>,
 }
 
 impl InternalTls {
-    /// `None` when `internal_tls.enabled` is false.
-    pub fn load(cfg: &InternalTlsConfig) -> Result<Option<InternalTls>, TlsError> {
+    /// `None` when `internal_tls.enabled` is false. At start a missing or
+    /// unusable file is an error naming its key.
+    pub fn load(cfg: &InternalTlsConfig) -> Result<Option<Arc<InternalTls>>, TlsError> {
         if !cfg.enabled {
             return Ok(None);
         }
-        let cert = read_pem(
-            "internal_tls.cert",
-            cfg.cert.as_deref(),
-            PemKind::Certificates,
-        )?;
-        let key = read_pem("internal_tls.key", cfg.key.as_deref(), PemKind::PrivateKey)?;
-        let ca = read_pem("internal_tls.ca", cfg.ca.as_deref(), PemKind::Certificates)?;
-        Ok(Some(InternalTls {
-            identity: Identity::from_pem(cert, key),
-            ca: Certificate::from_pem(ca),
-        }))
+        let pems = Pems::read(cfg)?;
+        let (server, client) = pems.build()?;
+        Ok(Some(Arc::new(InternalTls {
+            cfg: cfg.clone(),
+            loaded: Mutex::new(Loaded {
+                checked: Instant::now(),
+                pems,
+                generation: 0,
+                server,
+                client,
+            }),
+        })))
     }
 
-    /// Client certificates are required, not optional (tonic's default):
-    /// a handshake without one fails before any gRPC is read.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
-            // An unfinished handshake must not hold a connection slot forever.
-            .timeout(Duration::from_secs(10))
+    /// The settings, after reading the files again if `reload_every` has
+    /// passed. Later, a file that cannot be used keeps the previous set:
+    /// refusing every connection would be worse than an old certificate.
+    fn fresh(&self) -> MutexGuard<'_, Loaded> {
+        let mut l = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if l.checked.elapsed() < self.cfg.reload_every {
+            return l;
+        }
+        l.checked = Instant::now();
+        match Pems::read(&self.cfg) {
+            Ok(pems) if pems == l.pems => {}
+            Ok(pems) => match pems.build() {
+                Ok((server, client)) => {
+                    l.pems = pems;
+                    l.server = server;
+                    l.client = client;
+                    l.generation += 1;
+                    tracing::info!(
+                        generation = l.generation,
+                        "internal_tls: renewed certificate files taken for new connections"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "internal_tls: the files changed but do not make a usable set; keeping the previous one"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                error = %e,
+                "internal_tls: cannot read the files again; keeping the previous ones"
+            ),
+        }
+        l
     }
 
-    /// Only our CA is trusted (no web roots): a server certificate from any
-    /// other authority is refused even if publicly valid.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .identity(self.identity.clone())
-            .ca_certificate(self.ca.clone())
-            .timeout(Duration::from_secs(10))
+    /// The server side, for the next handshake.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.fresh().server.clone()
+    }
+}
+
+impl ClientTlsSource for InternalTls {
+    fn current(&self) -> (u64, ClientTlsConfig) {
+        let l = self.fresh();
+        (l.generation, l.client.clone())
     }
 }
 
@@ -132,17 +253,19 @@ fn read_pem(key: &'static str, path: Option<&Path>, kind: PemKind) -> Result<Vec
 pub fn channel(cfg: &Config, urls: &[String], timeout: Duration) -> Result<Channel, String> {
     let tls = InternalTls::load(&cfg.internal_tls)
         .map_err(|e| e.to_string())?
-        .map(|t| t.client_config());
-    authrelay_proto::channel::balanced_channel(urls, timeout, tls.as_ref())
+        .map(|t| t as Arc<dyn ClientTlsSource>);
+    authrelay_proto::channel::balanced_channel(urls, timeout, tls)
 }
 
-/// A gRPC server builder with the server side of `internal_tls`.
-pub fn server(cfg: &Config) -> Result<Server, TlsError> {
-    let builder = Server::builder();
-    Ok(match InternalTls::load(&cfg.internal_tls)? {
-        Some(tls) => builder.tls_config(tls.server_config())?,
-        None => builder,
-    })
+/// A gRPC server builder. TLS, when on, is done by [`incoming`]: give it
+/// [`server_tls`].
+pub fn server() -> Server {
+    Server::builder()
+}
+
+/// The server side of `internal_tls` for [`incoming`]; `None` when off.
+pub fn server_tls(cfg: &Config) -> Result<Option<Arc<InternalTls>>, TlsError> {
+    InternalTls::load(&cfg.internal_tls)
 }
 
 /// With `internal_tls.health_listen` set (`addr`), serve `health` — the

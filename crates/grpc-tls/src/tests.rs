@@ -46,6 +46,8 @@ impl Pki {
             key: Some(dir.join("tls.key")),
             ca: Some(dir.join("ca.crt")),
             health_listen: Some("127.0.0.1:0".parse().unwrap()),
+            // Tests rotate files and want the change taken at once.
+            reload_every: Duration::ZERO,
         }
     }
 }
@@ -66,6 +68,17 @@ fn config(t: InternalTlsConfig) -> Config {
 /// A TLS gRPC server (health service only) as the services build theirs;
 /// returns its port and the plain-text health port.
 async fn start_server(cfg: &Config) -> (u16, Option<SocketAddr>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (port, plain, _stop) = serve_on(cfg, listener).await;
+    std::mem::forget(_stop);
+    (port, plain)
+}
+
+/// As `start_server` on `listener`; dropping the sender stops it.
+async fn serve_on(
+    cfg: &Config,
+    listener: tokio::net::TcpListener,
+) -> (u16, Option<SocketAddr>, tokio::sync::oneshot::Sender<()>) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("authrelay.test", tonic_health::ServingStatus::Serving)
@@ -73,16 +86,19 @@ async fn start_server(cfg: &Config) -> (u16, Option<SocketAddr>) {
     let plain = serve_plain_health("test", cfg.internal_tls.health_listen, health.clone())
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = server(cfg).unwrap().add_service(health);
+    let tls = server_tls(cfg).unwrap();
+    let server = server().add_service(health);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _keep = reporter;
         server
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming_shutdown(incoming(listener, None, tls), async {
+                let _ = stopped.await;
+            })
             .await
     });
-    (port, plain)
+    (port, plain, stop)
 }
 
 async fn check(channel: Channel) -> Result<i32, tonic::Status> {
@@ -207,6 +223,7 @@ fn unreadable_pem_is_refused_naming_the_key_without_its_content() {
         key: Some(dir.join("tls.key")),
         ca: Some(dir.join("ca.crt")),
         health_listen: None,
+        reload_every: Duration::ZERO,
     };
     let err = InternalTls::load(&t).err().unwrap().to_string();
     assert!(err.contains("internal_tls.cert"), "{err}");
@@ -225,4 +242,87 @@ fn unreadable_pem_is_refused_naming_the_key_without_its_content() {
         !err.contains("hunter2"),
         "key file content in an error: {err}"
     );
+}
+
+/// cert-manager renews: the files change in place, and with no restart a
+/// server takes the new set for its next handshake and a client channel
+/// dials again with it. Here the whole PKI is replaced (CA A → CA B), so
+/// that an old set anywhere shows as a refused handshake.
+#[tokio::test]
+async fn renewed_files_are_taken_by_servers_and_client_channels_without_a_restart() {
+    let dir = scratch("renew");
+    let (a, b) = (Pki::new("CA A"), Pki::new("CA B"));
+    let srv = config(a.issue(&dir.join("srv"), &["localhost"], &a));
+    let cli = config(a.issue(&dir.join("cli"), &["smtp-frontend"], &a));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (port, _, stop) = serve_on(&srv, listener).await;
+    let url = [format!("https://localhost:{port}")];
+    let ch = channel(&cli, &url, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        check(ch.clone()).await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+
+    // The server's files move to CA B: its next handshake uses them, so a
+    // client still on CA A is refused (it would not be without a reload).
+    b.issue(&dir.join("srv"), &["localhost"], &b);
+    let stale = config(a.issue(&dir.join("stale"), &["smtp-frontend"], &a));
+    let fresh_a = channel(&stale, &url, Duration::from_secs(5)).unwrap();
+    assert!(
+        check(fresh_a).await.is_err(),
+        "served a CA A client after renewal"
+    );
+
+    // The client's files move to CA B too. Its channel, made on CA A, must
+    // dial with B: restart the server on the same port so the old
+    // connection is gone and only a new handshake can serve the call.
+    b.issue(&dir.join("cli"), &["smtp-frontend"], &b);
+    drop(stop);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (_, _, _stop) = serve_on(&srv, listener).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match check(ch.clone()).await {
+            Ok(status) => {
+                assert_eq!(status, ServingStatus::Serving as i32);
+                break;
+            }
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the client channel never took the renewed files: {e:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A renewal caught half-written (the new certificate beside the old key)
+/// is not taken: the previous set goes on serving.
+#[tokio::test]
+async fn a_renewal_that_does_not_make_a_usable_set_keeps_the_previous_one() {
+    let dir = scratch("halfway");
+    let pki = Pki::new("authrelay internal CA");
+    let srv = config(pki.issue(&dir.join("srv"), &["localhost"], &pki));
+    let cli = config(pki.issue(&dir.join("cli"), &["smtp-frontend"], &pki));
+    let (port, _) = start_server(&srv).await;
+    // Another certificate, and the old key left in place.
+    let other = dir.join("other");
+    pki.issue(&other, &["localhost"], &pki);
+    std::fs::copy(other.join("tls.crt"), dir.join("srv").join("tls.crt")).unwrap();
+    let ch = channel(
+        &cli,
+        &[format!("https://localhost:{port}")],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(check(ch).await.unwrap(), ServingStatus::Serving as i32);
+    // And at start the same files are refused, saying why.
+    let err = InternalTls::load(&srv.internal_tls)
+        .err()
+        .expect("mismatched key accepted");
+    assert!(err.to_string().contains("internal_tls"), "{err}");
 }

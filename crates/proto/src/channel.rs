@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -31,6 +32,22 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// p2c would keep sending it a share of the requests, each failing at once.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// The client side of mutual TLS, which may change while the process runs
+/// (certificates renewed on disk): the channel asks it again every
+/// [`PROBE_EVERY`] and re-dials every replica when the generation changes.
+pub trait ClientTlsSource: Send + Sync + 'static {
+    /// The settings now (client certificate and CA, no server name), and a
+    /// number that changes whenever they do.
+    fn current(&self) -> (u64, ClientTlsConfig);
+}
+
+/// Settings that never change.
+impl ClientTlsSource for ClientTlsConfig {
+    fn current(&self) -> (u64, ClientTlsConfig) {
+        (0, self.clone())
+    }
+}
+
 /// A lazily connected channel to one or more replicas of a service, in
 /// plain text (`http://` URLs). See [`balanced_channel`].
 pub fn lazy_channel(urls: &[String], timeout: Duration) -> Result<Channel, String> {
@@ -41,13 +58,12 @@ pub fn lazy_channel(urls: &[String], timeout: Duration) -> Result<Channel, Strin
 ///
 /// Lazy: a service whose peer is down still starts, and calls fail with
 /// `Unavailable` until the peer is back, then recover with no restart.
-/// `tls` (client certificate and CA, no server name) is used for `https://`
-/// URLs; the server name checked is the URL's host, also when the
-/// connection goes to an address that host resolved to.
+/// `tls` is used for `https://` URLs; the server name checked is the URL's
+/// host, also when the connection goes to an address that host resolved to.
 pub fn balanced_channel(
     urls: &[String],
     timeout: Duration,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<Arc<dyn ClientTlsSource>>,
 ) -> Result<Channel, String> {
     if let [one] = urls
         && let Some(path) = unix_path(one)?
@@ -58,14 +74,11 @@ pub fn balanced_channel(
         .iter()
         .map(|u| Target::parse(u))
         .collect::<Result<Vec<_>, _>>()?;
-    let settings = Settings {
-        timeout,
-        tls: tls.cloned(),
-    };
+    let settings = Settings { timeout, tls };
     match targets.as_slice() {
         [] => Err("no endpoint configured".into()),
-        // One fixed address: nothing to balance or follow.
-        [one] if one.ip.is_some() => Ok(settings.endpoint(one, None)?.connect_lazy()),
+        // One fixed plain address: nothing to balance, follow or reload.
+        [one] if one.ip.is_some() && !one.https => Ok(settings.endpoint(one, None)?.connect_lazy()),
         _ => {
             let (channel, tx) = Channel::balance_channel(targets.len() * 4 + 16);
             let mut discovery = Discovery::new(targets, settings, tx);
@@ -159,7 +172,7 @@ impl Target {
 #[derive(Clone)]
 struct Settings {
     timeout: Duration,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Arc<dyn ClientTlsSource>>,
 }
 
 impl Settings {
@@ -175,7 +188,7 @@ impl Settings {
             None => Endpoint::from(target.uri.clone()),
         };
         if target.https {
-            let tls = self.tls.clone().ok_or_else(|| {
+            let (_, tls) = self.tls.as_ref().map(|t| t.current()).ok_or_else(|| {
                 format!(
                     "endpoint {} is https:// but no client TLS is configured (internal_tls)",
                     target.uri
@@ -241,6 +254,8 @@ struct Discovery {
     resolved: Vec<Vec<SocketAddr>>,
     alive: BTreeMap<SocketAddr, bool>,
     current: BTreeSet<Key>,
+    /// The TLS settings' generation the current connections were made with.
+    tls_generation: u64,
 }
 
 impl Discovery {
@@ -256,6 +271,7 @@ impl Discovery {
                     .unwrap_or_default()
             })
             .collect();
+        let tls_generation = settings.tls.as_ref().map_or(0, |t| t.current().0);
         Discovery {
             targets,
             settings,
@@ -263,6 +279,7 @@ impl Discovery {
             resolved,
             alive: BTreeMap::new(),
             current: BTreeSet::new(),
+            tls_generation,
         }
     }
 
@@ -297,7 +314,7 @@ impl Discovery {
                 last_resolve = Some(tokio::time::Instant::now());
             }
             self.probe().await;
-            if self.apply().await.is_err() {
+            if self.apply().await.is_err() || self.retls().await.is_err() {
                 return;
             }
             tokio::time::sleep(PROBE_EVERY).await;
@@ -375,6 +392,31 @@ impl Discovery {
         }
         Ok(())
     }
+
+    /// Renewed TLS files: dial every replica again with them. Inserting a
+    /// key the balancer holds replaces its connection once the new one is
+    /// ready; calls in flight finish on the old.
+    async fn retls(&mut self) -> Result<(), ()> {
+        let Some(generation) = self.settings.tls.as_ref().map(|t| t.current().0) else {
+            return Ok(());
+        };
+        if generation == self.tls_generation {
+            return Ok(());
+        }
+        self.tls_generation = generation;
+        tracing::info!("internal_tls renewed: reconnecting to every replica");
+        for key in self.current.iter().copied().collect::<Vec<_>>() {
+            match self.endpoint(key) {
+                Ok(ep) => self
+                    .tx
+                    .send(Change::Insert(key, ep))
+                    .await
+                    .map_err(|_| ())?,
+                Err(e) => tracing::warn!(error = %e, "endpoint kept on its old TLS settings"),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -447,7 +489,7 @@ mod tests {
         assert!(t.ip.is_none());
         let s = Settings {
             timeout: Duration::from_secs(1),
-            tls: Some(ClientTlsConfig::new()),
+            tls: Some(Arc::new(ClientTlsConfig::new())),
         };
         let ep = s.endpoint(&t, Some(a("10.0.0.7:7341"))).unwrap();
         assert_eq!(ep.uri().to_string(), "https://10.0.0.7:7341/");

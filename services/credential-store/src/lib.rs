@@ -496,11 +496,12 @@ pub async fn serve(
         "credential_store.listen_unix",
         cfg.credential_store.listen_unix.as_deref(),
     )?;
-    authrelay_grpc_tls::server(&cfg)?
+    let tls = authrelay_grpc_tls::server_tls(&cfg)?;
+    authrelay_grpc_tls::server()
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(CredentialStoreServer::new(service))
-        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix), shutdown)
+        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix, tls), shutdown)
         .await?;
     Ok(())
 }

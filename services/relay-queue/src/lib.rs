@@ -862,8 +862,9 @@ pub async fn serve(
         "relay_queue.listen_unix",
         cfg.relay_queue.listen_unix.as_deref(),
     )?;
-    let (grpc, health_listen) = (
-        authrelay_grpc_tls::server(&cfg)?,
+    let (grpc, tls, health_listen) = (
+        authrelay_grpc_tls::server(),
+        authrelay_grpc_tls::server_tls(&cfg)?,
         cfg.internal_tls.health_listen,
     );
     let queue = Queue::open(cfg)?;
@@ -877,7 +878,7 @@ pub async fn serve(
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(RelayQueueServer::new(QueueService { queue }))
-        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix), shutdown)
+        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix, tls), shutdown)
         .await;
     runner.abort();
     result?;

@@ -571,8 +571,9 @@ pub async fn serve(
         "sasl_auth.listen_unix",
         cfg.sasl_auth.listen_unix.as_deref(),
     )?;
-    let (grpc, health_listen) = (
-        authrelay_grpc_tls::server(&cfg)?,
+    let (grpc, tls, health_listen) = (
+        authrelay_grpc_tls::server(),
+        authrelay_grpc_tls::server_tls(&cfg)?,
         cfg.internal_tls.health_listen,
     );
     let service = SaslService::new(cfg, state.clone())?;
@@ -599,7 +600,7 @@ pub async fn serve(
     grpc.layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(SaslAuthServer::new(service))
-        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix), shutdown)
+        .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix, tls), shutdown)
         .await?;
     Ok(())
 }

@@ -152,7 +152,8 @@ pub async fn serve(
         let local = authrelay_telemetry::metrics::serve(addr).await?;
         authrelay_telemetry::announce("smtp-frontend", "metrics", local);
     }
-    let admin = authrelay_grpc_tls::server(&shared.cfg)?
+    let admin_tls = authrelay_grpc_tls::server_tls(&shared.cfg)?;
+    let admin = authrelay_grpc_tls::server()
         .layer(authrelay_telemetry::grpc::TraceLayer)
         .add_service(health)
         .add_service(
@@ -161,7 +162,7 @@ pub async fn serve(
             ),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(bound.admin),
+            authrelay_grpc_tls::incoming(bound.admin, None, admin_tls),
             async move {
                 let _ = admin_drain.wait_for(|d| *d).await;
             },
