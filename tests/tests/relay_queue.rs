@@ -954,3 +954,99 @@ fn queue_only_spools_without_delivering_until_flush_etrn_or_a_background_restart
         );
     }
 }
+
+/// Two relay-queue replicas, each with its own spool, behind one
+/// `endpoints.relay_queue`: `queue list` shows both and names each, `hold`
+/// finds the message on whichever replica has it, an unknown id is refused,
+/// and a replica that is down is reported (and fails the command) after the
+/// other has answered.
+#[test]
+fn queue_commands_reach_every_relay_queue_replica() {
+    let dir = scratch("rq-replicas");
+    let redis = Redis::start(&dir);
+    // A next hop that refuses connections: messages stay queued.
+    let hop = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stack = relay_stack(&dir, &redis, hop);
+    let q1 = stack.queue_addr;
+    // Replica 2, with a spool of its own, and a frontend that queues there.
+    let data2 = dir.join("replica2");
+    std::fs::create_dir_all(&data2).unwrap();
+    let mut env2 = stack.endpoints.clone();
+    env2.push((
+        "AUTHRELAY__RELAY_QUEUE__LISTEN".into(),
+        "127.0.0.1:0".into(),
+    ));
+    env2.push(("AUTHRELAY__DATA_DIR".into(), data2.display().to_string()));
+    let mut queue2 = spawn_service("relay-queue", &stack.config, &data2, &env2);
+    let q2 = queue2.addr("grpc");
+    env2.retain(|(k, _)| k != "AUTHRELAY__ENDPOINTS__RELAY_QUEUE");
+    env2.push((
+        "AUTHRELAY__ENDPOINTS__RELAY_QUEUE".into(),
+        format!("http://{q2}"),
+    ));
+    let mut frontend2 = spawn_service("smtp-frontend", &stack.config, &data2, &env2);
+    let submission2 = frontend2.addr("smtp submission");
+    submit(
+        &stack,
+        "test@mailserver.foo.com",
+        "one@outside.example",
+        "Subject: 1\r\n\r\n1\r\n",
+    );
+    let res = smtplib(
+        json!({"port": submission2.port(), "starttls": true, "mech": "PLAIN",
+               "user": "test@mailserver.foo.com", "from": "test@mailserver.foo.com",
+               "to": ["two@outside.example"], "body": "Subject: 2\r\n\r\n2\r\n"}),
+        PASSWORD,
+    );
+    assert_eq!(res["send"]["ok"], true, "{res}");
+
+    // The admin CLI with both replicas configured.
+    let mut both = stack.endpoints.clone();
+    both.retain(|(k, _)| k != "AUTHRELAY__ENDPOINTS__RELAY_QUEUE");
+    both.push((
+        "AUTHRELAY__ENDPOINTS__RELAY_QUEUE".into(),
+        format!("http://{q1},http://{q2}"),
+    ));
+    let cli = |args: &[&str]| run_authrelay(&stack.config, &both, args, "");
+    let list = || -> Vec<serde_json::Value> {
+        let (ok, out, err) = cli(&["queue", "list", "--json"]);
+        assert!(ok, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let entries = list();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let on = |rcpt: &str| {
+        entries
+            .iter()
+            .find(|e| e["recipients"][0] == rcpt)
+            .unwrap_or_else(|| panic!("{rcpt} not listed: {entries:?}"))
+            .clone()
+    };
+    assert_eq!(on("one@outside.example")["replica"], q1.to_string());
+    assert_eq!(on("two@outside.example")["replica"], q2.to_string());
+    let (ok, text, _) = cli(&["queue", "list"]);
+    assert!(ok && text.contains(&format!("replica={q2}")), "{text}");
+
+    // Held where it is, on replica 2.
+    let id2 = on("two@outside.example")["id"].as_str().unwrap().to_owned();
+    let (ok, out, err) = cli(&["queue", "hold", &id2]);
+    assert!(ok && out.contains("held"), "{out}{err}");
+    assert!(
+        list()
+            .iter()
+            .any(|e| e["id"] == id2.as_str() && e["held"] == true)
+    );
+    let (ok, _, err) = cli(&["queue", "delete", "0000000000000000"]);
+    assert!(!ok && err.contains("no such message"), "{err}");
+
+    // Replica 2 down: replica 1's message is still listed, and the command
+    // fails naming the replica that did not answer.
+    queue2.kill();
+    let (ok, out, err) = cli(&["queue", "list", "--json"]);
+    assert!(!ok, "a replica down went unnoticed: {out}");
+    assert!(out.contains("one@outside.example"), "{out}");
+    assert!(err.contains(&q2.to_string()), "{err}");
+    frontend2.kill();
+}

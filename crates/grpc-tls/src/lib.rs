@@ -257,6 +257,20 @@ pub fn channel(cfg: &Config, urls: &[String], timeout: Duration) -> Result<Chann
     authrelay_proto::channel::balanced_channel(urls, timeout, tls)
 }
 
+/// One channel per replica behind `urls` (labelled with its address), with
+/// the client side of `internal_tls`: see
+/// `authrelay_proto::channel::replica_channels`.
+pub async fn replica_channels(
+    cfg: &Config,
+    urls: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, Channel)>, String> {
+    let tls = InternalTls::load(&cfg.internal_tls)
+        .map_err(|e| e.to_string())?
+        .map(|t| t as Arc<dyn ClientTlsSource>);
+    authrelay_proto::channel::replica_channels(urls, timeout, tls).await
+}
+
 /// A gRPC server builder. TLS, when on, is done by [`incoming`]: give it
 /// [`server_tls`].
 pub fn server() -> Server {

@@ -89,6 +89,50 @@ pub fn balanced_channel(
     }
 }
 
+/// One lazily connected channel per replica behind `urls`, each labelled
+/// with the address it dials: for the admin commands that must reach every
+/// replica rather than any one (each relay-queue has a spool of its own).
+/// A host name is looked up once, now; a `unix:` endpoint stands alone.
+pub async fn replica_channels(
+    urls: &[String],
+    timeout: Duration,
+    tls: Option<Arc<dyn ClientTlsSource>>,
+) -> Result<Vec<(String, Channel)>, String> {
+    if let [one] = urls
+        && let Some(path) = unix_path(one)?
+    {
+        return Ok(vec![(one.clone(), unix_channel(path, timeout))]);
+    }
+    let settings = Settings { timeout, tls };
+    let mut out = Vec::new();
+    for url in urls {
+        let target = Target::parse(url)?;
+        let addrs = match target.ip {
+            Some(ip) => vec![SocketAddr::new(ip, target.port)],
+            None => {
+                let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+                let mut addrs: Vec<SocketAddr> =
+                    tokio::time::timeout(Duration::from_secs(5), lookup)
+                        .await
+                        .map_err(|_| format!("{url}: name lookup timed out"))?
+                        .map_err(|e| format!("{url}: {e}"))?
+                        .collect();
+                addrs.sort();
+                addrs.dedup();
+                addrs
+            }
+        };
+        for addr in addrs {
+            let channel = settings.endpoint(&target, Some(addr))?.connect_lazy();
+            out.push((addr.to_string(), channel));
+        }
+    }
+    if out.is_empty() {
+        return Err("no endpoint configured".into());
+    }
+    Ok(out)
+}
+
 /// The socket path of a `unix:/path` (or `unix:///path`) endpoint; None for
 /// any other URL. Err for a relative path.
 pub fn unix_path(url: &str) -> Result<Option<PathBuf>, String> {

@@ -513,116 +513,152 @@ async fn put_user(
     Ok(())
 }
 
+/// Each relay-queue replica has its own spool, so every queue command goes
+/// to every replica behind `endpoints.relay_queue` (a headless Service name
+/// resolves to each pod): a list is the union, with the replica named when
+/// there are several; a flush counts over all; a message is deleted, held or
+/// released where it is. A replica that cannot be reached is reported and
+/// makes the command fail, after the others have answered.
 async fn queue(cfg: Config, cmd: QueueCommand) -> anyhow::Result<()> {
     let eps = cfg.endpoints.relay_queue.as_slice().to_vec();
-    let ch = authrelay_grpc_tls::channel(&cfg, &eps, cfg.endpoints.timeout)
+    let replicas = authrelay_grpc_tls::replica_channels(&cfg, &eps, cfg.endpoints.timeout)
+        .await
         .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
-    let mut client = RelayQueueClient::new(ch);
-    let err = |what: &'static str| {
-        let eps = eps.clone();
-        move |s| status_error(what, &eps, s)
+    let several = replicas.len() > 1;
+    let mut unreachable: Vec<anyhow::Error> = Vec::new();
+    let mut failed = |what: &'static str, replica: &str, s: tonic::Status| {
+        let e = status_error(what, &[replica.to_owned()], s);
+        eprintln!("authrelay: {e:#}");
+        unreachable.push(e);
     };
-    match cmd {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match &cmd {
         QueueCommand::List { json } => {
-            let entries = client
-                .list_queue(admin_request(&cfg, qpb::ListQueueRequest {})?)
-                .await
-                .map_err(err("queue list"))?
-                .into_inner()
-                .entries;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            if !json && entries.is_empty() {
-                println!("queue is empty");
-            }
-            for e in entries {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "id": e.queue_id, "age_secs": now - e.queued_at, "from": e.mail_from,
-                            "recipients": e.recipients, "size": e.size, "attempts": e.attempts,
-                            "next_attempt_in_secs": (e.next_attempt - now).max(0), "last_error": e.last_error, "held": e.held,
-                        })
-                    );
-                } else {
-                    println!(
-                        "{}{} age={}s size={} from=<{}> to={} attempts={} next_try_in={}s{}",
-                        e.queue_id,
-                        if e.held { " (held)" } else { "" },
-                        now - e.queued_at,
-                        e.size,
-                        e.mail_from,
-                        e.recipients
-                            .iter()
-                            .map(|r| format!("<{r}>"))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        e.attempts,
-                        (e.next_attempt - now).max(0),
-                        if e.last_error.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" last_error=\"{}\"", e.last_error)
-                        }
-                    );
+            let mut listed = 0;
+            for (replica, ch) in &replicas {
+                let entries = match RelayQueueClient::new(ch.clone())
+                    .list_queue(admin_request(&cfg, qpb::ListQueueRequest {})?)
+                    .await
+                {
+                    Ok(r) => r.into_inner().entries,
+                    Err(s) => {
+                        failed("queue list", replica, s);
+                        continue;
+                    }
+                };
+                listed += entries.len();
+                for e in entries {
+                    print_queue_entry(&e, now, *json, several.then_some(replica.as_str()));
                 }
+            }
+            if !json && listed == 0 && unreachable.is_empty() {
+                println!("queue is empty");
             }
         }
         QueueCommand::Flush { domain } => {
-            let n = client
-                .flush(admin_request(
-                    &cfg,
-                    qpb::FlushRequest {
-                        domain: domain.unwrap_or_default(),
-                    },
-                )?)
-                .await
-                .map_err(err("queue flush"))?
-                .into_inner()
-                .scheduled;
-            println!("{n} message(s) scheduled for delivery now");
+            let mut scheduled = 0;
+            for (replica, ch) in &replicas {
+                let req = qpb::FlushRequest {
+                    domain: domain.clone().unwrap_or_default(),
+                };
+                match RelayQueueClient::new(ch.clone())
+                    .flush(admin_request(&cfg, req)?)
+                    .await
+                {
+                    Ok(r) => scheduled += r.into_inner().scheduled,
+                    Err(s) => failed("queue flush", replica, s),
+                }
+            }
+            println!("{scheduled} message(s) scheduled for delivery now");
         }
-        QueueCommand::Delete { id } => {
-            client
-                .delete_message(admin_request(
+        QueueCommand::Delete { id } | QueueCommand::Hold { id } | QueueCommand::Release { id } => {
+            let (what, done) = match &cmd {
+                QueueCommand::Delete { .. } => ("queue delete", "deleted"),
+                QueueCommand::Hold { .. } => ("queue hold", "held"),
+                _ => ("queue release", "released"),
+            };
+            let mut found = false;
+            for (replica, ch) in &replicas {
+                let req = admin_request(
                     &cfg,
                     qpb::MessageRef {
                         queue_id: id.clone(),
                     },
-                )?)
-                .await
-                .map_err(err("queue delete"))?;
-            println!("{id}: deleted");
-        }
-        QueueCommand::Hold { id } => {
-            client
-                .hold_message(admin_request(
-                    &cfg,
-                    qpb::MessageRef {
-                        queue_id: id.clone(),
-                    },
-                )?)
-                .await
-                .map_err(err("queue hold"))?;
-            println!("{id}: held");
-        }
-        QueueCommand::Release { id } => {
-            client
-                .release_message(admin_request(
-                    &cfg,
-                    qpb::MessageRef {
-                        queue_id: id.clone(),
-                    },
-                )?)
-                .await
-                .map_err(err("queue release"))?;
-            println!("{id}: released");
+                )?;
+                let mut client = RelayQueueClient::new(ch.clone());
+                let answer = match &cmd {
+                    QueueCommand::Delete { .. } => client.delete_message(req).await.map(drop),
+                    QueueCommand::Hold { .. } => client.hold_message(req).await.map(drop),
+                    _ => client.release_message(req).await.map(drop),
+                };
+                match answer {
+                    Ok(()) => {
+                        found = true;
+                        break;
+                    }
+                    // Not this replica's message: ask the next.
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    // A malformed id is malformed everywhere.
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                        return Err(status_error(what, &eps, s));
+                    }
+                    Err(s) => failed(what, replica, s),
+                }
+            }
+            if found {
+                println!("{id}: {done}");
+            } else if unreachable.is_empty() {
+                anyhow::bail!("{what}: no such message {id} in the queue of any replica");
+            }
         }
     }
-    Ok(())
+    match unreachable.len() {
+        0 => Ok(()),
+        n => anyhow::bail!(
+            "{n} of {} relay-queue replica(s) did not answer",
+            replicas.len()
+        ),
+    }
+}
+
+/// One `queue list` line (text or JSON), naming its replica when given.
+fn print_queue_entry(e: &qpb::QueueEntry, now: i64, json: bool, replica: Option<&str>) {
+    if json {
+        let mut v = serde_json::json!({
+            "id": e.queue_id, "age_secs": now - e.queued_at, "from": e.mail_from,
+            "recipients": e.recipients, "size": e.size, "attempts": e.attempts,
+            "next_attempt_in_secs": (e.next_attempt - now).max(0), "last_error": e.last_error, "held": e.held,
+        });
+        if let Some(r) = replica {
+            v["replica"] = r.into();
+        }
+        println!("{v}");
+        return;
+    }
+    println!(
+        "{}{} age={}s size={} from=<{}> to={} attempts={} next_try_in={}s{}{}",
+        e.queue_id,
+        if e.held { " (held)" } else { "" },
+        now - e.queued_at,
+        e.size,
+        e.mail_from,
+        e.recipients
+            .iter()
+            .map(|r| format!("<{r}>"))
+            .collect::<Vec<_>>()
+            .join(","),
+        e.attempts,
+        (e.next_attempt - now).max(0),
+        if e.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(" last_error=\"{}\"", e.last_error)
+        },
+        replica.map(|r| format!(" replica={r}")).unwrap_or_default(),
+    );
 }
 
 async fn sessions(cfg: Config, action: Option<SessionsCommand>, json: bool) -> anyhow::Result<()> {
