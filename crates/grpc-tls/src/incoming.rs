@@ -5,7 +5,9 @@
 //! endpoints) and skip the kernel's TCP stack on every message. The socket
 //! is plain HTTP/2 — its file mode (0660) is the access control — so the
 //! configuration refuses it when `internal_tls.enabled` asks for mutual TLS
-//! on every connection.
+//! on every connection. With it on, TCP connections are handed over only
+//! after the handshake, made here with the certificate files of the moment
+//! (see the crate's documentation on renewals).
 
 use std::io;
 use std::path::Path;
