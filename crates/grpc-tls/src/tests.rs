@@ -101,6 +101,16 @@ async fn serve_on(
     (port, plain, stop)
 }
 
+/// A client channel as the services make theirs, to the test server by name.
+fn channel_to(cli: &Config, port: u16) -> Channel {
+    channel(
+        cli,
+        &[format!("https://localhost:{port}")],
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
 async fn check(channel: Channel) -> Result<i32, tonic::Status> {
     HealthClient::new(channel)
         .check(HealthCheckRequest {
@@ -117,12 +127,7 @@ async fn a_client_with_a_certificate_from_our_ca_is_served() {
     let srv = config(pki.issue(&dir.join("srv"), &["localhost"], &pki));
     let cli = config(pki.issue(&dir.join("cli"), &["smtp-frontend"], &pki));
     let (port, _) = start_server(&srv).await;
-    let ch = channel(
-        &cli,
-        &[format!("https://localhost:{port}")],
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let ch = channel_to(&cli, port);
     assert_eq!(check(ch).await.unwrap(), ServingStatus::Serving as i32);
 }
 
@@ -167,12 +172,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     // Trusts our CA for the server, but its own certificate is the rogue's.
     let cli = config(rogue.issue(&dir.join("cli"), &["smtp-frontend"], &pki));
     let (port, _) = start_server(&srv).await;
-    let ch = channel(
-        &cli,
-        &[format!("https://localhost:{port}")],
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let ch = channel_to(&cli, port);
     let err = check(ch).await.unwrap_err();
     assert!(format!("{err:?}").contains("UnknownCA"), "{err:?}");
 }
@@ -185,12 +185,7 @@ async fn a_server_certificate_for_another_name_is_refused() {
     let srv = config(pki.issue(&dir.join("srv"), &["credential-store-headless"], &pki));
     let cli = config(pki.issue(&dir.join("cli"), &["smtp-frontend"], &pki));
     let (port, _) = start_server(&srv).await;
-    let ch = channel(
-        &cli,
-        &[format!("https://localhost:{port}")],
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let ch = channel_to(&cli, port);
     assert!(check(ch).await.is_err());
 }
 
@@ -313,12 +308,7 @@ async fn a_renewal_that_does_not_make_a_usable_set_keeps_the_previous_one() {
     let other = dir.join("other");
     pki.issue(&other, &["localhost"], &pki);
     std::fs::copy(other.join("tls.crt"), dir.join("srv").join("tls.crt")).unwrap();
-    let ch = channel(
-        &cli,
-        &[format!("https://localhost:{port}")],
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let ch = channel_to(&cli, port);
     assert_eq!(check(ch).await.unwrap(), ServingStatus::Serving as i32);
     // And at start the same files are refused, saying why.
     let err = InternalTls::load(&srv.internal_tls)
