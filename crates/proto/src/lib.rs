@@ -26,3 +26,4 @@ pub mod frontend {
 }
 
 pub mod channel;
+pub mod secret;

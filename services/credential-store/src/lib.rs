@@ -159,123 +159,6 @@ pub fn mechanisms_of(families: &[SecretFamily]) -> Vec<Mechanism> {
     m
 }
 
-pub fn secret_to_proto(s: &StoredSecret) -> pb::Secret {
-    use pb::secret::Kind;
-    let kind = match s {
-        StoredSecret::Password { phc } => Kind::Password(pb::PasswordHash { phc: phc.clone() }),
-        StoredSecret::CramMd5 { inner, outer } => Kind::CramMd5(pb::CramMd5 {
-            inner: inner.to_vec(),
-            outer: outer.to_vec(),
-        }),
-        StoredSecret::DigestMd5 { ha1, ha1_qualified } => Kind::DigestMd5(pb::DigestMd5 {
-            ha1: ha1.to_vec(),
-            ha1_qualified: ha1_qualified.map(|h| h.to_vec()).unwrap_or_default(),
-        }),
-        StoredSecret::ScramSha1 {
-            salt,
-            iterations,
-            stored_key,
-            server_key,
-        } => Kind::ScramSha1(pb::Scram {
-            salt: salt.clone(),
-            iterations: *iterations,
-            stored_key: stored_key.to_vec(),
-            server_key: server_key.to_vec(),
-        }),
-        StoredSecret::ScramSha256 {
-            salt,
-            iterations,
-            stored_key,
-            server_key,
-        } => Kind::ScramSha256(pb::Scram {
-            salt: salt.clone(),
-            iterations: *iterations,
-            stored_key: stored_key.to_vec(),
-            server_key: server_key.to_vec(),
-        }),
-    };
-    pb::Secret { kind: Some(kind) }
-}
-
-/// A secret from an import, checked for shape: the wire types are looser
-/// than the stored ones (a `bytes` field has no length).
-pub fn secret_from_proto(s: &pb::Secret) -> Result<StoredSecret, StoreError> {
-    use pb::secret::Kind;
-    fn words(v: &[u32]) -> Result<[u32; 4], StoreError> {
-        v.try_into()
-            .map_err(|_| StoreError::InvalidSecret("CRAM-MD5 context is not 4 words"))
-    }
-    /// Salt, iterations, StoredKey, ServerKey.
-    type ScramParts<const N: usize> = (Vec<u8>, u32, [u8; N], [u8; N]);
-    fn scram<const N: usize>(s: &pb::Scram) -> Result<ScramParts<N>, StoreError> {
-        if s.salt.is_empty() || s.iterations == 0 {
-            return Err(StoreError::InvalidSecret(
-                "SCRAM secret without salt or iterations",
-            ));
-        }
-        let key = |k: &[u8]| -> Result<[u8; N], StoreError> {
-            k.try_into()
-                .map_err(|_| StoreError::InvalidSecret("SCRAM key of the wrong length"))
-        };
-        Ok((
-            s.salt.clone(),
-            s.iterations,
-            key(&s.stored_key)?,
-            key(&s.server_key)?,
-        ))
-    }
-    Ok(match s.kind.as_ref() {
-        None => return Err(StoreError::InvalidSecret("empty")),
-        Some(Kind::Password(p)) => {
-            // Only Argon2 PHC strings: sasl-auth verifies nothing else.
-            if !(p.phc.starts_with("$argon2id$")
-                || p.phc.starts_with("$argon2i$")
-                || p.phc.starts_with("$argon2d$"))
-            {
-                return Err(StoreError::InvalidSecret(
-                    "password hash is not an Argon2 PHC string",
-                ));
-            }
-            StoredSecret::Password { phc: p.phc.clone() }
-        }
-        Some(Kind::CramMd5(c)) => StoredSecret::CramMd5 {
-            inner: words(&c.inner)?,
-            outer: words(&c.outer)?,
-        },
-        Some(Kind::DigestMd5(d)) => StoredSecret::DigestMd5 {
-            ha1: d
-                .ha1
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::InvalidSecret("DIGEST-MD5 HA1 is not 16 bytes"))?,
-            ha1_qualified: match d.ha1_qualified.as_slice() {
-                [] => None,
-                h => Some(h.try_into().map_err(|_| {
-                    StoreError::InvalidSecret("DIGEST-MD5 qualified HA1 is not 16 bytes")
-                })?),
-            },
-        },
-        Some(Kind::ScramSha1(x)) => {
-            let (salt, iterations, stored_key, server_key) = scram::<20>(x)?;
-            StoredSecret::ScramSha1 {
-                salt,
-                iterations,
-                stored_key,
-                server_key,
-            }
-        }
-        Some(Kind::ScramSha256(x)) => {
-            let (salt, iterations, stored_key, server_key) = scram::<32>(x)?;
-            StoredSecret::ScramSha256 {
-                salt,
-                iterations,
-                stored_key,
-                server_key,
-            }
-        }
-    })
-}
-
 #[tonic::async_trait]
 impl CredentialStore for CredentialService {
     #[tracing::instrument(name = "credential-store GetSecret", skip_all, fields(family = %req.get_ref().family))]
@@ -298,7 +181,7 @@ impl CredentialStore for CredentialService {
             })?;
         Ok(Response::new(pb::GetSecretResponse {
             found: secret.is_some(),
-            secret: secret.as_ref().map(secret_to_proto),
+            secret: secret.as_ref().map(pb::Secret::from),
         }))
     }
 
@@ -404,8 +287,8 @@ impl CredentialStore for CredentialService {
             return Err(StoreError::InvalidSecret("no secrets to import").into());
         }
         let mut secrets = BTreeMap::new();
-        for s in &r.secrets {
-            let secret = secret_from_proto(s)?;
+        for s in r.secrets {
+            let secret = StoredSecret::try_from(s).map_err(StoreError::InvalidSecret)?;
             if secrets.insert(secret.family(), secret).is_some() {
                 return Err(StoreError::InvalidSecret("two secrets of one family").into());
             }

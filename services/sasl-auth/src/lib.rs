@@ -155,7 +155,9 @@ impl SaslService {
         }
         let secret = resp
             .secret
-            .and_then(|s| secret_from_proto(s, family))
+            // Another family than asked is as malformed as a bad shape.
+            .and_then(|s| StoredSecret::try_from(s).ok())
+            .filter(|s| s.family() == family)
             .ok_or_else(|| AuthError::Dependency("credential-store: malformed secret".into()))?;
         Ok(Some(secret))
     }
@@ -452,40 +454,6 @@ fn read_token(cfg: &Config) -> Result<Option<String>, anyhow::Error> {
                 .to_owned(),
         )),
     }
-}
-
-/// The wire form of a secret → the mechanism crate's form; None when the
-/// credential-store answered with another family than asked.
-pub fn secret_from_proto(s: cpb::Secret, family: SecretFamily) -> Option<StoredSecret> {
-    use cpb::secret::Kind;
-    fn words(v: &[u32]) -> Option<[u32; 4]> {
-        v.try_into().ok()
-    }
-    let secret = match s.kind? {
-        Kind::Password(p) => StoredSecret::Password { phc: p.phc },
-        Kind::CramMd5(c) => StoredSecret::CramMd5 {
-            inner: words(&c.inner)?,
-            outer: words(&c.outer)?,
-        },
-        Kind::DigestMd5(d) => StoredSecret::DigestMd5 {
-            ha1: d.ha1.as_slice().try_into().ok()?,
-            // Empty when only a bare HA1 was imported: qualified logins fail.
-            ha1_qualified: d.ha1_qualified.as_slice().try_into().ok(),
-        },
-        Kind::ScramSha1(k) => StoredSecret::ScramSha1 {
-            salt: k.salt,
-            iterations: k.iterations,
-            stored_key: k.stored_key.as_slice().try_into().ok()?,
-            server_key: k.server_key.as_slice().try_into().ok()?,
-        },
-        Kind::ScramSha256(k) => StoredSecret::ScramSha256 {
-            salt: k.salt,
-            iterations: k.iterations,
-            stored_key: k.stored_key.as_slice().try_into().ok()?,
-            server_key: k.server_key.as_slice().try_into().ok()?,
-        },
-    };
-    (secret.family() == family).then_some(secret)
 }
 
 #[tonic::async_trait]
