@@ -231,6 +231,18 @@ impl Redis {
         panic!("redis-server on port {} did not become ready", self.port);
     }
 
+    /// Every key in this Redis (`redis-cli --scan`).
+    pub fn keys(&self) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--scan"])
+            .output()
+            .expect("redis-cli (installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -358,6 +370,7 @@ impl Stack {
     pub fn start(dir: &Path, redis: &Redis, opts: StackOptions) -> Stack {
         let config = dir.join("authrelay.toml");
         let (cert, key) = test_certificate(dir, &opts.hostname);
+        let exchange_key = exchange_key(dir);
         let smarthost = opts.smarthost.map(|a| a.to_string()).unwrap_or_default();
         let toml = format!(
             r#"hostname = "{host}"
@@ -366,6 +379,9 @@ data_dir = "{data}"
 
 [redis]
 url = "{redis}"
+
+[sasl]
+exchange_key_file = "{exchange_key}"
 
 [sasl_auth]
 listen = "127.0.0.1:0"
@@ -408,6 +424,7 @@ role = "relay"
             },
             cert = cert.display(),
             key = key.display(),
+            exchange_key = exchange_key.display(),
         );
         let sock = |name: &str| dir.join(format!("{name}.sock")).display().to_string();
         let unix_toml = if opts.unix_sockets {
@@ -423,7 +440,10 @@ role = "relay"
         };
         std::fs::write(
             &config,
-            merge_toml(&merge_toml(&toml, &unix_toml), &opts.extra_toml),
+            merge_toml(
+                &merge_toml(&merge_toml(&toml, &tokens_toml(dir)), &unix_toml),
+                &opts.extra_toml,
+            ),
         )
         .unwrap();
         // Where clients dial a service: its Unix socket or its TCP address.
@@ -534,6 +554,98 @@ role = "relay"
 /// `extra` merged over `base`, table by table (extra wins), so a test can
 /// set any key — also in tables the harness already writes — without
 /// redefining a TOML table.
+/// A fresh key for sealing SASL exchange state (`sasl.exchange_key_file`),
+/// shared by every sasl-auth of a test: 64 hex digits from the kernel's
+/// random source, in a 0600 file.
+pub fn exchange_key(dir: &Path) -> PathBuf {
+    token_file(dir, "exchange.key")
+}
+
+/// A token file of 64 hex digits under `dir` (made once).
+pub fn token_file(dir: &Path, name: &str) -> PathBuf {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .expect("read /dev/urandom");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("create token file");
+        std::io::Write::write_all(&mut f, hex.as_bytes()).unwrap();
+    }
+    path
+}
+
+/// The credentials every separate service of a test deployment needs:
+/// the admin token (admin calls over TCP) and the internal token (the
+/// services' calls to each other), as TOML to merge into its config.
+pub fn tokens_toml(dir: &Path) -> String {
+    format!(
+        "[admin]\ntoken_file = \"{}\"\n\n[internal]\ntoken_file = \"{}\"\n",
+        token_file(dir, "admin.token").display(),
+        token_file(dir, "internal.token").display()
+    )
+}
+
+/// Presents a test deployment's internal token (`tokens_toml`) on every
+/// call of a gRPC client, as the services do to each other.
+#[derive(Clone)]
+pub struct InternalToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for InternalToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("x-authrelay-internal-token", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// Both of a test deployment's tokens on every call: an administrator's
+/// client that also speaks to the internal APIs (GetSecret).
+#[derive(Clone)]
+pub struct AllTokens {
+    admin: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    internal: InternalToken,
+}
+
+impl tonic::service::Interceptor for AllTokens {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut req = self.internal.call(req)?;
+        req.metadata_mut()
+            .insert("authorization", self.admin.clone());
+        Ok(req)
+    }
+}
+
+pub fn all_tokens(dir: &Path) -> AllTokens {
+    let t = std::fs::read_to_string(token_file(dir, "admin.token")).unwrap();
+    AllTokens {
+        admin: format!("Bearer {}", t.trim()).parse().unwrap(),
+        internal: internal_token(dir),
+    }
+}
+
+pub fn internal_token(dir: &Path) -> InternalToken {
+    let t = std::fs::read_to_string(token_file(dir, "internal.token")).unwrap();
+    InternalToken(t.trim().parse().unwrap())
+}
+
+/// A gRPC channel to `http://ADDR`.
+pub async fn channel_to(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
 pub fn merge_toml(base: &str, extra: &str) -> String {
     fn merge(into: &mut toml::Table, from: toml::Table) {
         for (k, v) in from {
@@ -861,10 +973,21 @@ impl Stack {
     /// Another sasl-auth process sharing this stack's Redis and
     /// credential-store: a replica. Returns it with its gRPC address.
     pub fn spawn_sasl_replica(&self, name: &str) -> (Proc, SocketAddr) {
+        self.spawn_sasl_replica_env(name, &[])
+    }
+
+    /// Another sasl-auth replica with `env` overriding the stack's (say,
+    /// other exchange keys).
+    pub fn spawn_sasl_replica_env(
+        &self,
+        name: &str,
+        env: &[(String, String)],
+    ) -> (Proc, SocketAddr) {
         let mut cmd = Command::new(bin("sasl-auth"));
         cmd.arg("--config")
             .arg(&self.config)
             .envs(self.endpoints.iter().cloned())
+            .envs(env.iter().cloned())
             .env("RUST_LOG", "info");
         let mut p = Proc::spawn(name, cmd, self.dir.join(format!("{name}.log")));
         let addr = p.addr("grpc");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use authrelay_e2e::*;
+use base64::Engine as _;
 
 const PASSWORD: &str = "tanstaaf-Secret-42";
 const WRONG: &str = "not-the-password";
@@ -139,13 +140,20 @@ fn failures_from_one_address_over_two_frontends_trip_the_per_address_limit() {
     let (code, text, took) = attempt(b, "127.0.0.1", "test@mailserver.foo.com", PASSWORD);
     assert_eq!(code, 454, "{text}");
     assert!(took >= BLOCK_DELAY, "{took:?}");
-    // A challenge mechanism is refused as well, before any challenge: the
-    // address count rides in the pipeline that would store the exchange.
+    // A challenge mechanism is refused as well, before anything is
+    // verified: the challenge costs no Redis (its state is sealed), and the
+    // address count rides in the one pipeline of the answering step.
     let (mut c, code, text) = Raw::connect_from("127.0.0.1", a).expect("connect");
     assert_eq!(code, 220, "{text}");
     assert_eq!(c.cmd("EHLO client.example").0, 250);
     let (code, text) = c.cmd("AUTH CRAM-MD5");
-    assert_eq!(code, 454, "no challenge for a blocked address: {text}");
+    assert_eq!(code, 334, "{text}");
+    let started = std::time::Instant::now();
+    let answer = base64::engine::general_purpose::STANDARD
+        .encode("test@mailserver.foo.com 0123456789abcdef0123456789abcdef");
+    let (code, text) = c.cmd(&answer);
+    assert_eq!(code, 454, "a blocked address answering a challenge: {text}");
+    assert!(started.elapsed() >= BLOCK_DELAY, "{:?}", started.elapsed());
     c.send("QUIT");
     let (code, text, took) = attempt(a, "127.0.0.2", "test@mailserver.foo.com", PASSWORD);
     assert_eq!(code, 235, "{text}");

@@ -144,6 +144,9 @@ data_dir = "{data}"
 [redis]
 url = "{redis}"
 
+[sasl]
+exchange_key_file = "{exchange_key}"
+
 [credential_store]
 # Fast hashing parameters keep the suite quick; production uses the defaults.
 argon2_memory_kib = 8192
@@ -166,9 +169,14 @@ key = "{key}"
             sink = sink.addr,
             cert = cert.display(),
             key = key.display(),
+            exchange_key = exchange_key(&dir).display(),
         );
         let config = dir.join("authrelay.toml");
-        std::fs::write(&config, merge_toml(&toml, extra_toml)).unwrap();
+        std::fs::write(
+            &config,
+            merge_toml(&merge_toml(&toml, &tokens_toml(&dir)), extra_toml),
+        )
+        .unwrap();
 
         let pods = Pods {
             dir,
@@ -554,13 +562,16 @@ fn a_grpc_call_without_a_client_certificate_is_refused_and_probes_read_the_plain
     let mut c = Cluster::start("cluster-mtls", "");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cs = format!("https://localhost:{}", c.ports.cs);
+    // As the administrator: a certificate of our CA, and the admin token.
+    let admin = all_tokens(&c.dir);
     let list = |tls: Option<ClientTlsConfig>, url: String| {
+        let admin = admin.clone();
         rt.block_on(async move {
             let mut ep = Endpoint::from_shared(url).unwrap();
             if let Some(tls) = tls {
                 ep = ep.tls_config(tls).unwrap();
             }
-            CredentialStoreClient::new(ep.connect_lazy())
+            CredentialStoreClient::with_interceptor(ep.connect_lazy(), admin)
                 .list_users(ListUsersRequest::default())
                 .await
         })

@@ -152,6 +152,19 @@ fn grpc(url: &str) -> CredentialStoreClient<tonic::transport::Channel> {
     CredentialStoreClient::new(ch)
 }
 
+/// As the administrator (and a service, for GetSecret) of the stack in `dir`.
+fn grpc_admin(
+    url: &str,
+    dir: &std::path::Path,
+) -> CredentialStoreClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AllTokens>,
+> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect_lazy();
+    CredentialStoreClient::with_interceptor(ch, all_tokens(dir))
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -370,7 +383,9 @@ fn user_without_md5_mechanisms_has_no_md5_secret_in_postgres() {
 /// Which of `candidates` every stored family of the user was derived from;
 /// panics on a mix.
 fn password_behind(
-    c: &mut CredentialStoreClient<tonic::transport::Channel>,
+    c: &mut CredentialStoreClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AllTokens>,
+    >,
     rt: &tokio::runtime::Runtime,
     name: &str,
     candidates: [&str; 2],
@@ -454,7 +469,7 @@ fn kill_during_password_burst(env: &mut Env) {
     let old = |i: usize| format!("old-Secret-{i}");
     let new = |i: usize| format!("new-Secret-{i}");
     rt.block_on(async {
-        let mut c = grpc(&url);
+        let mut c = grpc_admin(&url, &env.dir);
         for i in 0..USERS {
             c.put_user(cpb::PutUserRequest {
                 name: format!("burst{i}"),
@@ -472,8 +487,9 @@ fn kill_during_password_burst(env: &mut Env) {
     let tasks: Vec<_> = (0..USERS)
         .map(|i| {
             let (url, acked, failed, pw) = (url.clone(), acked.clone(), failed.clone(), new(i));
+            let dir = env.dir.clone();
             rt.spawn(async move {
-                let r = grpc(&url)
+                let r = grpc_admin(&url, &dir)
                     .put_user(cpb::PutUserRequest {
                         name: format!("burst{i}"),
                         realm: REALM.into(),
@@ -517,7 +533,7 @@ fn kill_during_password_burst(env: &mut Env) {
     env.restart_creds(&lines);
     let mut c = {
         let _in_runtime = rt.enter();
-        grpc(&env.creds_url())
+        grpc_admin(&env.creds_url(), &env.dir)
     };
     let mut which = Vec::new();
     for i in 0..USERS {

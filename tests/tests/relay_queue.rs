@@ -512,9 +512,10 @@ fn minimal_config(dir: &Path, authinfo: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "hostname = \"mailrelay.foo.com\"\ndata_dir = \"{}\"\n\n[relay_queue]\nlisten = \"127.0.0.1:0\"\nauthinfo_file = \"{}\"\n",
+            "hostname = \"mailrelay.foo.com\"\ndata_dir = \"{}\"\n\n[relay_queue]\nlisten = \"127.0.0.1:0\"\nauthinfo_file = \"{}\"\n\n{}",
             dir.join("data").display(),
-            authinfo.display()
+            authinfo.display(),
+            tokens_toml(dir)
         ),
     )
     .unwrap();

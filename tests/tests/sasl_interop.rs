@@ -438,12 +438,14 @@ fn facts(session: &str) -> pb::SessionFacts {
     }
 }
 
-type Client = SaslAuthClient<tonic::transport::Channel>;
+type Client = SaslAuthClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, InternalToken>,
+>;
 
-async fn connect(addr: std::net::SocketAddr) -> Client {
-    SaslAuthClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to sasl-auth")
+/// A client of sasl-auth at `addr` that presents the stack's internal token
+/// (as a frontend does).
+async fn connect(addr: std::net::SocketAddr, dir: &Path) -> Client {
+    SaslAuthClient::with_interceptor(channel_to(addr).await, internal_token(dir))
 }
 
 fn result(
@@ -471,7 +473,11 @@ where
         .build()
         .unwrap();
     rt.block_on(async {
-        body([connect(first).await, connect(second).await]).await;
+        body([
+            connect(first, &stack.dir).await,
+            connect(second, &stack.dir).await,
+        ])
+        .await;
     });
 }
 
@@ -620,14 +626,29 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
     });
 }
 
-/// LOGIN (and PLAIN after an empty challenge) hold only what the client sent
-/// between prompts, so sasl-auth carries that state in the exchange id: no
-/// Redis record, any replica takes the next step. A forged inline id for a
-/// state with a server challenge (CRAM-MD5 with a chosen challenge, to replay
-/// a captured response) is refused.
+/// Between steps the exchange travels sealed in the exchange id: any
+/// replica takes any step, Redis holds nothing per step, the frontend can
+/// read nothing in it (not even the LOGIN user name), and a token from
+/// another session, an altered one or one in an old unsealed form is
+/// refused with a log line — never resumed.
 #[test]
-fn login_state_travels_in_the_exchange_id_and_a_forged_challenge_state_is_refused() {
-    across_two_replicas("interop-inline", |mut replicas| async move {
+fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
+    let (_dir, redis, stack) = stack("interop-sealed");
+    let (second_proc, second) = stack.spawn_sasl_replica("sasl-auth-2");
+    let first: std::net::SocketAddr = stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut replicas = [
+            connect(first, &stack.dir).await,
+            connect(second, &stack.dir).await,
+        ];
         let mut res = result(
             replicas[0]
                 .start(pb::StartRequest {
@@ -644,7 +665,14 @@ fn login_state_travels_in_the_exchange_id_and_a_forged_challenge_state_is_refuse
             let pb::step_response::Result::Challenge(ch) = res else {
                 panic!("LOGIN prompt {turn}: {res:?}")
             };
-            assert!(ch.exchange_id.starts_with("inline:"), "{}", ch.exchange_id);
+            assert!(ch.exchange_id.starts_with("v1."), "{}", ch.exchange_id);
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&ch.exchange_id[3..])
+                .unwrap();
+            assert!(
+                !String::from_utf8_lossy(&raw).contains("mailserver.foo.com"),
+                "the sealed state shows the user name"
+            );
             res = result(
                 replicas[(turn + 1) % 2]
                     .step(pb::StepRequest {
@@ -660,79 +688,155 @@ fn login_state_travels_in_the_exchange_id_and_a_forged_challenge_state_is_refuse
             other => panic!("LOGIN across replicas: {other:?}"),
         }
 
-        // Another session cannot use an inline id it did not get.
+        // A challenge stores nothing in Redis.
+        let before = redis.keys();
         let ch = match result(
             replicas[0]
                 .start(pb::StartRequest {
-                    mechanism: "PLAIN".into(),
+                    mechanism: "CRAM-MD5".into(),
                     initial_response: None,
-                    session: Some(facts("s-plain")),
+                    session: Some(facts("s-cram")),
                 })
                 .await,
         ) {
             pb::step_response::Result::Challenge(ch) => ch,
             other => panic!("{other:?}"),
         };
-        assert!(ch.exchange_id.starts_with("inline:"));
-        let creds = format!("\0{USER}\0{PASSWORD}").into_bytes();
-        for (session, want_ok) in [("s-other", false), ("s-plain", true)] {
-            let r = result(
+        assert_eq!(redis.keys(), before, "a CRAM-MD5 challenge wrote to Redis");
+
+        let mut client =
+            ClientExchange::new(Mechanism::CramMd5, ClientCredentials::new(USER, PASSWORD))
+                .unwrap();
+        let ClientStep::Respond(response) = client.step(&ch.data).unwrap() else {
+            panic!("no CRAM-MD5 response")
+        };
+        let mut tampered = ch.exchange_id.clone().into_bytes();
+        let i = tampered.len() / 2;
+        tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+        let forged_inline = {
+            let cfg = authrelay_sasl::ServerConfig {
+                hostname: "mailserver.foo.com".into(),
+                realms: vec!["mailserver.foo.com".into()],
+                service: "smtp".into(),
+                ..Default::default()
+            };
+            let mut cram = authrelay_sasl::ServerExchange::new(Mechanism::CramMd5);
+            let _ = cram.start(&cfg, None);
+            let record =
+                json!({"session_id": "s-cram", "client_ip": "127.0.0.1", "exchange": cram});
+            format!(
+                "inline:{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(&record).unwrap())
+            )
+        };
+        for (what, id, session) in [
+            ("another session's", ch.exchange_id.clone(), "s-other"),
+            ("an altered", String::from_utf8(tampered).unwrap(), "s-cram"),
+            ("an unsealed (old inline form)", forged_inline, "s-cram"),
+            ("an empty", String::new(), "s-cram"),
+        ] {
+            match result(
                 replicas[1]
                     .step(pb::StepRequest {
-                        exchange_id: ch.exchange_id.clone(),
-                        response: creds.clone(),
+                        exchange_id: id,
+                        response: response.clone(),
                         session: Some(facts(session)),
                     })
                     .await,
-            );
-            match r {
-                pb::step_response::Result::Success(_) if want_ok => {}
-                pb::step_response::Result::Failure(f) if !want_ok => {
-                    assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
-                }
-                other => panic!("{session}: {other:?}"),
+            ) {
+                pb::step_response::Result::Failure(f) => assert_eq!(
+                    f.kind,
+                    pb::failure::Kind::ExchangeExpired as i32,
+                    "{what}: {f:?}"
+                ),
+                other => panic!("{what} sealed state was resumed: {other:?}"),
             }
         }
-
-        // A CRAM-MD5 state with a challenge of the forger's choosing.
-        let cfg = authrelay_sasl::ServerConfig {
-            hostname: "mailserver.foo.com".into(),
-            realms: vec!["mailserver.foo.com".into()],
-            service: "smtp".into(),
-            channel_bindings: Vec::new(),
-            plus_advertised: false,
-            external_identity: None,
+        // The genuine one still works, on the other replica, once.
+        let genuine = || pb::StepRequest {
+            exchange_id: ch.exchange_id.clone(),
+            response: response.clone(),
+            session: Some(facts("s-cram")),
         };
-        let mut cram = authrelay_sasl::ServerExchange::new(Mechanism::CramMd5);
-        let pb_challenge = match cram.start(&cfg, None) {
-            authrelay_sasl::Step::Challenge(c) => c,
-            _ => panic!("CRAM-MD5 starts with a challenge"),
-        };
-        let record = json!({"session_id": "s-forged", "client_ip": "127.0.0.1", "exchange": cram});
-        let forged = format!(
-            "inline:{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(serde_json::to_vec(&record).unwrap())
-        );
-        let mut client =
-            ClientExchange::new(Mechanism::CramMd5, ClientCredentials::new("test", PASSWORD))
-                .unwrap();
-        let ClientStep::Respond(response) = client.step(&pb_challenge).unwrap() else {
-            panic!("no CRAM-MD5 response")
-        };
-        match result(
-            replicas[0]
-                .step(pb::StepRequest {
-                    exchange_id: forged,
-                    response,
-                    session: Some(facts("s-forged")),
-                })
-                .await,
-        ) {
+        assert!(matches!(
+            result(replicas[1].step(genuine()).await),
+            pb::step_response::Result::Success(_)
+        ));
+        match result(replicas[0].step(genuine()).await) {
             pb::step_response::Result::Failure(f) => {
                 assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
             }
-            other => panic!("a forged CRAM-MD5 state was resumed: {other:?}"),
+            other => panic!("a CRAM-MD5 step was taken twice: {other:?}"),
+        }
+    });
+    let log = second_proc.log_text();
+    for why in [
+        "altered, or sealed for another session",
+        "not a sealed exchange",
+    ] {
+        assert!(
+            log.contains(&format!("sealed SASL exchange refused: {why}")),
+            "no log line for {why}:\n{log}"
+        );
+    }
+}
+
+/// Keys rotate without failing exchanges in flight: a replica whose
+/// current key is new and whose previous key is the old one takes a step
+/// sealed under the old key; a replica that only knows the old key refuses
+/// what the new one sealed.
+#[test]
+fn exchange_keys_rotate_without_failing_exchanges_in_flight() {
+    let (dir, _redis, stack) = stack("interop-rotate");
+    let old = exchange_key(&dir);
+    let new = dir.join("exchange-new.key");
+    std::fs::write(&new, "c0ffee".repeat(10) + "c0ff").unwrap();
+    let env = |k: &str, v: &std::path::Path| (k.to_owned(), v.display().to_string());
+    let (_rotated, rotated) = stack.spawn_sasl_replica_env(
+        "sasl-auth-rotated",
+        &[
+            env("AUTHRELAY__SASL__EXCHANGE_KEY_FILE", &new),
+            env("AUTHRELAY__SASL__EXCHANGE_PREVIOUS_KEY_FILE", &old),
+        ],
+    );
+    let first: std::net::SocketAddr = stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let digest_creds = || ClientCredentials {
+        host: "mailserver.foo.com".into(),
+        ..ClientCredentials::new("test", PASSWORD)
+    };
+    rt.block_on(async {
+        // old → rotated: accepted.
+        let mut pair = [
+            connect(first, &stack.dir).await,
+            connect(rotated, &stack.dir).await,
+        ];
+        let (_, res) =
+            exchange_across(&mut pair, Mechanism::DigestMd5, digest_creds(), "s-rot-1").await;
+        assert!(
+            matches!(res, pb::step_response::Result::Success(_)),
+            "a step sealed under the previous key: {res:?}"
+        );
+        // rotated → old: the old-key replica cannot open the new key's seal.
+        let mut pair = [
+            connect(rotated, &stack.dir).await,
+            connect(first, &stack.dir).await,
+        ];
+        let (_, res) =
+            exchange_across(&mut pair, Mechanism::DigestMd5, digest_creds(), "s-rot-2").await;
+        match res {
+            pb::step_response::Result::Failure(f) => {
+                assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
+            }
+            other => panic!("a replica opened a key it does not hold: {other:?}"),
         }
     });
 }

@@ -49,9 +49,14 @@ fn stored_secret_forms(stack: &Stack) -> Vec<String> {
         .unwrap();
     let mut forms = Vec::new();
     rt.block_on(async {
-        let mut c = cpb::credential_store_client::CredentialStoreClient::connect(addr)
-            .await
-            .unwrap();
+        let mut c = cpb::credential_store_client::CredentialStoreClient::with_interceptor(
+            tonic::transport::Endpoint::from_shared(addr)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+            internal_token(&stack.dir),
+        );
         for family in [
             "password",
             "cram-md5",

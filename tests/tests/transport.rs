@@ -80,9 +80,10 @@ fn a_stale_socket_is_replaced_but_any_other_file_is_refused() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[credential_store]\nlisten = \"127.0.0.1:0\"\nlisten_unix = \"{}\"\n",
+            "data_dir = \"{}\"\n[sasl]\n# No Redis here: no sasl-auth cache to tell of changes.\nsecret_cache_size = 0\n[credential_store]\nlisten = \"127.0.0.1:0\"\nlisten_unix = \"{}\"\n{}",
             dir.join("data").display(),
-            sock.display()
+            sock.display(),
+            tokens_toml(&dir)
         ),
     )
     .unwrap();

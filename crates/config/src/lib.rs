@@ -47,6 +47,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub endpoints: Endpoints,
     pub admin: AdminConfig,
+    /// How the services prove themselves to each other without mutual TLS.
+    pub internal: InternalConfig,
     pub log: LogConfig,
     pub sasl: SaslConfig,
     pub frontend: FrontendConfig,
@@ -120,6 +122,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             endpoints: Endpoints::default(),
             admin: AdminConfig::default(),
+            internal: InternalConfig::default(),
             log: LogConfig::default(),
             sasl: SaslConfig::default(),
             frontend: FrontendConfig::default(),
@@ -185,9 +188,19 @@ impl Default for Endpoints {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    /// File holding the admin token that user management calls must present.
-    /// Unset: the admin calls are open to anyone who can reach the port
-    /// (acceptable only on loopback, as in the quick start).
+    /// File holding the admin token every admin call (users, queue,
+    /// sessions) must present. Unset: admin calls are taken only on Unix
+    /// sockets, whose file mode is the access control (`authrelay serve`).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InternalConfig {
+    /// File holding the per-deployment token every service presents to the
+    /// others (and requires of them) on the internal APIs when
+    /// `internal_tls` is off. A separate service refuses to start with
+    /// neither: nothing internal listens unauthenticated.
     pub token_file: Option<PathBuf>,
 }
 
@@ -229,9 +242,28 @@ pub struct SaslConfig {
     pub allow_plaintext_without_tls: bool,
     /// DIGEST-MD5 realms offered; empty = `[default_realm]`.
     pub realms: WordList,
-    /// Lifetime of an unfinished exchange in the session store.
+    /// Lifetime of an unfinished exchange: the sealed state a challenge
+    /// carries is refused after this long.
     #[serde(with = "humantime_serde")]
     pub exchange_ttl: Duration,
+    /// File with the key (64 hex digits) that seals exchange state between
+    /// SASL steps; every sasl-auth replica needs the same one. Unset in
+    /// `authrelay serve`: a random key per process. A separate sasl-auth
+    /// refuses to start without it.
+    pub exchange_key_file: Option<PathBuf>,
+    /// The key before the current one, still accepted (never used to seal)
+    /// so keys rotate without failing exchanges in flight.
+    pub exchange_previous_key_file: Option<PathBuf>,
+    /// Stored secrets cached in sasl-auth (Dovecot's `auth_cache_size`, in
+    /// entries); 0 = no cache.
+    pub secret_cache_size: usize,
+    /// How long a cached secret is used (`auth_cache_ttl`). A change through
+    /// credential-store invalidates it at once on every replica.
+    #[serde(with = "humantime_serde")]
+    pub secret_cache_ttl: Duration,
+    /// How long "no such user" is cached (`auth_cache_negative_ttl`).
+    #[serde(with = "humantime_serde")]
+    pub secret_cache_negative_ttl: Duration,
     /// Proxy rights: authentication id (NAME@REALM) → authorization ids it
     /// may act as (`*` = any). Without an entry an authzid different from the
     /// authcid is refused.
@@ -264,6 +296,11 @@ impl Default for SaslConfig {
             allow_plaintext_without_tls: false,
             realms: WordList::default(),
             exchange_ttl: Duration::from_secs(60),
+            exchange_key_file: None,
+            exchange_previous_key_file: None,
+            secret_cache_size: 10_000,
+            secret_cache_ttl: Duration::from_secs(600),
+            secret_cache_negative_ttl: Duration::from_secs(60),
             proxy: BTreeMap::new(),
             limits: BruteForceLimits::default(),
             external: ExternalConfig::default(),

@@ -142,7 +142,7 @@ pub fn listen_unix(
     Ok(Some(listener))
 }
 
-/// Every connection of `tcp` and (when given) `unix`, as one stream for
+/// Every connection of `tcp` and `unix` (each when given), as one stream for
 /// tonic's `serve_with_incoming*`. TCP connections get TCP_NODELAY: a
 /// response must not wait on the peer's delayed ACK. With `tls` (mutual TLS
 /// on), TCP connections come out after their handshake, made with the
@@ -150,20 +150,21 @@ pub fn listen_unix(
 /// or silent client holds up no one; one that fails or takes longer than
 /// [`HANDSHAKE_TIMEOUT`] is dropped and logged.
 pub fn incoming(
-    tcp: TcpListener,
+    tcp: impl Into<Option<TcpListener>>,
     unix: Option<UnixListener>,
     tls: Option<Arc<InternalTls>>,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-    let tcp: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> = match tls {
-        None => Box::pin(
-            tokio_stream::wrappers::TcpListenerStream::new(tcp).map(|r| {
+    let tcp: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> = match (tcp.into(), tls) {
+        (None, _) => Box::pin(tokio_stream::empty()),
+        (Some(tcp), None) => Box::pin(tokio_stream::wrappers::TcpListenerStream::new(tcp).map(
+            |r| {
                 r.map(|s| {
                     let _ = s.set_nodelay(true);
                     Conn::Tcp(s)
                 })
-            }),
-        ),
-        Some(tls) => Box::pin(tls_accepted(tcp, tls)),
+            },
+        )),
+        (Some(tcp), Some(tls)) => Box::pin(tls_accepted(tcp, tls)),
     };
     let unix: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> = match unix {
         Some(u) => {

@@ -22,6 +22,8 @@
 //! `internal_tls.health_listen` serves the same `grpc.health.v1` statuses in
 //! plain text on a port of its own, and nothing else.
 
+pub mod api;
+pub mod guard;
 mod incoming;
 
 pub use incoming::{Conn, UnixBindError, bind_unix, incoming, listen_unix};
@@ -269,6 +271,24 @@ pub async fn replica_channels(
         .map_err(|e| e.to_string())?
         .map(|t| t as Arc<dyn ClientTlsSource>);
     authrelay_proto::channel::replica_channels(urls, timeout, tls).await
+}
+
+/// What every separate service does before it serves: refuse to run when
+/// no caller could be authenticated (neither `internal_tls` nor
+/// `internal.token_file`), present the internal token on its own calls,
+/// and return the layer that checks every call it takes
+/// ([`guard::Policy`]).
+pub fn guard(cfg: &Config) -> Result<guard::GuardLayer, anyhow::Error> {
+    let policy = guard::Policy::from_config(cfg)?;
+    if !policy.authenticates_services() {
+        anyhow::bail!(
+            "configuration key `internal.token_file` is not set and internal_tls is off: the services could not tell each other from any other local process (set a token file shared by every service, e.g. `openssl rand -hex 32`, or turn on internal_tls; only `authrelay serve` needs neither)"
+        );
+    }
+    if let Some(t) = guard::read_token(cfg.internal.token_file.as_deref(), "internal.token_file")? {
+        authrelay_telemetry::grpc::present_internal_token(&t).map_err(anyhow::Error::msg)?;
+    }
+    Ok(guard::GuardLayer::new(policy))
 }
 
 /// A gRPC server builder. TLS, when on, is done by [`incoming`]: give it

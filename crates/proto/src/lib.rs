@@ -25,5 +25,8 @@ pub mod frontend {
     }
 }
 
+/// Every proto of this crate as a serialized `FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 pub mod channel;
 pub mod secret;

@@ -39,8 +39,36 @@ pub enum SharedState {
     Memory(MemoryState),
 }
 
+/// Messages of one channel. [`Subscription::next`] returns `None` when the
+/// feed is lost (connection dropped, or an in-process receiver fell
+/// behind): messages may have been missed, so subscribe again and treat
+/// everything derived from the feed as stale.
+pub enum Subscription {
+    Redis(std::pin::Pin<Box<dyn futures::Stream<Item = redis::Msg> + Send>>),
+    Memory(String, tokio::sync::broadcast::Receiver<(String, Vec<u8>)>),
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Subscription::Redis(s) => {
+                use futures::StreamExt as _;
+                s.next().await.map(|m| m.get_payload_bytes().to_vec())
+            }
+            Subscription::Memory(channel, rx) => loop {
+                match rx.recv().await {
+                    Ok((ch, msg)) if ch == *channel => return Some(msg),
+                    Ok(_) => continue,
+                    Err(_) => return None,
+                }
+            },
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisState {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -56,9 +84,10 @@ impl SharedState {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StateError::Config(e.to_string()))?;
         Ok(SharedState::Redis(RedisState {
+            client,
             conn,
             prefix: prefix.to_owned(),
             timeout,
@@ -198,18 +227,20 @@ impl SharedState {
         self.window_op(key, window, false).await
     }
 
-    /// The events in each sliding window of `keys` and, when given, a `put`
-    /// of (key, value, ttl) — all in one round trip (a Redis pipeline). An
-    /// AUTH step reads the per-address and per-user failure counts and stores
-    /// its exchange together instead of one after the other.
-    pub async fn count_events_and_put(
+    /// The events in each sliding window of `keys` and, when given, a
+    /// single-use `claim` of (key, ttl) — all in one round trip (a Redis
+    /// pipeline). An AUTH step that verifies a credential reads the
+    /// per-address and per-user failure counts and claims its sealed
+    /// exchange together instead of one after the other. The flag is false
+    /// when the claim was already taken (a replayed step).
+    pub async fn count_events_and_claim(
         &self,
         keys: &[&str],
         window: Duration,
-        put: Option<(&str, &[u8], Duration)>,
-    ) -> Result<Vec<u64>> {
-        if keys.is_empty() && put.is_none() {
-            return Ok(Vec::new());
+        claim: Option<(&str, Duration)>,
+    ) -> Result<(Vec<u64>, bool)> {
+        if keys.is_empty() && claim.is_none() {
+            return Ok((Vec::new(), true));
         }
         match self {
             SharedState::Redis(r) => {
@@ -225,26 +256,78 @@ impl SharedState {
                         .ignore();
                     pipe.cmd("ZCARD").arg(&k);
                 }
-                if let Some((k, value, ttl)) = put {
+                if let Some((k, ttl)) = claim {
                     pipe.cmd("SET")
                         .arg(r.key(k))
-                        .arg(value)
+                        .arg(1)
+                        .arg("NX")
                         .arg("PX")
-                        .arg(ttl.as_millis().max(1) as u64)
-                        .ignore();
+                        .arg(ttl.as_millis().max(1) as u64);
                 }
-                r.run("ZCARD pipeline", async move {
-                    pipe.query_async::<Vec<u64>>(&mut c).await
+                let values = r
+                    .run("ZCARD pipeline", async move {
+                        pipe.query_async::<Vec<redis::Value>>(&mut c).await
+                    })
+                    .await?;
+                let mut counts = Vec::with_capacity(keys.len());
+                let mut claimed = true;
+                for (i, v) in values.into_iter().enumerate() {
+                    if i < keys.len() {
+                        counts.push(redis::from_redis_value::<u64>(v).map_err(|e| {
+                            StateError::Unavailable(format!("unexpected ZCARD reply: {e}"))
+                        })?);
+                    } else {
+                        claimed = !matches!(v, redis::Value::Nil);
+                    }
+                }
+                Ok((counts, claimed))
+            }
+            SharedState::Memory(m) => {
+                let counts = keys.iter().map(|k| m.window(k, window, false)).collect();
+                let claimed = claim.is_none_or(|(k, ttl)| m.claim(k, ttl));
+                Ok((counts, claimed))
+            }
+        }
+    }
+
+    /// Announce `message` on `channel` to every subscriber (Redis PUBLISH;
+    /// in-process, a broadcast). Best effort by nature: a subscriber that
+    /// is not connected misses it, which is why [`Subscription::next`]
+    /// reports a lost feed.
+    pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let ch = r.key(channel);
+                r.run("PUBLISH", async move {
+                    c.publish::<_, _, ()>(ch, message).await
                 })
                 .await
             }
             SharedState::Memory(m) => {
-                let counts = keys.iter().map(|k| m.window(k, window, false)).collect();
-                if let Some((k, value, ttl)) = put {
-                    m.put(k, value, ttl);
-                }
-                Ok(counts)
+                m.publish(channel, message);
+                Ok(())
             }
+        }
+    }
+
+    /// Subscribe to `channel` on a connection of its own.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        match self {
+            SharedState::Redis(r) => {
+                let ch = r.key(channel);
+                let client = r.client.clone();
+                let sub = tokio::time::timeout(r.timeout, async move {
+                    let mut ps = client.get_async_pubsub().await?;
+                    ps.subscribe(ch).await?;
+                    Ok::<_, redis::RedisError>(ps.into_on_message())
+                })
+                .await
+                .map_err(|_| StateError::Unavailable("SUBSCRIBE: no answer in time".into()))?
+                .map_err(|e| StateError::Unavailable(e.to_string()))?;
+                Ok(Subscription::Redis(Box::pin(sub)))
+            }
+            SharedState::Memory(m) => Ok(Subscription::Memory(channel.to_owned(), m.subscribe())),
         }
     }
 

@@ -6,9 +6,20 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryState {
     inner: Arc<Mutex<Inner>>,
+    /// Publish/subscribe within the process (channel, message).
+    feed: tokio::sync::broadcast::Sender<(String, Vec<u8>)>,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            inner: Arc::default(),
+            feed: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -39,6 +50,15 @@ impl MemoryState {
         // A panic while holding the lock cannot leave the maps inconsistent
         // (every operation is a single insert/remove), so poison is ignored.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn publish(&self, channel: &str, message: &[u8]) {
+        // No receiver is not an error: nobody is listening yet.
+        let _ = self.feed.send((channel.to_owned(), message.to_vec()));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, Vec<u8>)> {
+        self.feed.subscribe()
     }
 
     pub fn put(&self, key: &str, value: &[u8], ttl: Duration) {

@@ -119,50 +119,45 @@ async fn lists_push_and_drain_once() {
 }
 
 #[tokio::test]
-async fn counts_and_put_in_one_round_trip() {
+async fn counts_and_claim_in_one_round_trip() {
     for s in stores().await {
         let w = Duration::from_secs(30);
         s.record_event("ip", w).await.unwrap();
         s.record_event("ip", w).await.unwrap();
         s.record_event("user", w).await.unwrap();
-        let counts = s
-            .count_events_and_put(
-                &["ip", "user", "nobody"],
-                w,
-                Some(("x", b"exchange", Duration::from_secs(10))),
-            )
+        let claim = Some(("x", Duration::from_secs(10)));
+        let (counts, claimed) = s
+            .count_events_and_claim(&["ip", "user", "nobody"], w, claim)
             .await
             .unwrap();
         assert_eq!(counts, vec![2, 1, 0], "{}", s.kind());
-        assert_eq!(
-            s.take("x").await.unwrap().as_deref(),
-            Some(&b"exchange"[..]),
-            "{}",
-            s.kind()
-        );
+        assert!(claimed, "{}", s.kind());
+        let (_, again) = s.count_events_and_claim(&["ip"], w, claim).await.unwrap();
+        assert!(!again, "a claim is single-use ({})", s.kind());
         // Counting records nothing.
         assert_eq!(s.count_events("ip", w).await.unwrap(), 2, "{}", s.kind());
-        let counts = s.count_events_and_put(&[], w, None).await.unwrap();
-        assert!(counts.is_empty());
+        let (counts, claimed) = s.count_events_and_claim(&[], w, None).await.unwrap();
+        assert!(counts.is_empty() && claimed);
     }
 }
 
 #[tokio::test]
-async fn a_put_alone_goes_through_the_pipeline_too() {
+async fn a_published_message_reaches_every_subscriber() {
     for s in stores().await {
-        let counts = s
-            .count_events_and_put(
-                &[],
-                Duration::from_secs(1),
-                Some(("p", b"v", Duration::from_secs(10))),
-            )
-            .await
-            .unwrap();
-        assert!(counts.is_empty());
-        assert_eq!(
-            s.get("p").await.unwrap().as_deref(),
-            Some(&b"v"[..]),
-            "{}",
+        let mut a = s.subscribe("feed").await.unwrap();
+        let mut b = s.subscribe("feed").await.unwrap();
+        let mut other = s.subscribe("other").await.unwrap();
+        s.publish("feed", b"user changed").await.unwrap();
+        for sub in [&mut a, &mut b] {
+            let got = tokio::time::timeout(Duration::from_secs(2), sub.next())
+                .await
+                .expect("delivered within 2 s");
+            assert_eq!(got.as_deref(), Some(&b"user changed"[..]), "{}", s.kind());
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(100), other.next()).await;
+        assert!(
+            nothing.is_err(),
+            "another channel hears nothing ({})",
             s.kind()
         );
     }

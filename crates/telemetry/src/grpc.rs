@@ -37,7 +37,24 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Client side: puts the current span's context into the request metadata.
+/// The internal token this process presents on every call to another
+/// service (`internal.token_file`); set once at start.
+static INTERNAL_TOKEN: std::sync::OnceLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+    std::sync::OnceLock::new();
+
+/// Present `token` (in the `x-authrelay-internal-token` header) on every
+/// call this process makes through a [`traced`] channel. The first call
+/// wins; a token that is not a valid header value is refused.
+pub fn present_internal_token(token: &str) -> Result<(), String> {
+    let v = token
+        .parse()
+        .map_err(|_| "internal token: not printable ASCII".to_owned())?;
+    let _ = INTERNAL_TOKEN.set(v);
+    Ok(())
+}
+
+/// Client side: puts the current span's context into the request metadata,
+/// and the internal token when the process has one.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InjectContext;
 
@@ -47,6 +64,10 @@ impl Interceptor for InjectContext {
         global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut MetadataInjector(req.metadata_mut()))
         });
+        if let Some(t) = INTERNAL_TOKEN.get() {
+            req.metadata_mut()
+                .insert("x-authrelay-internal-token", t.clone());
+        }
         Ok(req)
     }
 }

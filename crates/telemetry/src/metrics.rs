@@ -38,6 +38,16 @@ pub struct OpLabel {
     pub operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 fn latency() -> Histogram {
     // 100 µs … ~3 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -54,6 +64,10 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabel, Counter>,
     pub grpc_client_duration: Family<OpLabel, Histogram>,
     pub redis_duration: Family<OpLabel, Histogram>,
+    /// sasl-auth's secret cache: result = hit | negative_hit | miss.
+    pub auth_cache: Family<ResultLabel, Counter>,
+    /// Sealed exchange states refused: reason = expired | tampered | unknown_key | malformed | replayed.
+    pub sealed_refusals: Family<ReasonLabel, Counter>,
     registry: Registry,
 }
 
@@ -70,6 +84,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         deliveries: Family::default(),
         grpc_client_duration: Family::new_with_constructor(latency),
         redis_duration: Family::new_with_constructor(latency),
+        auth_cache: Family::default(),
+        sealed_refusals: Family::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -122,6 +138,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Shared-store operations",
         m.redis_duration.clone(),
     );
+    registry.register(
+        "auth_cache_lookups",
+        "sasl-auth secret cache lookups by result (hit, negative_hit, miss)",
+        m.auth_cache.clone(),
+    );
+    registry.register(
+        "sasl_sealed_state_refusals",
+        "Sealed SASL exchange states refused, by reason",
+        m.sealed_refusals.clone(),
+    );
     Metrics { registry, ..m }
 });
 
@@ -155,6 +181,24 @@ pub fn observe(family: &Family<OpLabel, Histogram>, operation: &str, elapsed: Du
             operation: operation.to_owned(),
         })
         .observe(elapsed.as_secs_f64());
+}
+
+pub fn auth_cache(result: &'static str) {
+    METRICS
+        .auth_cache
+        .get_or_create(&ResultLabel {
+            result: result.to_owned(),
+        })
+        .inc();
+}
+
+pub fn sealed_refusal(reason: &'static str) {
+    METRICS
+        .sealed_refusals
+        .get_or_create(&ReasonLabel {
+            reason: reason.to_owned(),
+        })
+        .inc();
 }
 
 /// The registry in Prometheus text exposition format.

@@ -1,7 +1,8 @@
 //! `authrelay`, the operator's binary.
 //!
-//! - `authrelay serve`: all four services in one process, still talking
-//!   gRPC to each other over loopback, on embedded defaults.
+//! - `authrelay serve`: all four services in one process, calling each
+//!   other in process, on embedded defaults; admin over private Unix
+//!   sockets.
 //! - `authrelay user add|passwd|delete|list`: the `saslpasswd` /
 //!   `sasldblistusers` of this system, over gRPC to the credential-store,
 //!   so they work the same against one process and against a cluster.
@@ -12,6 +13,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use authrelay_config::Config;
@@ -151,7 +153,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = Config::load(cli.config.as_deref())?;
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::Serve) {
+        local_admin_endpoints(&mut cfg);
+    }
     match cli.command {
         Command::Serve => serve(cfg).await,
         Command::User(u) => user(cfg, u).await,
@@ -223,52 +228,80 @@ fn config_check(cfg: &Config) {
     );
 }
 
-/// All four services in one process, gRPC between them over loopback.
+/// Where `authrelay serve` puts its admin sockets: a 0700 directory in
+/// the data directory, so only the owner reaches them.
+fn run_dir(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("run")
+}
+
+const CREDENTIAL_STORE_SOCK: &str = "credential-store.sock";
+const RELAY_QUEUE_SOCK: &str = "relay-queue.sock";
+const FRONTEND_SOCK: &str = "frontend.sock";
+
+/// All four services in one process, calling each other in process.
+///
+/// Nothing internal listens on a network port: the frontend holds
+/// sasl-auth, sasl-auth holds credential-store, and the frontend hands
+/// messages to relay-queue directly. The admin APIs (users, queue,
+/// sessions) are served on Unix sockets in `DATA_DIR/run` (0700), which the
+/// admin commands find on their own — any other local user reaches nothing.
 async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let _telemetry = authrelay_telemetry::init("authrelay", &cfg);
     // Before anything binds or opens: a SIGTERM during start-up waits for it.
     let shutdown = authrelay_telemetry::shutdown_signal();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
+    let run = run_dir(&cfg);
+    private_dir(&run).with_context(|| format!("{}", run.display()))?;
     let state = authrelay_state::SharedState::from_url(
         &cfg.redis.url,
         &cfg.redis.key_prefix,
         cfg.redis.timeout,
     )?;
-
-    let cs = tokio::net::TcpListener::bind(cfg.credential_store.listen)
-        .await
-        .with_context(|| format!("credential_store.listen {}", cfg.credential_store.listen))?;
-    let sa = tokio::net::TcpListener::bind(cfg.sasl_auth.listen)
-        .await
-        .with_context(|| format!("sasl_auth.listen {}", cfg.sasl_auth.listen))?;
-    let rq = tokio::net::TcpListener::bind(cfg.relay_queue.listen)
-        .await
-        .with_context(|| format!("relay_queue.listen {}", cfg.relay_queue.listen))?;
-    // In one process gRPC never leaves loopback: internal_tls is for
+    // In one process nothing crosses a network: internal_tls is for
     // separate pods (and four services cannot share one health_listen).
     if cfg.internal_tls.enabled || cfg.internal_tls.health_listen.is_some() {
         tracing::info!("internal_tls ignored by the all-in-one `authrelay serve`");
         cfg.internal_tls = Default::default();
     }
-    // In one process the services find each other where they actually bound.
-    cfg.endpoints.credential_store = vec![format!("http://{}", cs.local_addr()?)].into();
-    cfg.endpoints.sasl_auth = vec![format!("http://{}", sa.local_addr()?)].into();
-    cfg.endpoints.relay_queue = vec![format!("http://{}", rq.local_addr()?)].into();
-    let fe = smtp_frontend::bind(&cfg).await?;
-    cfg.endpoints.frontend = vec![format!("http://{}", fe.admin.local_addr()?)].into();
+    cfg.credential_store.listen_unix = Some(run.join(CREDENTIAL_STORE_SOCK));
+    cfg.relay_queue.listen_unix = Some(run.join(RELAY_QUEUE_SOCK));
+    cfg.sasl_auth.listen_unix = None;
+    let mut fe = smtp_frontend::bind_smtp(&cfg).await?;
+    fe.admin_unix = Some(authrelay_grpc_tls::bind_unix(
+        "frontend.admin_listen",
+        &run.join(FRONTEND_SOCK),
+    )?);
 
-    authrelay_telemetry::announce("credential-store", "grpc", cs.local_addr()?);
-    authrelay_telemetry::announce("sasl-auth", "grpc", sa.local_addr()?);
-    authrelay_telemetry::announce("relay-queue", "grpc", rq.local_addr()?);
+    // Admin calls on the private sockets (or with admin.token_file's
+    // token); the internal APIs (GetSecret, Enqueue) to nobody: in one
+    // process they are function calls.
+    let guard = || {
+        authrelay_grpc_tls::guard::Policy::from_config(&cfg)
+            .map(authrelay_grpc_tls::guard::GuardLayer::new)
+    };
+    let (guard_fe, guard_cs, guard_rq) = (guard()?, guard()?, guard()?);
+    let creds = credential_store::open(&cfg, Some(state.clone())).await?;
+    sasl_auth::prepare(&cfg).await?;
+    let sasl = sasl_auth::SaslService::with_credentials(
+        cfg.clone(),
+        state.clone(),
+        authrelay_grpc_tls::api::CredentialStoreApi::Local(creds.clone()),
+        // Nobody else opens this process's sealed exchanges.
+        sasl_auth::ExchangeKeys::ephemeral(),
+    );
+    let queue = Arc::new(relay_queue::QueueService::new(relay_queue::Queue::open(
+        cfg.clone(),
+    )?));
     println!(
-        "data directory {} ; session store {}",
+        "data directory {} ; session store {} ; admin sockets in {}",
         cfg.data_dir.display(),
         if cfg.redis.url.is_empty() {
             "in-process"
         } else {
             "redis"
-        }
+        },
+        run.display()
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -280,19 +313,34 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     };
     let frontend = tokio::spawn(smtp_frontend::serve(
         cfg.clone(),
-        state.clone(),
+        state,
         fe,
         true,
+        smtp_frontend::Backends::InProcess(Box::new((
+            smtp_frontend::SaslAuthApi::Local(Arc::new(sasl)),
+            smtp_frontend::QueueApi::Local(queue.clone()),
+        ))),
+        guard_fe,
         stopped(),
     ));
-    let creds = tokio::spawn(credential_store::serve(cfg.clone(), cs, stopped()));
-    let sasl = tokio::spawn(sasl_auth::serve(cfg.clone(), state, sa, stopped()));
-    let queue = tokio::spawn(relay_queue::serve(cfg.clone(), rq, stopped()));
+    let admin_creds = tokio::spawn(credential_store::serve(
+        cfg.clone(),
+        None,
+        creds,
+        guard_cs,
+        stopped(),
+    ));
+    let queue = tokio::spawn(relay_queue::serve_queue(
+        cfg.clone(),
+        None,
+        queue,
+        guard_rq,
+        stopped(),
+    ));
 
     let mut tasks = [
         ("smtp-frontend", frontend),
-        ("credential-store", creds),
-        ("sasl-auth", sasl),
+        ("credential-store", admin_creds),
         ("relay-queue", queue),
     ];
     tokio::select! {
@@ -319,22 +367,64 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A directory only its owner may enter, whatever the umask; an existing
+/// one is tightened.
+fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// The admin commands against `authrelay serve` on this machine: an
+/// endpoint left at its built-in default goes to serve's admin socket when
+/// that socket exists in the data directory.
+fn local_admin_endpoints(cfg: &mut Config) {
+    let defaults = authrelay_config::Endpoints::default();
+    let run = run_dir(cfg);
+    let pick = |current: &mut authrelay_config::WordList,
+                default: &authrelay_config::WordList,
+                sock: &str| {
+        // unix: endpoints are absolute; data_dir may be relative.
+        let path = std::path::absolute(run.join(sock)).unwrap_or_else(|_| run.join(sock));
+        if current.as_slice() == default.as_slice() && path.exists() {
+            *current = vec![format!("unix:{}", path.display())].into();
+        }
+    };
+    pick(
+        &mut cfg.endpoints.credential_store,
+        &defaults.credential_store,
+        CREDENTIAL_STORE_SOCK,
+    );
+    pick(
+        &mut cfg.endpoints.relay_queue,
+        &defaults.relay_queue,
+        RELAY_QUEUE_SOCK,
+    );
+    pick(
+        &mut cfg.endpoints.frontend,
+        &defaults.frontend,
+        FRONTEND_SOCK,
+    );
+}
+
 type ServiceTask = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// Resolves when the first of the service tasks ends (which it should not).
 async fn futures_select_any(
-    tasks: &mut [(&'static str, ServiceTask); 4],
+    tasks: &mut [(&'static str, ServiceTask); 3],
 ) -> (
     Result<anyhow::Result<()>, tokio::task::JoinError>,
     &'static str,
     (),
 ) {
-    let [(n0, t0), (n1, t1), (n2, t2), (n3, t3)] = tasks;
+    let [(n0, t0), (n1, t1), (n2, t2)] = tasks;
     tokio::select! {
         r = t0 => (r, *n0, ()),
         r = t1 => (r, *n1, ()),
         r = t2 => (r, *n2, ()),
-        r = t3 => (r, *n3, ()),
     }
 }
 
@@ -670,7 +760,10 @@ async fn sessions(cfg: Config, action: Option<SessionsCommand>, json: bool) -> a
     match action {
         Some(SessionsCommand::End { id }) => {
             let found = client
-                .end_session(fpb::EndSessionRequest { id: id.clone() })
+                .end_session(admin_request(
+                    &cfg,
+                    fpb::EndSessionRequest { id: id.clone() },
+                )?)
                 .await
                 .map_err(|s| status_error("sessions end", &eps, s))?
                 .into_inner()
@@ -682,7 +775,7 @@ async fn sessions(cfg: Config, action: Option<SessionsCommand>, json: bool) -> a
         }
         None => {
             let list = client
-                .list_sessions(fpb::ListSessionsRequest {})
+                .list_sessions(admin_request(&cfg, fpb::ListSessionsRequest {})?)
                 .await
                 .map_err(|s| status_error("sessions", &eps, s))?
                 .into_inner()

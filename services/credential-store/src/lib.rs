@@ -28,6 +28,10 @@ pub use backend::{
 pub use error::StoreError;
 pub use seal::Keyring;
 
+/// The channel user changes are announced on (sasl-auth subscribes):
+/// `REALM\0NAME`.
+pub const CHANGES_CHANNEL: &str = "creds:changed";
+
 /// Metadata key carrying the admin token (`authorization: Bearer …`).
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -35,11 +39,12 @@ pub struct CredentialService {
     store: Arc<Store>,
     default_families: Vec<SecretFamily>,
     params: SecretParams,
-    admin_token: Option<String>,
     /// `credential_store.realms`: where users may be created; empty = anywhere.
     realms: Vec<String>,
     /// What sasl-auth offers (same config): a listing shows only these.
     offered: Vec<Mechanism>,
+    /// Where user changes are announced to sasl-auth's secret caches.
+    changes: Option<authrelay_state::SharedState>,
 }
 
 impl CredentialService {
@@ -56,7 +61,6 @@ impl CredentialService {
             store: Arc::new(Store::new(backend, Keyring::from_config(cfg)?)),
             default_families,
             params,
-            admin_token: read_token(cfg)?,
             realms: cfg
                 .credential_store
                 .realms
@@ -64,11 +68,35 @@ impl CredentialService {
                 .map(str::to_owned)
                 .collect(),
             offered: cfg.offered_mechanisms(),
+            changes: None,
         })
+    }
+
+    /// Announce every change of a user on `state` (sasl-auth's secret
+    /// caches subscribe to it).
+    pub fn announce_changes(mut self, state: authrelay_state::SharedState) -> Self {
+        self.changes = Some(state);
+        self
     }
 
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
+    }
+
+    /// Tell every sasl-auth replica to forget what it cached for this user,
+    /// before the admin command that changed it returns. A failure is
+    /// logged, not returned: the change itself is stored, and caches drop
+    /// it at their TTL (sasl-auth also stops caching while it cannot hear
+    /// the feed).
+    async fn announce(&self, name: &str, realm: &str) {
+        let Some(state) = &self.changes else { return };
+        let mut msg = Vec::with_capacity(realm.len() + 1 + name.len());
+        msg.extend_from_slice(realm.as_bytes());
+        msg.push(0);
+        msg.extend_from_slice(name.as_bytes());
+        if let Err(e) = state.publish(CHANGES_CHANNEL, &msg).await {
+            tracing::error!(error = %e, "user change not announced: sasl-auth caches may use the old secret until sasl.secret_cache_ttl");
+        }
     }
 
     fn check_realm(&self, realm: &str) -> Result<(), StoreError> {
@@ -89,23 +117,6 @@ impl CredentialService {
             .map(|m| m.name().to_owned())
             .collect()
     }
-
-    fn check_admin<T>(&self, req: &Request<T>) -> Result<(), StoreError> {
-        let Some(want) = &self.admin_token else {
-            return Ok(());
-        };
-        let got = req
-            .metadata()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(got.as_bytes(), want.as_bytes()) {
-            Ok(())
-        } else {
-            Err(StoreError::Unauthenticated)
-        }
-    }
 }
 
 /// The admin token from `admin.token_file`, trimmed; None when unset.
@@ -125,11 +136,6 @@ pub fn read_token(cfg: &Config) -> Result<Option<String>, anyhow::Error> {
             Ok(Some(t))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Length is not secret (tokens have a fixed length); the bytes are.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Mechanism names → the secret families they need.
@@ -166,7 +172,6 @@ impl CredentialStore for CredentialService {
         &self,
         req: Request<pb::GetSecretRequest>,
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
-        self.check_admin(&req)?;
         let r = req.into_inner();
         let family = SecretFamily::from_name(&r.family)
             .ok_or(StoreError::UnknownFamily(r.family.clone()))?;
@@ -190,7 +195,6 @@ impl CredentialStore for CredentialService {
         &self,
         req: Request<pb::PutUserRequest>,
     ) -> Result<Response<pb::PutUserResponse>, Status> {
-        self.check_admin(&req)?;
         let r = req.into_inner();
         names::check_name(&r.name)?;
         self.check_realm(&r.realm)?;
@@ -234,6 +238,7 @@ impl CredentialStore for CredentialService {
                 mode,
             )
             .await?;
+        self.announce(&r.name, &r.realm).await;
         tracing::info!(user = %r.name, realm = %r.realm, created = stored.created, "user stored");
         Ok(Response::new(pb::PutUserResponse {
             mechanisms: self.usable(&stored.families),
@@ -246,9 +251,9 @@ impl CredentialStore for CredentialService {
         &self,
         req: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        self.check_admin(&req)?;
         let r = req.into_inner();
         self.store.delete_user(&r.name, &r.realm).await?;
+        self.announce(&r.name, &r.realm).await;
         tracing::info!(user = %r.name, realm = %r.realm, "user deleted");
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
@@ -258,7 +263,6 @@ impl CredentialStore for CredentialService {
         &self,
         req: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        self.check_admin(&req)?;
         let r = req.into_inner();
         let realm = Some(r.realm.as_str()).filter(|s| !s.is_empty());
         let users = self.store.list_users(realm).await?;
@@ -279,7 +283,6 @@ impl CredentialStore for CredentialService {
         &self,
         req: Request<pb::ImportUserRequest>,
     ) -> Result<Response<pb::ImportUserResponse>, Status> {
-        self.check_admin(&req)?;
         let r = req.into_inner();
         names::check_name(&r.name)?;
         self.check_realm(&r.realm)?;
@@ -309,6 +312,7 @@ impl CredentialStore for CredentialService {
                 mode,
             )
             .await?;
+        self.announce(&r.name, &r.realm).await;
         tracing::info!(user = %r.name, realm = %r.realm, created = stored.created, "user imported");
         Ok(Response::new(pb::ImportUserResponse {
             mechanisms: self.usable(&stored.families),
@@ -319,9 +323,8 @@ impl CredentialStore for CredentialService {
     #[tracing::instrument(name = "credential-store Reseal", skip_all)]
     async fn reseal(
         &self,
-        req: Request<pb::ResealRequest>,
+        _req: Request<pb::ResealRequest>,
     ) -> Result<Response<pb::ResealResponse>, Status> {
-        self.check_admin(&req)?;
         let (resealed, unchanged) = self.store.reseal().await?;
         let key_id = self.store.key_id().unwrap_or_default().to_owned();
         tracing::info!(resealed, unchanged, key_id = %key_id, "reseal done");
@@ -346,11 +349,11 @@ pub async fn open_backend(cfg: &Config) -> Result<Backend, anyhow::Error> {
 /// Serve on `listener` until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
+    service: Arc<CredentialService>,
+    guard: authrelay_grpc_tls::guard::GuardLayer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
-    let backend = open_backend(&cfg).await?;
-    let service = CredentialService::new(backend, &cfg)?;
     let backend = service.store();
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_listen = cfg.internal_tls.health_listen;
@@ -382,17 +385,54 @@ pub async fn serve(
     let tls = authrelay_grpc_tls::server_tls(&cfg)?;
     authrelay_grpc_tls::server()
         .layer(authrelay_telemetry::grpc::TraceLayer)
+        .layer(guard)
         .add_service(health)
-        .add_service(CredentialStoreServer::new(service))
+        .add_service(CredentialStoreServer::from_arc(service))
         .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix, tls), shutdown)
         .await?;
     Ok(())
+}
+
+/// Open the configured backend and make the service, announcing user
+/// changes on `changes` when given.
+pub async fn open(
+    cfg: &Config,
+    changes: Option<authrelay_state::SharedState>,
+) -> Result<Arc<CredentialService>, anyhow::Error> {
+    let backend = open_backend(cfg).await?;
+    let mut service = CredentialService::new(backend, cfg)?;
+    if let Some(state) = changes {
+        // A (re)started store may hold anything — a restored backup, other
+        // keys: every sasl-auth forgets all it cached.
+        if let Err(e) = state.publish(CHANGES_CHANNEL, b"*").await {
+            tracing::warn!(error = %e, "could not tell sasl-auth caches to start over");
+        }
+        service = service.announce_changes(state);
+    }
+    Ok(Arc::new(service))
 }
 
 /// Bind the configured address, announce it, and serve until SIGTERM/SIGINT.
 pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     // Before anything else: a SIGTERM during start-up waits for it to finish.
     let shutdown = authrelay_telemetry::shutdown_signal();
+    // sasl-auth caches secrets; it forgets a changed user when told so
+    // through Redis. Without Redis, a changed password would keep working
+    // from those caches until their TTL.
+    if cfg.redis.url.is_empty() && cfg.sasl.secret_cache_size > 0 {
+        anyhow::bail!(
+            "configuration key `redis.url` is empty: credential-store announces user changes to sasl-auth's secret caches through Redis (or set sasl.secret_cache_size = 0)"
+        );
+    }
+    let changes = (!cfg.redis.url.is_empty())
+        .then(|| {
+            authrelay_state::SharedState::redis(
+                &cfg.redis.url,
+                &cfg.redis.key_prefix,
+                cfg.redis.timeout,
+            )
+        })
+        .transpose()?;
     let listener = TcpListener::bind(cfg.credential_store.listen).await?;
     authrelay_telemetry::announce("credential-store", "grpc", listener.local_addr()?);
     if let Some(addr) = cfg.telemetry.metrics_listen {
@@ -402,5 +442,7 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
             authrelay_telemetry::metrics::serve(addr).await?,
         );
     }
-    serve(cfg, listener, shutdown).await
+    let guard = authrelay_grpc_tls::guard(&cfg)?;
+    let service = open(&cfg, changes).await?;
+    serve(cfg, Some(listener), service, guard, shutdown).await
 }

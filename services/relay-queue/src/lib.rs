@@ -614,7 +614,10 @@ impl Queue {
         Duration::from_secs_f64((capped * jitter).max(1.0))
     }
 
-    async fn enqueue(&self, mut stream: Streaming<pb::EnqueueRequest>) -> Result<String, Status> {
+    async fn enqueue<S>(&self, mut stream: S) -> Result<String, Status>
+    where
+        S: tokio_stream::Stream<Item = Result<pb::EnqueueRequest, Status>> + Unpin + Send,
+    {
         use pb::enqueue_request::Part;
         let first = stream
             .next()
@@ -676,12 +679,10 @@ impl Queue {
     }
 
     /// Write the body as it streams in; on Commit, make it durable and answer.
-    async fn store(
-        &self,
-        id: String,
-        env: Envelope,
-        mut stream: Streaming<pb::EnqueueRequest>,
-    ) -> Result<String, Status> {
+    async fn store<S>(&self, id: String, env: Envelope, mut stream: S) -> Result<String, Status>
+    where
+        S: tokio_stream::Stream<Item = Result<pb::EnqueueRequest, Status>> + Unpin + Send,
+    {
         use pb::enqueue_request::Part;
         let mut writer = self.spool.writer(&id, &env)?;
         // File writes are quick and buffered; each chunk is ≤ 64 KiB.
@@ -726,6 +727,30 @@ impl Queue {
 
 pub struct QueueService {
     queue: Arc<Queue>,
+}
+
+impl QueueService {
+    pub fn new(queue: Arc<Queue>) -> Self {
+        QueueService { queue }
+    }
+}
+
+/// The frontend's calls, in the same process (`authrelay serve`).
+#[tonic::async_trait]
+impl authrelay_grpc_tls::api::LocalQueue for QueueService {
+    async fn enqueue(
+        &self,
+        parts: tokio_stream::wrappers::ReceiverStream<pb::EnqueueRequest>,
+    ) -> Result<pb::EnqueueResponse, Status> {
+        let queue_id = self.queue.enqueue(parts.map(Ok)).await?;
+        Ok(pb::EnqueueResponse { queue_id })
+    }
+
+    async fn flush(&self, r: pb::FlushRequest) -> Result<pb::FlushResponse, Status> {
+        RelayQueue::flush(self, Request::new(r))
+            .await
+            .map(Response::into_inner)
+    }
 }
 
 #[tonic::async_trait]
@@ -857,6 +882,27 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
+    let guard = authrelay_grpc_tls::guard(&cfg)?;
+    let queue = Queue::open(cfg.clone())?;
+    serve_queue(
+        cfg,
+        Some(listener),
+        Arc::new(QueueService::new(queue)),
+        guard,
+        shutdown,
+    )
+    .await
+}
+
+/// Run `service`'s delivery and serve it over gRPC on `listener` and
+/// `relay_queue.listen_unix` (either may be absent) until `shutdown`.
+pub async fn serve_queue(
+    cfg: Config,
+    listener: Option<TcpListener>,
+    service: Arc<QueueService>,
+    guard: authrelay_grpc_tls::guard::GuardLayer,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), anyhow::Error> {
     let unix = authrelay_grpc_tls::listen_unix(
         "relay-queue",
         "relay_queue.listen_unix",
@@ -867,8 +913,7 @@ pub async fn serve(
         authrelay_grpc_tls::server_tls(&cfg)?,
         cfg.internal_tls.health_listen,
     );
-    let queue = Queue::open(cfg)?;
-    let runner = tokio::spawn(queue.clone().run());
+    let runner = tokio::spawn(service.queue.clone().run());
     let (reporter, health) = tonic_health::server::health_reporter();
     authrelay_grpc_tls::serve_plain_health("relay-queue", health_listen, health.clone()).await?;
     reporter
@@ -876,8 +921,9 @@ pub async fn serve(
         .await;
     let result = grpc
         .layer(authrelay_telemetry::grpc::TraceLayer)
+        .layer(guard)
         .add_service(health)
-        .add_service(RelayQueueServer::new(QueueService { queue }))
+        .add_service(RelayQueueServer::from_arc(service))
         .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix, tls), shutdown)
         .await;
     runner.abort();

@@ -1,57 +1,55 @@
 //! sasl-auth: the SASL server.
 //!
 //! Runs mechanism exchanges from the shared `authrelay-sasl` crate. Between
-//! SMTP round trips an exchange lives in the shared store under a random id
-//! with a short TTL, so any replica can take any step; it is taken with an
-//! atomic GETDEL, so one step cannot be played twice. PLAIN and LOGIN waiting
-//! for credentials hold nothing of the server's (no challenge, no nonce), so
-//! their state travels in the exchange id instead and costs no Redis at all. Brute-force counters
-//! live in the same store and so are shared by every replica and frontend.
-//! Unknown users are verified against a dummy secret: same reply, same log
-//! shape, about the same time as a wrong password.
+//! SMTP round trips an exchange travels sealed inside the challenge's
+//! exchange id ([`sealed`]): any replica can take any step and the shared
+//! store keeps no per-step state. Stored secrets come from a cache
+//! ([`secrets`]) that credential-store's change announcements keep honest,
+//! so a login costs a credential-store call only on a miss. Brute-force
+//! counters live in the shared store and so are shared by every replica
+//! and frontend; a step that verifies a credential reads them, and claims
+//! its sealed exchange once, in one round trip. Unknown users are verified
+//! against a dummy secret: same reply, same log shape, about the same time
+//! as a wrong password.
 
 mod cache;
 mod error;
 mod policy;
+pub mod sealed;
+pub mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use authrelay_config::Config;
+use authrelay_grpc_tls::api::CredentialStoreApi;
 use authrelay_proto::credentials::v1 as cpb;
 use authrelay_proto::credentials::v1::credential_store_client::CredentialStoreClient;
 use authrelay_proto::sasl::v1 as pb;
 use authrelay_proto::sasl::v1::sasl_auth_server::{SaslAuth, SaslAuthServer};
 use authrelay_sasl::{
     ChannelBinding, ChannelBindingType, Failure, Mechanism, Outcome, SecretFamily, SecretRequest,
-    ServerConfig, ServerExchange, Step, StoredSecret,
+    ServerConfig, ServerExchange, Step,
 };
 use authrelay_state::SharedState;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 pub use error::AuthError;
 pub use policy::split_login;
+pub use sealed::ExchangeKeys;
+pub use secrets::SecretCache;
 
-/// What is kept in the store between steps: the exchange (which never holds
-/// a secret — see `authrelay_sasl::ServerExchange`) and the session it
-/// belongs to, so another client cannot step someone else's exchange.
-#[derive(Serialize, Deserialize)]
-struct ExchangeRecord {
-    session_id: String,
-    client_ip: String,
-    exchange: ServerExchange,
-}
+/// The channel credential-store announces user changes on: `REALM\0NAME`.
+pub const CHANGES_CHANNEL: &str = "creds:changed";
 
 pub struct SaslService {
     cfg: Arc<Config>,
     state: SharedState,
-    creds: CredentialStoreClient<authrelay_telemetry::grpc::Traced>,
-    admin_token: Option<String>,
+    creds: CredentialStoreApi,
+    keys: ExchangeKeys,
+    secrets: Arc<SecretCache>,
     /// Argon2id needs ~19 MiB and tens of ms per verification: bound how many
     /// run at once so a login storm cannot exhaust memory or starve the runtime.
     hashing: Arc<Semaphore>,
@@ -60,25 +58,48 @@ pub struct SaslService {
 }
 
 impl SaslService {
-    pub fn new(cfg: Config, state: SharedState) -> Result<Self, anyhow::Error> {
-        let ttl = cfg.sasl.verified_cache_ttl;
-        let verified = (!ttl.is_zero()).then(|| cache::VerifiedCache::new(ttl, 100_000));
+    /// sasl-auth as its own service: credential-store over gRPC.
+    pub fn new(cfg: Config, state: SharedState, keys: ExchangeKeys) -> Result<Self, anyhow::Error> {
         let channel = authrelay_grpc_tls::channel(
             &cfg,
             cfg.endpoints.credential_store.as_slice(),
             cfg.endpoints.timeout,
         )
         .map_err(|e| anyhow::anyhow!("endpoints.credential_store: {e}"))?;
-        let admin_token = read_token(&cfg)?;
+        // The internal token rides on every call of a traced channel.
+        let creds = CredentialStoreApi::Remote(CredentialStoreClient::new(
+            authrelay_telemetry::grpc::traced(channel),
+        ));
+        Ok(Self::with_credentials(cfg, state, creds, keys))
+    }
+
+    /// sasl-auth over any credential-store, e.g. in the same process.
+    pub fn with_credentials(
+        cfg: Config,
+        state: SharedState,
+        creds: CredentialStoreApi,
+        keys: ExchangeKeys,
+    ) -> Self {
+        let ttl = cfg.sasl.verified_cache_ttl;
+        let verified = (!ttl.is_zero()).then(|| cache::VerifiedCache::new(ttl, 100_000));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Ok(SaslService {
+        let secrets = Arc::new(SecretCache::new(
+            cfg.sasl.secret_cache_size,
+            cfg.sasl.secret_cache_ttl,
+            cfg.sasl.secret_cache_negative_ttl,
+            // Nothing is cached until the change feed is up.
+            false,
+        ));
+        tokio::spawn(follow_changes(state.clone(), secrets.clone()));
+        SaslService {
             cfg: Arc::new(cfg),
             state,
-            creds: CredentialStoreClient::new(authrelay_telemetry::grpc::traced(channel)),
-            admin_token,
+            creds,
+            keys,
+            secrets,
             hashing: Arc::new(Semaphore::new(cpus * 2)),
             verified,
-        })
+        }
     }
 
     fn server_config(&self, s: &pb::SessionFacts) -> ServerConfig {
@@ -116,34 +137,22 @@ impl SaslService {
             .mechanisms_for(s.tls, cb, !s.client_cert_identity.is_empty())
     }
 
-    fn authed<T>(&self, msg: T) -> Request<T> {
-        let mut req = Request::new(msg);
-        if let Some(t) = &self.admin_token
-            && let Ok(v) = format!("Bearer {t}").parse()
-        {
-            req.metadata_mut().insert("authorization", v);
-        }
-        req
-    }
-
     async fn fetch_secret(
         &self,
         name: &str,
         realm: &str,
         family: SecretFamily,
-    ) -> Result<Option<StoredSecret>, AuthError> {
+    ) -> Result<secrets::Lookup, AuthError> {
         let started = std::time::Instant::now();
         let resp = self
             .creds
-            .clone()
-            .get_secret(self.authed(cpb::GetSecretRequest {
+            .get_secret(cpb::GetSecretRequest {
                 name: name.to_owned(),
                 realm: realm.to_owned(),
                 family: family.name().to_owned(),
-            }))
+            })
             .await
-            .map_err(|s| AuthError::Dependency(format!("credential-store: {}", s.code())))?
-            .into_inner();
+            .map_err(|s| AuthError::Dependency(format!("credential-store: {}", s.code())))?;
         let m = &authrelay_telemetry::metrics::METRICS;
         authrelay_telemetry::metrics::observe(
             &m.grpc_client_duration,
@@ -156,14 +165,77 @@ impl SaslService {
         let secret = resp
             .secret
             // Another family than asked is as malformed as a bad shape.
-            .and_then(|s| StoredSecret::try_from(s).ok())
+            .and_then(|s| authrelay_sasl::StoredSecret::try_from(s).ok())
             .filter(|s| s.family() == family)
             .ok_or_else(|| AuthError::Dependency("credential-store: malformed secret".into()))?;
-        Ok(Some(secret))
+        Ok(Some(secrets::CachedSecret::new(secret)))
+    }
+
+    /// The user's secret of `family`: from the cache, else from
+    /// credential-store (and then cached). `fresh` skips the cache. The
+    /// flag says whether the answer came from the cache.
+    async fn secret(
+        &self,
+        name: &str,
+        realm: &str,
+        family: SecretFamily,
+        fresh: bool,
+    ) -> Result<(secrets::Lookup, bool), AuthError> {
+        if !fresh && let Some(hit) = self.secrets.get(name, realm, family) {
+            return Ok((hit, true));
+        }
+        let epoch = self.secrets.epoch();
+        let found = self.fetch_secret(name, realm, family).await?;
+        self.secrets
+            .insert(name, realm, family, found.clone(), epoch);
+        Ok((found, false))
+    }
+
+    /// Resume the exchange with `secret`. Argon2id (PLAIN/LOGIN) runs on the
+    /// blocking pool, bounded, unless the verified-credential cache knows
+    /// this very password against this very hash.
+    async fn resume(
+        &self,
+        mut exchange: ServerExchange,
+        scfg: &ServerConfig,
+        family: SecretFamily,
+        secret: secrets::Lookup,
+    ) -> Result<(ServerExchange, Step), AuthError> {
+        if family != SecretFamily::Password {
+            let step = exchange.resume(scfg, secret.as_deref().map(|s| &**s));
+            return Ok((exchange, step));
+        }
+        let fingerprint = match (&self.verified, &secret) {
+            (Some(cache), Some(stored)) => exchange.plaintext_fingerprint(cache.key(), stored),
+            _ => None,
+        };
+        if fingerprint.is_some_and(|fp| self.verified.as_ref().is_some_and(|c| c.hit(&fp))) {
+            let step = exchange.resume_verified();
+            return Ok((exchange, step));
+        }
+        let permit = self
+            .hashing
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Dependency("shutting down".into()))?;
+        let cfg = scfg.clone();
+        let (exchange, step) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let step = exchange.resume(&cfg, secret.as_deref().map(|s| &**s));
+            (exchange, step)
+        })
+        .await
+        .map_err(|e| AuthError::Dependency(format!("verifier task: {e}")))?;
+        if let (Step::Success(_), Some(fp), Some(cache)) = (&step, fingerprint, &self.verified) {
+            cache.insert(fp);
+        }
+        Ok((exchange, step))
     }
 
     /// Drive the exchange until it needs the client again (a challenge,
-    /// stored under an id) or is over.
+    /// sealed) or is over. `claim`: the single-use key of the sealed state
+    /// this step came from, taken with the first limits check.
     async fn drive(
         &self,
         mut exchange: ServerExchange,
@@ -171,16 +243,29 @@ impl SaslService {
         scfg: ServerConfig,
         session: &pb::SessionFacts,
         mut ip_pending: bool,
+        mut claim: Option<String>,
     ) -> Result<pb::StepResponse, AuthError> {
         let mech = exchange.mechanism();
         let client_ip = policy::client_ip(&session.client_address);
+        let claim_ttl = self.cfg.sasl.exchange_ttl * 2;
         let mut login: Option<(String, String)> = None;
         loop {
-            // A step that ends without a Redis write of its own still answers
-            // to the per-address limit first (EXTERNAL, a malformed message).
-            if ip_pending && matches!(step, Step::Success(_) | Step::Failure(_)) {
-                policy::check_limits(&self.state, &self.cfg, &client_ip, true, None, None, mech)
-                    .await?;
+            // A step that ends without naming a user still answers to the
+            // per-address limit (EXTERNAL, a malformed message).
+            if (ip_pending || claim.is_some())
+                && matches!(step, Step::Success(_) | Step::Failure(_))
+            {
+                let c = claim.take();
+                policy::check_limits(
+                    &self.state,
+                    &self.cfg,
+                    &client_ip,
+                    ip_pending,
+                    None,
+                    c.as_deref().map(|k| (k, claim_ttl)),
+                    mech,
+                )
+                .await?;
                 ip_pending = false;
             }
             match step {
@@ -191,91 +276,49 @@ impl SaslService {
                 }) => {
                     let (name, realm) =
                         split_login(&authcid, realm.as_deref(), &self.cfg.default_realm);
+                    let c = claim.take();
                     policy::check_limits(
                         &self.state,
                         &self.cfg,
                         &client_ip,
                         ip_pending,
                         Some((&name, &realm)),
-                        None,
+                        c.as_deref().map(|k| (k, claim_ttl)),
                         mech,
                     )
                     .await?;
                     ip_pending = false;
-                    let secret = self.fetch_secret(&name, &realm, family).await?;
+                    let (secret, cached) = self.secret(&name, &realm, family, false).await?;
+                    // Kept to try again if the cached secret turns out stale.
+                    let retry = cached.then(|| exchange.clone());
+                    let used = secret.clone();
+                    (exchange, step) = self.resume(exchange, &scfg, family, secret).await?;
+                    if let (Step::Failure(Failure::InvalidCredentials), Some(again)) =
+                        (&step, retry)
+                    {
+                        // Dovecot's rule: a failure against a cached secret
+                        // looks the user up again before it answers 535, so
+                        // a missed invalidation never locks a user out.
+                        let (fresh, _) = self.secret(&name, &realm, family, true).await?;
+                        let stored = |l: &secrets::Lookup| l.as_deref().map(|s| (**s).clone());
+                        if stored(&fresh) != stored(&used) {
+                            (exchange, step) = self.resume(again, &scfg, family, fresh).await?;
+                        }
+                    }
                     login = Some((name, realm));
-                    let fingerprint = match (&self.verified, &secret) {
-                        (Some(cache), Some(stored)) => {
-                            exchange.plaintext_fingerprint(cache.key(), stored)
-                        }
-                        _ => None,
-                    };
-                    let cached = fingerprint
-                        .is_some_and(|fp| self.verified.as_ref().is_some_and(|c| c.hit(&fp)));
-                    step = if cached {
-                        exchange.resume_verified()
-                    } else if family == SecretFamily::Password {
-                        let permit = self
-                            .hashing
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| AuthError::Dependency("shutting down".into()))?;
-                        let cfg = scfg.clone();
-                        let (ex, st) = tokio::task::spawn_blocking(move || {
-                            let _permit = permit;
-                            let st = exchange.resume(&cfg, secret.as_ref());
-                            (exchange, st)
-                        })
-                        .await
-                        .map_err(|e| AuthError::Dependency(format!("verifier task: {e}")))?;
-                        exchange = ex;
-                        if let (Step::Success(_), Some(fp), Some(cache)) =
-                            (&st, fingerprint, &self.verified)
-                        {
-                            cache.insert(fp);
-                        }
-                        st
-                    } else {
-                        exchange.resume(&scfg, secret.as_ref())
-                    };
                 }
                 Step::Challenge(data) => {
-                    let record = ExchangeRecord {
-                        session_id: session.session_id.clone(),
-                        client_ip: client_ip.clone(),
+                    let state = sealed::ExchangeState {
+                        expires: sealed::unix_now() + self.cfg.sasl.exchange_ttl.as_secs().max(1),
+                        id: sealed::new_token_id(),
+                        ip_checked: !ip_pending,
                         exchange,
                     };
-                    let bytes = serde_json::to_vec(&record)
-                        .map_err(|e| AuthError::Dependency(format!("encode exchange: {e}")))?;
-                    // PLAIN/LOGIN between prompts hold only what the client
-                    // sent: the state rides in the id, no Redis write or GETDEL.
-                    // Any other state is stored under a new random id per
-                    // challenge: a captured id is useless after its step.
-                    let (id, key) = if record.exchange.awaits_client_credentials() {
-                        (inline_id(&bytes), None)
-                    } else {
-                        let id = new_exchange_id();
-                        let key = exchange_key(&id);
-                        (id, Some(key))
-                    };
-                    let put = key
-                        .as_deref()
-                        .map(|k| (k, bytes.as_slice(), self.cfg.sasl.exchange_ttl));
-                    policy::check_limits(
-                        &self.state,
-                        &self.cfg,
-                        &client_ip,
-                        ip_pending,
-                        None,
-                        put,
-                        mech,
-                    )
-                    .await?;
+                    let id = self.keys.seal(&session.session_id, &state);
                     return Ok(challenge(id, data));
                 }
                 Step::Success(outcome) => {
-                    return self.finish(outcome, &exchange, login, session).await;
+                    return self.finish(outcome, login, session).await;
                 }
                 Step::Failure(f) => {
                     let authcid = login
@@ -299,7 +342,6 @@ impl SaslService {
     async fn finish(
         &self,
         outcome: Outcome,
-        exchange: &ServerExchange,
         login: Option<(String, String)>,
         session: &pb::SessionFacts,
     ) -> Result<pb::StepResponse, AuthError> {
@@ -320,22 +362,9 @@ impl SaslService {
             }
         };
         let authcid = format!("{name}@{realm}");
-        // RFC 2831 §2.1: a nonce is good for one authentication. The store's
-        // atomic claim makes that hold across replicas.
-        if let Some(nonce) = exchange.digest_nonce()
-            && !self
-                .state
-                .claim(
-                    &format!("sasl:nonce:{nonce}"),
-                    self.cfg.sasl.exchange_ttl * 2,
-                )
-                .await?
-        {
-            return Err(AuthError::Replay {
-                mechanism: mech,
-                authcid,
-            });
-        }
+        // RFC 2831 §2.1's one authentication per nonce holds across
+        // replicas through the single-use claim of the sealed state that
+        // carried the nonce (see `drive`).
         let authzid = policy::authorize(
             &self.cfg,
             &authcid,
@@ -374,43 +403,74 @@ impl SaslService {
         if !all.contains(&mech) {
             return Err(AuthError::UnsupportedMechanism);
         }
-        // The per-address limit is read with the step's first Redis write
-        // (the exchange, or the per-user count): one round trip, not two.
+        // The per-address limit is read with the first step that names a
+        // user (or ends the exchange): one round trip per AUTH, not two.
         let scfg = self.server_config(&session);
         let mut exchange = ServerExchange::new(mech);
         let step = exchange.start(&scfg, r.initial_response.as_deref());
-        self.drive(exchange, step, scfg, &session, true).await
+        self.drive(exchange, step, scfg, &session, true, None).await
     }
 
     async fn step_inner(&self, r: pb::StepRequest) -> Result<pb::StepResponse, AuthError> {
         let session = r.session.unwrap_or_default();
-        let inline = r.exchange_id.strip_prefix(INLINE_ID);
-        let bytes = match inline {
-            Some(encoded) if encoded.len() <= MAX_INLINE_ID => B64URL
-                .decode(encoded)
-                .map_err(|_| AuthError::ExchangeExpired)?,
-            Some(_) => return Err(AuthError::ExchangeExpired),
-            None => self
-                .state
-                .take(&exchange_key(&r.exchange_id))
-                .await?
-                .ok_or(AuthError::ExchangeExpired)?,
-        };
-        let record: ExchangeRecord =
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::ExchangeExpired)?;
-        if record.session_id != session.session_id {
-            return Err(AuthError::ExchangeExpired);
-        }
-        // An inline id may only resume a state that holds nothing of the
-        // server's: a forged CRAM-MD5/DIGEST-MD5/SCRAM state (a chosen
-        // challenge or nonce, to replay a captured response) is refused.
-        if inline.is_some() && !record.exchange.awaits_client_credentials() {
-            return Err(AuthError::ExchangeExpired);
-        }
+        let state = self
+            .keys
+            .open(&session.session_id, &r.exchange_id)
+            .map_err(|refusal| {
+                authrelay_telemetry::metrics::sealed_refusal(refusal.label());
+                tracing::warn!(
+                    target: "auth",
+                    reason = %refusal,
+                    relay = %policy::client_ip(&session.client_address),
+                    "sealed SASL exchange refused: {refusal}"
+                );
+                AuthError::ExchangeExpired
+            })?;
+        // A state holding a server nonce or challenge (CRAM-MD5, DIGEST-MD5,
+        // SCRAM) is good for one answer; PLAIN/LOGIN prompts hold only what
+        // the client sent and need no claim.
+        let claim = (!state.exchange.awaits_client_credentials())
+            .then(|| format!("sasl:used:{}", state.id));
         let scfg = self.server_config(&session);
-        let mut exchange = record.exchange;
+        let mut exchange = state.exchange;
         let step = exchange.step(&scfg, &r.response);
-        self.drive(exchange, step, scfg, &session, false).await
+        self.drive(exchange, step, scfg, &session, !state.ip_checked, claim)
+            .await
+    }
+}
+
+/// Keep `cache` in step with credential-store's change announcements, for
+/// the life of the process. While the feed is down the cache is off.
+async fn follow_changes(state: SharedState, cache: Arc<SecretCache>) {
+    let mut logged_down = false;
+    loop {
+        match state.subscribe(CHANGES_CHANNEL).await {
+            Ok(mut feed) => {
+                cache.set_live(true);
+                if logged_down {
+                    tracing::info!("secret cache: change feed back, cache on");
+                    logged_down = false;
+                }
+                while let Some(msg) = feed.next().await {
+                    match msg.split(|b| *b == 0).collect::<Vec<_>>().as_slice() {
+                        [realm, name] => cache.invalidate(
+                            &String::from_utf8_lossy(name),
+                            &String::from_utf8_lossy(realm),
+                        ),
+                        _ => cache.clear(),
+                    }
+                }
+                cache.set_live(false);
+            }
+            Err(e) => {
+                cache.set_live(false);
+                if !logged_down {
+                    tracing::warn!("secret cache off: cannot follow credential changes ({e})");
+                    logged_down = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -420,39 +480,6 @@ fn challenge(id: String, data: Vec<u8>) -> pb::StepResponse {
             exchange_id: id,
             data,
         })),
-    }
-}
-
-/// Exchange ids that carry their state (PLAIN/LOGIN awaiting credentials)
-/// start with this; every other id names a Redis record.
-const INLINE_ID: &str = "inline:";
-/// Bounds what a step will decode: a LOGIN user name is at most 8 KiB (the
-/// mechanism's response limit), six times that JSON-escaped at worst, then
-/// base64 and the record around it.
-const MAX_INLINE_ID: usize = 72 * 1024;
-
-fn inline_id(record: &[u8]) -> String {
-    format!("{INLINE_ID}{}", B64URL.encode(record))
-}
-
-fn exchange_key(id: &str) -> String {
-    format!("sasl:x:{id}")
-}
-
-fn new_exchange_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
-}
-
-fn read_token(cfg: &Config) -> Result<Option<String>, anyhow::Error> {
-    match &cfg.admin.token_file {
-        None => Ok(None),
-        Some(p) => Ok(Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", p.display()))?
-                .trim()
-                .to_owned(),
-        )),
     }
 }
 
@@ -504,27 +531,19 @@ impl SaslAuth for SaslService {
         ))
     }
 
+    /// Nothing is stored between steps: a cancelled exchange is simply
+    /// never stepped again, and its sealed state expires.
     async fn abort(
         &self,
-        req: Request<pb::AbortRequest>,
+        _req: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
-        let id = req.into_inner().exchange_id;
-        // Best effort: an abandoned exchange also expires on its own. An
-        // inline one has nothing stored.
-        if !id.starts_with(INLINE_ID) {
-            let _ = self.state.delete(&exchange_key(&id)).await;
-        }
         Ok(Response::new(pb::AbortResponse {}))
     }
 }
 
-/// Serve on `listener` until `shutdown` resolves.
-pub async fn serve(
-    cfg: Config,
-    state: SharedState,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), anyhow::Error> {
+/// What every sasl-auth needs before its first exchange, in its own
+/// process or inside `authrelay serve`.
+pub async fn prepare(cfg: &Config) -> Result<(), anyhow::Error> {
     // Unknown users are checked against a dummy secret made with the same
     // costs as real ones (same Argon2id time, same SCRAM `i=`), or timing
     // and server-first would tell which users exist.
@@ -534,6 +553,32 @@ pub async fn serve(
         argon2_t_cost: cfg.credential_store.argon2_iterations,
         ..authrelay_sasl::SecretParams::default()
     });
+    // Build the unknown-user dummy hash now, so the first probe of an
+    // unknown user is not measurably slower than a wrong password.
+    tokio::task::spawn_blocking(|| authrelay_sasl::dummy_secret(SecretFamily::Password, ""))
+        .await?;
+    Ok(())
+}
+
+/// The exchange keys a separate sasl-auth seals with: from
+/// `sasl.exchange_key_file` (and the previous one), required, since every
+/// replica must open what any other sealed.
+pub fn exchange_keys(cfg: &Config) -> Result<ExchangeKeys, anyhow::Error> {
+    let Some(current) = &cfg.sasl.exchange_key_file else {
+        anyhow::bail!(
+            "configuration key `sasl.exchange_key_file` is not set: a separate sasl-auth seals exchange state with a key every replica shares (64 hex digits, e.g. `openssl rand -hex 32`; only `authrelay serve` makes its own)"
+        );
+    };
+    ExchangeKeys::from_files(current, cfg.sasl.exchange_previous_key_file.as_deref())
+}
+
+/// Serve on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cfg: Config,
+    state: SharedState,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), anyhow::Error> {
     let unix = authrelay_grpc_tls::listen_unix(
         "sasl-auth",
         "sasl_auth.listen_unix",
@@ -544,14 +589,13 @@ pub async fn serve(
         authrelay_grpc_tls::server_tls(&cfg)?,
         cfg.internal_tls.health_listen,
     );
-    let service = SaslService::new(cfg, state.clone())?;
-    // Build the unknown-user dummy hash now, so the first probe of an
-    // unknown user is not measurably slower than a wrong password.
-    tokio::task::spawn_blocking(|| authrelay_sasl::dummy_secret(SecretFamily::Password, ""))
-        .await?;
+    let guard = authrelay_grpc_tls::guard(&cfg)?;
+    prepare(&cfg).await?;
+    let keys = exchange_keys(&cfg)?;
+    let service = SaslService::new(cfg, state.clone(), keys)?;
     let (reporter, health) = tonic_health::server::health_reporter();
     authrelay_grpc_tls::serve_plain_health("sasl-auth", health_listen, health.clone()).await?;
-    // Readiness follows the shared store: without it no exchange can work.
+    // Readiness follows the shared store: without it no limit can be read.
     tokio::spawn(async move {
         loop {
             match state.ping().await {
@@ -566,6 +610,7 @@ pub async fn serve(
         }
     });
     grpc.layer(authrelay_telemetry::grpc::TraceLayer)
+        .layer(guard)
         .add_service(health)
         .add_service(SaslAuthServer::new(service))
         .serve_with_incoming_shutdown(authrelay_grpc_tls::incoming(listener, unix, tls), shutdown)
@@ -581,9 +626,11 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     let shutdown = authrelay_telemetry::shutdown_signal();
     if cfg.redis.url.is_empty() {
         anyhow::bail!(
-            "configuration key `redis.url` is empty: a separate sasl-auth needs Redis so replicas share exchanges and limits (only `authrelay serve` may run without it)"
+            "configuration key `redis.url` is empty: a separate sasl-auth needs Redis so replicas share limits and hear credential changes (only `authrelay serve` may run without it)"
         );
     }
+    // Refuse a missing key before binding anything.
+    exchange_keys(&cfg)?;
     let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
     let listener = TcpListener::bind(cfg.sasl_auth.listen).await?;
     authrelay_telemetry::announce("sasl-auth", "grpc", listener.local_addr()?);

@@ -64,8 +64,24 @@ fn ip_key(ip: &str) -> String {
     format!("bf:ip:{ip}")
 }
 
+/// The per-user counter's key names the login by a keyed hash, not as
+/// typed: a password typed into the user-name field (it happens) must not
+/// end up readable in Redis's key space.
 fn user_key(name: &str, realm: &str) -> String {
-    format!("bf:user:{realm}:{name}")
+    format!("bf:user:{}", login_hash(name, realm))
+}
+
+/// A short stable hash of a login for keys and for the log lines of
+/// unknown users; a process-wide constant salt keeps it the same on every
+/// replica (so counters are shared) without being a plain SHA of the name.
+pub fn login_hash(name: &str, realm: &str) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"authrelay login v1\0");
+    h.update(realm.as_bytes());
+    h.update(b"\0");
+    h.update(name.as_bytes());
+    hex::encode(&h.finalize()[..12])
 }
 
 async fn blocked_delay(cfg: &Config) {
@@ -76,11 +92,13 @@ async fn blocked_delay(cfg: &Config) {
 }
 
 /// The limits one AUTH step is subject to, read in one round trip, together
-/// with the exchange to store (`put`) when the step ends in a challenge.
+/// with the single-use `claim` of the sealed exchange the step came from
+/// (a replayed step is refused: [`AuthError::ExchangeExpired`]).
 ///
 /// `ip_pending`: the per-address count has not been read for this AUTH yet
-/// (the first step): an address past its limit is then answered 454 after
-/// a delay. `user`: the login, once the mechanism has named it. A user past
+/// (it is read with the first step that names a user, or ends the
+/// exchange): an address past its limit is then answered 454 after a
+/// delay. `user`: the login, once the mechanism has named it. A user past
 /// its limit is blocked only for addresses that have failed recently; a
 /// clean address still gets through, so an attacker cannot lock the real
 /// user out (the lockout-DoS), while each attacking address gets at most
@@ -91,7 +109,7 @@ pub async fn check_limits(
     ip: &str,
     ip_pending: bool,
     user: Option<(&str, &str)>,
-    put: Option<(&str, &[u8], std::time::Duration)>,
+    claim: Option<(&str, std::time::Duration)>,
     mech: Mechanism,
 ) -> Result<(), AuthError> {
     let lim = &cfg.sasl.limits;
@@ -104,7 +122,14 @@ pub async fn check_limits(
         .into_iter()
         .chain(userk.as_deref())
         .collect();
-    let counts = state.count_events_and_put(&keys, lim.window, put).await?;
+    let (counts, claimed) = state
+        .count_events_and_claim(&keys, lim.window, claim)
+        .await?;
+    if !claimed {
+        authrelay_telemetry::metrics::sealed_refusal("replayed");
+        tracing::warn!(target: "auth", mech = mech.name(), "sealed SASL exchange refused: replayed (its step was already taken)");
+        return Err(AuthError::ExchangeExpired);
+    }
     let mut counts = counts.into_iter();
     let ip_n = if want_ip { counts.next() } else { None };
     let user_n = if want_user.is_some() {
@@ -112,13 +137,7 @@ pub async fn check_limits(
     } else {
         None
     };
-    let forget_exchange = || async {
-        if let Some((key, _, _)) = put {
-            let _ = state.delete(key).await;
-        }
-    };
     if ip_n.is_some_and(|n| n >= u64::from(lim.max_failures_per_ip)) {
-        forget_exchange().await;
         log_block_once(state, cfg, &ipk, "client address", ip).await;
         blocked_delay(cfg).await;
         return Err(AuthError::RateLimited {
@@ -135,7 +154,6 @@ pub async fn check_limits(
             None => state.count_events(&ipk, lim.window).await? > 0,
         };
         if ip_failed {
-            forget_exchange().await;
             log_block_once(state, cfg, key, "user", &format!("{name}@{realm}")).await;
             blocked_delay(cfg).await;
             return Err(AuthError::RateLimited {
@@ -191,6 +209,19 @@ mod tests {
             split_login("test@", None, "d"),
             ("test@".into(), "d".into())
         );
+    }
+
+    #[test]
+    fn a_per_user_counter_key_never_holds_what_was_typed_as_the_user() {
+        let typed = "Hunter2-the-password";
+        let k = user_key(typed, "mailserver.foo.com");
+        assert!(!k.contains(typed) && !k.contains("mailserver"), "{k}");
+        assert_eq!(
+            k,
+            user_key(typed, "mailserver.foo.com"),
+            "stable across replicas"
+        );
+        assert_ne!(k, user_key("other", "mailserver.foo.com"));
     }
 
     #[test]

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authrelay_config::{Config, Listener};
+pub use authrelay_grpc_tls::api::{QueueApi, SaslAuthApi};
 use authrelay_proto::queue::v1::relay_queue_client::RelayQueueClient;
 use authrelay_proto::sasl::v1::sasl_auth_client::SaslAuthClient;
 use authrelay_state::SharedState;
-use authrelay_telemetry::grpc::{Traced, traced};
+use authrelay_telemetry::grpc::traced;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -33,8 +34,8 @@ use crate::reply::Reply;
 pub struct Shared {
     pub cfg: Config,
     pub policy: RelayPolicy,
-    pub sasl: SaslAuthClient<Traced>,
-    pub queue: RelayQueueClient<Traced>,
+    pub sasl: SaslAuthApi,
+    pub queue: QueueApi,
     pub tls: Option<TlsAcceptor>,
     /// The certificate in use (for tls-server-end-point channel binding).
     pub cert: Option<Arc<tls::ReloadingCert>>,
@@ -48,7 +49,18 @@ pub struct Shared {
 /// Listeners bound and ready (bind first, so a port clash fails at start).
 pub struct Bound {
     pub listeners: Vec<(Listener, TcpListener)>,
-    pub admin: TcpListener,
+    /// The sessions admin API on `frontend.admin_listen`; `authrelay serve`
+    /// puts it on a private Unix socket instead.
+    pub admin: Option<TcpListener>,
+    pub admin_unix: Option<tokio::net::UnixListener>,
+}
+
+/// How the frontend reaches sasl-auth and relay-queue.
+pub enum Backends {
+    /// Over gRPC at `endpoints.*` (a deployment).
+    Dial,
+    /// In the same process (`authrelay serve`).
+    InProcess(Box<(SaslAuthApi, QueueApi)>),
 }
 
 pub async fn bind(cfg: &Config) -> Result<Bound, anyhow::Error> {
@@ -62,7 +74,28 @@ pub async fn bind(cfg: &Config) -> Result<Bound, anyhow::Error> {
     let admin = TcpListener::bind(cfg.frontend.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("frontend.admin_listen {}: {e}", cfg.frontend.admin_listen))?;
-    Ok(Bound { listeners, admin })
+    Ok(Bound {
+        listeners,
+        admin: Some(admin),
+        admin_unix: None,
+    })
+}
+
+/// The listeners of `frontend.listeners` only: `authrelay serve` gives the
+/// admin API a Unix socket of its own.
+pub async fn bind_smtp(cfg: &Config) -> Result<Bound, anyhow::Error> {
+    let mut listeners = Vec::new();
+    for l in &cfg.frontend.listeners {
+        let sock = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("frontend.listeners {}: {e}", l.address))?;
+        listeners.push((l.clone(), sock));
+    }
+    Ok(Bound {
+        listeners,
+        admin: None,
+        admin_unix: None,
+    })
 }
 
 /// Serve the bound listeners until `shutdown`, then drain: stop taking new
@@ -73,6 +106,8 @@ pub async fn serve(
     state: SharedState,
     bound: Bound,
     self_signed_ok: bool,
+    backends: Backends,
+    guard: authrelay_grpc_tls::guard::GuardLayer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), anyhow::Error> {
     let (tls, cert) = match tls::setup(&cfg, self_signed_ok)? {
@@ -82,21 +117,34 @@ pub async fn serve(
             (Some(TlsAcceptor::from(c)), Some(cert))
         }
     };
-    let sasl = authrelay_grpc_tls::channel(
-        &cfg,
-        cfg.endpoints.sasl_auth.as_slice(),
-        cfg.endpoints.timeout,
-    )
-    .map_err(|e| anyhow::anyhow!("endpoints.sasl_auth: {e}"))?;
-    // Enqueue streams a whole message: the per-call deadline must cover a
-    // slow client's DATA, so the queue channel gets a generous one.
-    let queue = authrelay_grpc_tls::channel(
-        &cfg,
-        cfg.endpoints.relay_queue.as_slice(),
-        cfg.frontend.timeouts.data_block * 4,
-    )
-    .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
-    let dependencies = (sasl.clone(), queue.clone());
+    let (sasl, queue, dependencies) = match backends {
+        Backends::InProcess(apis) => {
+            let (sasl, queue) = *apis;
+            (sasl, queue, None)
+        }
+        Backends::Dial => {
+            let sasl = authrelay_grpc_tls::channel(
+                &cfg,
+                cfg.endpoints.sasl_auth.as_slice(),
+                cfg.endpoints.timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("endpoints.sasl_auth: {e}"))?;
+            // Enqueue streams a whole message: the per-call deadline must
+            // cover a slow client's DATA, so the queue channel gets a
+            // generous one.
+            let queue = authrelay_grpc_tls::channel(
+                &cfg,
+                cfg.endpoints.relay_queue.as_slice(),
+                cfg.frontend.timeouts.data_block * 4,
+            )
+            .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
+            (
+                SaslAuthApi::Remote(SaslAuthClient::new(traced(sasl.clone()))),
+                QueueApi::Remote(RelayQueueClient::new(traced(queue.clone()))),
+                Some((sasl, queue)),
+            )
+        }
+    };
     let (drain_tx, draining) = watch::channel(false);
     let max_conn = cfg.frontend.max_connections;
     let grace = cfg.frontend.drain_grace;
@@ -105,8 +153,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         policy: RelayPolicy::from_config(&cfg),
-        sasl: SaslAuthClient::new(traced(sasl)),
-        queue: RelayQueueClient::new(traced(queue)),
+        sasl,
+        queue,
         tls,
         cert,
         state,
@@ -138,15 +186,18 @@ pub async fn serve(
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tokio::spawn(follow_dependencies(
-        shared.clone(),
-        reporter.clone(),
-        dependencies,
-    ));
+    if let Some(dependencies) = dependencies {
+        tokio::spawn(follow_dependencies(
+            shared.clone(),
+            reporter.clone(),
+            dependencies,
+        ));
+    }
     let health_listen = shared.cfg.internal_tls.health_listen;
     authrelay_grpc_tls::serve_plain_health("smtp-frontend", health_listen, health.clone()).await?;
-    let admin_addr = bound.admin.local_addr()?;
-    authrelay_telemetry::announce("smtp-frontend", "grpc admin", admin_addr);
+    if let Some(admin) = &bound.admin {
+        authrelay_telemetry::announce("smtp-frontend", "grpc admin", admin.local_addr()?);
+    }
     let mut admin_drain = shared.draining.clone();
     if let Some(addr) = shared.cfg.telemetry.metrics_listen {
         let local = authrelay_telemetry::metrics::serve(addr).await?;
@@ -155,6 +206,7 @@ pub async fn serve(
     let admin_tls = authrelay_grpc_tls::server_tls(&shared.cfg)?;
     let admin = authrelay_grpc_tls::server()
         .layer(authrelay_telemetry::grpc::TraceLayer)
+        .layer(guard)
         .add_service(health)
         .add_service(
             authrelay_proto::frontend::v1::sessions_server::SessionsServer::new(
@@ -162,7 +214,7 @@ pub async fn serve(
             ),
         )
         .serve_with_incoming_shutdown(
-            authrelay_grpc_tls::incoming(bound.admin, None, admin_tls),
+            authrelay_grpc_tls::incoming(bound.admin, bound.admin_unix, admin_tls),
             async move {
                 let _ = admin_drain.wait_for(|d| *d).await;
             },
@@ -409,5 +461,6 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     tls::setup(&cfg, false)?;
     let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
     let bound = bind(&cfg).await?;
-    serve(cfg, state, bound, false, shutdown).await
+    let guard = authrelay_grpc_tls::guard(&cfg)?;
+    serve(cfg, state, bound, false, Backends::Dial, guard, shutdown).await
 }

@@ -704,7 +704,7 @@ impl Session {
             },
         };
         let facts = self.session_facts();
-        let mut sasl = self.shared.sasl.clone();
+        let sasl = self.shared.sasl.clone();
         let start = spb::StartRequest {
             mechanism: mech.name().to_owned(),
             initial_response,
@@ -718,7 +718,7 @@ impl Session {
         grpc_latency("sasl-auth/Start", t0);
         loop {
             let result = match resp {
-                Ok(r) => r.into_inner().result,
+                Ok(r) => r.result,
                 Err(status) => {
                     self.log_auth_failure(
                         mech.name(),
@@ -736,11 +736,6 @@ impl Session {
                     let line = match self.read_line(max, false).await {
                         Ok(Line::Complete(l)) => l,
                         Ok(Line::TooLong) => {
-                            let _ = sasl
-                                .abort(spb::AbortRequest {
-                                    exchange_id: ch.exchange_id,
-                                })
-                                .await;
                             self.reply(Reply::new(
                                 500,
                                 "5.5.6",
@@ -749,29 +744,14 @@ impl Session {
                             return Flow::Continue;
                         }
                         Err(_) => {
-                            let _ = sasl
-                                .abort(spb::AbortRequest {
-                                    exchange_id: ch.exchange_id,
-                                })
-                                .await;
                             return Flow::Close;
                         }
                     };
                     if line == b"*" {
-                        let _ = sasl
-                            .abort(spb::AbortRequest {
-                                exchange_id: ch.exchange_id,
-                            })
-                            .await;
                         self.reply(r::auth_cancelled());
                         return Flow::Continue;
                     }
                     let Ok(response) = B64.decode(&line) else {
-                        let _ = sasl
-                            .abort(spb::AbortRequest {
-                                exchange_id: ch.exchange_id,
-                            })
-                            .await;
                         self.reply(r::auth_malformed());
                         return Flow::Continue;
                     };
@@ -915,8 +895,9 @@ impl Session {
 
     async fn etrn(&mut self, node: String) {
         let domain = node.trim_start_matches(['@', '#']).to_owned();
-        let mut queue = self.shared.queue.clone();
-        match queue
+        match self
+            .shared
+            .queue
             .flush(qpb::FlushRequest {
                 domain: domain.clone(),
             })
@@ -1167,7 +1148,7 @@ struct QueueFailure {
 pub(crate) struct Upload {
     queue_id: String,
     sender: tokio::sync::mpsc::Sender<qpb::EnqueueRequest>,
-    call: tokio::task::JoinHandle<Result<tonic::Response<qpb::EnqueueResponse>, tonic::Status>>,
+    call: tokio::task::JoinHandle<Result<qpb::EnqueueResponse, tonic::Status>>,
     queue_ok: bool,
     /// Body bytes from the client (SIZE counts these).
     size: u64,
@@ -1188,7 +1169,7 @@ impl Upload {
         header: String,
     ) -> Upload {
         let (sender, rx) = tokio::sync::mpsc::channel::<qpb::EnqueueRequest>(8);
-        let mut queue = shared.queue.clone();
+        let queue = shared.queue.clone();
         // In the session's span, so the gRPC call carries its trace context.
         let call = tokio::spawn(tracing::Instrument::in_current_span(async move {
             queue.enqueue(ReceiverStream::new(rx)).await
@@ -1256,7 +1237,7 @@ impl Upload {
         let answer = tokio::time::timeout(Duration::from_secs(120), call).await;
         let fail = |why: String, disk_full| Err(QueueFailure { why, disk_full });
         match answer {
-            Ok(Ok(Ok(resp))) if queue_ok => Ok(resp.into_inner().queue_id),
+            Ok(Ok(Ok(resp))) if queue_ok => Ok(resp.queue_id),
             Ok(Ok(Ok(_))) => fail("relay-queue: stream closed early".into(), false),
             Ok(Ok(Err(status))) => fail(
                 format!("relay-queue: {} {}", status.code(), status.message()),
