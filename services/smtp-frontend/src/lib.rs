@@ -64,21 +64,12 @@ pub enum Backends {
 }
 
 pub async fn bind(cfg: &Config) -> Result<Bound, anyhow::Error> {
-    let mut listeners = Vec::new();
-    for l in &cfg.frontend.listeners {
-        let sock = TcpListener::bind(l.address)
-            .await
-            .map_err(|e| anyhow::anyhow!("frontend.listeners {}: {e}", l.address))?;
-        listeners.push((l.clone(), sock));
-    }
+    let mut bound = bind_smtp(cfg).await?;
     let admin = TcpListener::bind(cfg.frontend.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("frontend.admin_listen {}: {e}", cfg.frontend.admin_listen))?;
-    Ok(Bound {
-        listeners,
-        admin: Some(admin),
-        admin_unix: None,
-    })
+    bound.admin = Some(admin);
+    Ok(bound)
 }
 
 /// The listeners of `frontend.listeners` only: `authrelay serve` gives the
