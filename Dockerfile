@@ -29,6 +29,8 @@ COPY --from=builder /out/ /usr/local/bin/
 # The admin pod idles with coreutils' sleep (it needs only glibc, which
 # distroless has) so operators can `kubectl exec` the authrelay CLI there.
 USER nonroot:nonroot
-EXPOSE 2525 2587 2465 7340 7341 7342 7343
+# SMTP 2525/2587/2465, gRPC 7340-7343 (frontend admin, sasl-auth,
+# credential-store, relay-queue), Prometheus metrics 9464.
+EXPOSE 2525 2587 2465 7340 7341 7342 7343 9464
 ENTRYPOINT ["/usr/local/bin/authrelay"]
 CMD ["serve"]
