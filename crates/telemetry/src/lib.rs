@@ -9,9 +9,12 @@
 //! - W3C trace context crosses every gRPC hop through [`grpc`]: one layer on
 //!   every server, one interceptor on every client.
 //! - Prometheus metrics in [`metrics`].
+//! - Data directories and files private to the service's user, whatever
+//!   the umask, in [`private_fs`].
 
 pub mod grpc;
 pub mod metrics;
+pub mod private_fs;
 
 use authrelay_config::{Config, LogFormat};
 use opentelemetry::trace::TracerProvider as _;

@@ -249,7 +249,7 @@ async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     let _telemetry = authrelay_telemetry::init("authrelay", &cfg);
     // Before anything binds or opens: a SIGTERM during start-up waits for it.
     let shutdown = authrelay_telemetry::shutdown_signal();
-    std::fs::create_dir_all(&cfg.data_dir)
+    authrelay_telemetry::private_fs::private_dir(&cfg.data_dir)
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
     let run = run_dir(&cfg);
     private_dir(&run).with_context(|| format!("{}", run.display()))?;

@@ -2,14 +2,17 @@
 //! body. It is written under `tmp/`, fsynced, renamed into `queue/` and the
 //! directory fsynced before Enqueue answers — so the frontend's `250` means
 //! the message survives a crash or power loss. Delivery state lives beside
-//! it in `<id>.state`, replaced atomically the same way.
+//! it in `<id>.state`, replaced atomically the same way. The spool and its
+//! directories are 0700 and every file in it 0600, whatever the umask:
+//! messages are other people's mail.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use authrelay_telemetry::private_fs;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,8 +155,9 @@ pub fn new_id() -> String {
 
 impl Spool {
     pub fn open(root: &Path) -> Result<Self, SpoolError> {
+        private_fs::private_dir(root)?;
         for d in ["tmp", "queue"] {
-            fs::create_dir_all(root.join(d))?;
+            private_fs::private_dir(&root.join(d))?;
         }
         let spool = Spool {
             root: root.to_owned(),
@@ -181,7 +185,7 @@ impl Spool {
     /// Start writing a message; nothing is visible until [`Writer::commit`].
     pub fn writer(&self, id: &str, envelope: &Envelope) -> Result<Writer, SpoolError> {
         let tmp = self.root.join("tmp").join(format!("{id}.msg"));
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut file = private_fs::create_private_file(&tmp)?;
         let mut line =
             serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
         line.push(b'\n');
@@ -244,7 +248,7 @@ impl Spool {
         let tmp = self.root.join("tmp").join(format!("{id}.state"));
         let bytes = serde_json::to_vec(state).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = private_fs::open_private_file(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
@@ -412,6 +416,30 @@ mod tests {
         let w = s.writer("ALONE00001", &env()).unwrap();
         w.commit().unwrap();
         assert_eq!(s.queue_sync.fsyncs.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn spool_directories_are_0700_and_messages_and_states_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let (s, d) = spool();
+        let mut w = s.writer("MODES00001", &env()).unwrap();
+        // Before the commit, under tmp/, already private.
+        assert_eq!(mode(&d.join("tmp/MODES00001.msg")), 0o600);
+        w.write(b"Subject: private\r\n\r\nmail\r\n").unwrap();
+        w.commit().unwrap();
+        s.save_state("MODES00001", &DeliveryState::default())
+            .unwrap();
+        for dir in [d.clone(), d.join("tmp"), d.join("queue")] {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        }
+        for f in ["MODES00001.msg", "MODES00001.state"] {
+            assert_eq!(mode(&d.join("queue").join(f)), 0o600, "{f}");
+        }
+        // A spool left open by an older version is tightened when opened.
+        fs::set_permissions(d.join("queue"), fs::Permissions::from_mode(0o755)).unwrap();
+        Spool::open(&d).unwrap();
+        assert_eq!(mode(&d.join("queue")), 0o700);
     }
 
     #[test]

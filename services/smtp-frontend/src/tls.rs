@@ -212,10 +212,13 @@ fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     let dir = cfg.data_dir.join("tls");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
+    // The key's directory 0700 and the key 0600, whatever the umask;
+    // tightened when found open.
+    authrelay_telemetry::private_fs::private_dir(&dir).map_err(|e| file_err(&dir, e))?;
     if cert.exists() && key.exists() {
+        authrelay_telemetry::private_fs::private_file(&key).map_err(|e| file_err(&key, e))?;
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
     let names = vec![
         cfg.hostname.clone(),
         "localhost".to_owned(),
@@ -223,7 +226,7 @@ fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     ];
     let made = rcgen::generate_simple_self_signed(names).map_err(|e| file_err(&cert, e))?;
     write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, made.cert.pem()).map_err(|e| file_err(&cert, e))?;
+    write_private(&cert, made.cert.pem().as_bytes())?;
     tracing::warn!(
         cert = %cert.display(),
         "no TLS certificate configured: made a self-signed one (set frontend.tls.cert/key for production)"
@@ -231,16 +234,12 @@ fn self_signed(cfg: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     Ok((cert, key))
 }
 
+/// Mode 0600 whatever the umask, also over a file a torn earlier attempt
+/// left (only one of the pair existed).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|e| file_err(path, e))?;
+    let mut f =
+        authrelay_telemetry::private_fs::open_private_file(path).map_err(|e| file_err(path, e))?;
     f.write_all(bytes).map_err(|e| file_err(path, e))
 }
 
@@ -255,4 +254,36 @@ pub fn tls_exporter(conn: &rustls::ServerConnection) -> Option<Vec<u8>> {
     conn.export_keying_material(&mut out, b"EXPORTER-Channel-Binding", Some(&[]))
         .ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_self_signed_certificate_is_made_private_once_and_its_key_kept_private() {
+        let dir = std::env::temp_dir().join(format!("authrelay-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = Config {
+            data_dir: dir.join("data"),
+            ..Config::default()
+        };
+        let (cert, key) = self_signed(&cfg).unwrap();
+        assert_eq!(mode(&dir.join("data")), 0o700);
+        assert_eq!(mode(&dir.join("data/tls")), 0o700);
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&cert), 0o600);
+        let pem = std::fs::read(&key).unwrap();
+        // Made once: a second start takes it, and tightens a key left open.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(self_signed(&cfg).unwrap(), (cert, key.clone()));
+        assert_eq!(std::fs::read(&key).unwrap(), pem);
+        assert_eq!(mode(&key), 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -70,7 +70,13 @@ fn create_atomically(path: &Path) -> Result<(), StoreError> {
     // container that is always 1): never a database anyone used.
     let _ = std::fs::remove_file(&tmp);
     {
-        let db = Database::create(&tmp).map_err(|e| backend("create", &e))?;
+        // Made 0600 by us, whatever the umask, then handed to redb to
+        // initialise: the secrets never sit in a file others may read.
+        let file = authrelay_telemetry::private_fs::create_private_file(&tmp)
+            .map_err(|e| backend("create", &e))?;
+        let db = redb::Builder::new()
+            .create_file(file)
+            .map_err(|e| backend("create", &e))?;
         init_tables(&db)?;
     }
     match std::fs::hard_link(&tmp, path) {
@@ -107,8 +113,11 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
 
 impl FileBackend {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // The database's directory (data_dir by default) and the file
+        // itself are the service user's alone: 0700 and 0600, tightened
+        // when an older install or an operator left them open.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            authrelay_telemetry::private_fs::private_dir(dir)
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         }
         if !path.exists() {
@@ -116,6 +125,8 @@ impl FileBackend {
         }
         let db = Database::create(path)
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        authrelay_telemetry::private_fs::private_file(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         // Idempotent; an existing file that redb initialised but no table
         // was made in (say, an empty file an operator created) gets it too.
         init_tables(&db)?;

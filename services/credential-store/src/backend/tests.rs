@@ -404,3 +404,24 @@ async fn a_file_that_is_not_a_database_is_refused_and_left_as_it_is() {
         "never overwritten"
     );
 }
+
+#[tokio::test]
+async fn the_file_database_and_its_directory_are_private_new_or_found_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let root = scratch_dir("modes");
+    // Missing directories are made 0700 and the file 0600 (the test
+    // process's umask, 022 or so, would give 0755 and 0644).
+    let path = root.join("data/db/credentials.redb");
+    drop(FileBackend::open(&path).unwrap());
+    assert_eq!(mode(&root.join("data")), 0o700);
+    assert_eq!(mode(&root.join("data/db")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    // An install from before, left open to everyone, is tightened on open.
+    let perm = |m| std::fs::Permissions::from_mode(m);
+    std::fs::set_permissions(&path, perm(0o644)).unwrap();
+    std::fs::set_permissions(root.join("data/db"), perm(0o755)).unwrap();
+    drop(FileBackend::open(&path).unwrap());
+    assert_eq!(mode(&root.join("data/db")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+}
