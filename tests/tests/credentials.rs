@@ -227,6 +227,15 @@ fn postgres_schema(
     (client, schema, url)
 }
 
+/// `[credential_store]` lines for the PostgreSQL backend at `url`, with
+/// the encryption key it requires (64 hex digits in a 0600 file).
+fn postgres_lines(env: &Env, url: &str) -> String {
+    format!(
+        "backend = \"postgres\"\ndatabase_url = \"{url}\"\nencryption_key_file = \"{}\"",
+        token_file(&env.dir, "credential-store.key").display()
+    )
+}
+
 fn pg_families(
     rt: &tokio::runtime::Runtime,
     c: &tokio_postgres::Client,
@@ -364,7 +373,7 @@ fn user_without_md5_mechanisms_has_no_md5_secret_in_postgres() {
     let rt = runtime();
     let (pg, schema, url) = postgres_schema(&rt, "nomd5");
     let mut env = start("nomd5-pg", "");
-    env.restart_creds(&format!("backend = \"postgres\"\ndatabase_url = \"{url}\""));
+    env.restart_creds(&postgres_lines(&env, &url));
     md5_free_user_holds_no_md5_secret_and_only_its_mechanisms_work(&mut env);
     assert_eq!(
         pg_families(&rt, &pg, &schema, "nomd5"),
@@ -577,7 +586,7 @@ fn sigkill_mid_password_burst_leaves_each_user_old_or_new_in_postgres() {
     let rt = runtime();
     let (_pg, _schema, url) = postgres_schema(&rt, "burst");
     let mut env = start("burst-pg", "");
-    env.restart_creds(&format!("backend = \"postgres\"\ndatabase_url = \"{url}\""));
+    env.restart_creds(&postgres_lines(&env, &url));
     kill_during_password_burst(&mut env);
 }
 

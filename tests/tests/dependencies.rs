@@ -421,9 +421,15 @@ fn postgresql_unreachable_auth_is_454_and_resumes_when_it_returns() {
         "{}{sep}options=-csearch_path%3D{schema}",
         url.replacen(&hostport, &format!("127.0.0.1:{}", proxy.port), 1)
     );
+    // PostgreSQL takes only a configured key (never one made on local disk).
+    let key = token_file(&scratch("dep-postgres-key"), "credential-store.key");
     let (_d, _r, _s, stack) = stack(
         "dep-postgres",
-        &format!("[credential_store]\nbackend = \"postgres\"\ndatabase_url = \"{proxied}\"\n"),
+        &format!(
+            "[credential_store]\nbackend = \"postgres\"\ndatabase_url = \"{proxied}\"\n\
+             encryption_key_file = \"{}\"\n",
+            key.display()
+        ),
     );
     assert_eq!(auth_once(stack.submission, PASSWORD), 235);
     proxy.cut();

@@ -93,6 +93,18 @@ fn postgres_backend_needs_url() {
 }
 
 #[test]
+fn postgres_backend_needs_an_encryption_key_file() {
+    let pg = "[credential_store]\nbackend = \"postgres\"\ndatabase_url = \"postgres://u@h/db\"\n";
+    let err = load_str(pg, &[]).unwrap_err();
+    assert_eq!(err.key, "credential_store.encryption_key_file");
+    assert!(err.to_string().contains("postgres"), "{err}");
+    let with_key = format!("{pg}encryption_key_file = \"/run/secrets/credential-store.key\"\n");
+    assert!(load_str(&with_key, &[]).is_ok());
+    // The file backend needs none: it seals with a key it generates.
+    assert!(load_str("[credential_store]\nbackend = \"file\"\n", &[]).is_ok());
+}
+
+#[test]
 fn bad_trusted_network_is_refused() {
     let err = load_str("[frontend]\ntrusted_networks = [\"10.0.0.0/33\"]\n", &[]).unwrap_err();
     assert_eq!(err.key, "frontend.trusted_networks");

@@ -339,6 +339,18 @@ impl Config {
                 "is required when credential_store.backend = \"postgres\"",
             ));
         }
+        // The file backend seals with a key it generates beside the
+        // database; a shared database server gets no such local key (a
+        // pod's disk goes with the pod): the operator provides one.
+        if cs.backend == CredentialBackend::Postgres && cs.encryption_key_file.is_none() {
+            return Err(ConfigError::new(
+                "credential_store.encryption_key_file",
+                "",
+                "is required when credential_store.backend = \"postgres\": secrets in a shared \
+                 database are sealed with a key you provide (32 random bytes as hex or base64, \
+                 e.g. `head -c32 /dev/urandom | base64`), never one generated on a pod's local disk",
+            ));
+        }
         if !(1..=10_000_000).contains(&cs.scram_iterations) || cs.scram_iterations < 4096 {
             return Err(ConfigError::new(
                 "credential_store.scram_iterations",

@@ -1,15 +1,22 @@
-//! Encryption at rest. With `credential_store.encryption_key_file` set,
-//! every secret is sealed with ChaCha20-Poly1305 (RFC 8439) before it
-//! reaches a backend. The associated data binds a sealed secret to its
-//! (realm, name, family): a database writer without the key cannot move
-//! one user's secret onto another user or another family. Each record
-//! carries the id of its key, so old keys stay readable while
-//! `authrelay user reseal` moves everything to the current one.
+//! Encryption at rest. Every secret is sealed with ChaCha20-Poly1305
+//! (RFC 8439) before it reaches a backend, under the key of
+//! `credential_store.encryption_key_file` — or, when that is unset and the
+//! backend is the embedded file, under a key the store generates on its
+//! first start into `DATA_DIR/keys/credential-store.key`, apart from the
+//! database. PostgreSQL, a shared server, takes only a configured key. The
+//! associated data binds a sealed secret to its (realm, name, family): a
+//! database writer without the key cannot move one user's secret onto
+//! another user or another family. Each record carries the id of its key,
+//! so old keys stay readable while `authrelay user reseal` moves
+//! everything to the current one.
 
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use authrelay_config::Config;
+use authrelay_config::{Config, CredentialBackend};
 use authrelay_sasl::{SecretFamily, StoredSecret};
+use authrelay_telemetry::private_fs;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -89,7 +96,81 @@ pub struct Keyring {
     current: Option<Key>,
     old: Vec<Key>,
     allow_unsealed: bool,
+    /// An unsealed record was read and said so in the log (once a process).
+    told_unsealed: AtomicBool,
 }
+
+/// Where a credential-store keeps the key it generated itself (no
+/// `credential_store.encryption_key_file`, file backend): in a 0700
+/// directory of its own beside the database, so a copy of the database
+/// file alone holds no readable secret.
+pub fn generated_key_path(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join("keys").join("credential-store.key")
+}
+
+/// The key in `path`, generated first when the file does not exist: 32
+/// random bytes as 64 hex digits, in a 0600 file in a 0700 directory,
+/// whatever the umask. Written under a temporary name, synced and linked
+/// into place, so a crash never leaves half a key under the real name,
+/// and an existing key is never replaced.
+pub fn load_or_generate_key(path: &Path) -> Result<[u8; 32], anyhow::Error> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |what: &str, e: std::io::Error| anyhow::anyhow!("{what} {}: {e}", path.display());
+    private_fs::private_dir(dir).map_err(|e| io("the directory of", e))?;
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.new", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        // Left by a start killed midway with the same pid (in a container
+        // that is always 1): never a key anything was sealed with.
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let mut f = private_fs::create_private_file(&tmp).map_err(|e| io("create", e))?;
+            f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io("write", e))?;
+        }
+        let linked = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            // Someone made it meanwhile: theirs stands, ours goes.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            // A volume without hard links: rename, as atomic, only without
+            // the never-replace guarantee.
+            Err(_) if !path.exists() => {
+                std::fs::rename(&tmp, path).map_err(|e| io("rename into", e))?;
+                true
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("link", e));
+            }
+        };
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the directory of", e))?;
+        if linked {
+            tracing::warn!(
+                key_file = %path.display(),
+                "generated the key that seals stored secrets (no credential_store.encryption_key_file): \
+                 back it up apart from the database, which cannot be read without it"
+            );
+        }
+    }
+    private_fs::private_file(path).map_err(|e| io("", e))?;
+    read_key_file(path)
+}
+
+/// Why a PostgreSQL credential-store will not start without a key.
+pub const POSTGRES_NEEDS_KEY: &str = "credential_store.encryption_key_file is required when \
+     credential_store.backend = \"postgres\": secrets in a shared database are sealed with a key \
+     you provide (32 random bytes as hex or base64, e.g. `head -c32 /dev/urandom | base64`), never \
+     one generated on a pod's local disk, which would be lost with it";
 
 /// A key file: 32 bytes as 64 hex digits or base64, surrounding white space ignored.
 pub fn read_key_file(path: &Path) -> Result<[u8; 32], anyhow::Error> {
@@ -121,18 +202,30 @@ fn aad(realm: &str, name: &str, family: SecretFamily) -> Vec<u8> {
 }
 
 impl Keyring {
+    /// The keys of `cfg`: `credential_store.encryption_key_file` to seal
+    /// with, or with the file backend and no key file, the generated one
+    /// (made on first use); PostgreSQL without a key file is refused.
     pub fn from_config(cfg: &Config) -> Result<Keyring, anyhow::Error> {
         let cs = &cfg.credential_store;
-        let current = cs
-            .encryption_key_file
-            .as_deref()
-            .map(|p| {
+        let (current, generated) = match (&cs.encryption_key_file, cs.backend) {
+            (Some(p), _) => (
                 read_key_file(p)
-                    .map(|k| Key::from_bytes(&k))
-                    .map_err(|e| anyhow::anyhow!("credential_store.encryption_key_file: {e}"))
-            })
-            .transpose()?;
-        let old = cs
+                    .map_err(|e| anyhow::anyhow!("credential_store.encryption_key_file: {e}"))?,
+                false,
+            ),
+            (None, CredentialBackend::Postgres) => anyhow::bail!("{POSTGRES_NEEDS_KEY}"),
+            (None, CredentialBackend::File) => (
+                load_or_generate_key(&generated_key_path(cfg)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "credential_store: the generated encryption key (set \
+                         credential_store.encryption_key_file to use your own): {e}"
+                    )
+                })?,
+                true,
+            ),
+        };
+        let current = Key::from_bytes(&current);
+        let mut old: Vec<Key> = cs
             .encryption_old_key_files
             .iter()
             .map(|p| {
@@ -141,10 +234,37 @@ impl Keyring {
                     .map_err(|e| anyhow::anyhow!("credential_store.encryption_old_key_files: {e}"))
             })
             .collect::<Result<_, _>>()?;
+        // A key file configured after a store sealed with its generated
+        // key: what the generated key sealed stays readable (never sealed
+        // with again) until `authrelay user reseal`, instead of locking
+        // every user out.
+        let made = generated_key_path(cfg);
+        if !generated && made.is_file() {
+            match read_key_file(&made) {
+                Ok(k) => {
+                    let k = Key::from_bytes(&k);
+                    if k.id != current.id && old.iter().all(|o| o.id != k.id) {
+                        tracing::info!(
+                            key_file = %made.display(),
+                            key_id = %k.id,
+                            "the generated key still opens what it sealed, until `authrelay user reseal`"
+                        );
+                        old.push(k);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "generated key not usable"),
+            }
+        }
+        tracing::info!(key_id = %current.id, generated, "stored secrets are sealed");
         Ok(Keyring {
-            current,
+            current: Some(current),
             old,
-            allow_unsealed: cs.encryption_allow_unsealed,
+            // Records written before sealing was the default stay readable
+            // under the generated key: it lives beside the database, so
+            // whoever could plant an unsealed record there could read the
+            // key too; refusing them would only lock users out.
+            allow_unsealed: cs.encryption_allow_unsealed || generated,
+            told_unsealed: AtomicBool::new(false),
         })
     }
 
@@ -153,7 +273,7 @@ impl Keyring {
         Keyring {
             current: Some(Key::from_bytes(key)),
             old: old.iter().map(Key::from_bytes).collect(),
-            allow_unsealed: false,
+            ..Keyring::default()
         }
     }
 
@@ -210,7 +330,7 @@ impl Keyring {
         family: SecretFamily,
         bytes: &[u8],
     ) -> Result<StoredSecret, StoreError> {
-        self.open_inner(realm, name, family, bytes, self.allow_unsealed)
+        self.open_inner(realm, name, family, bytes, self.allow_unsealed, true)
     }
 
     fn open_inner(
@@ -220,6 +340,7 @@ impl Keyring {
         family: SecretFamily,
         bytes: &[u8],
         allow_unsealed: bool,
+        tell_unsealed: bool,
     ) -> Result<StoredSecret, StoreError> {
         let entry = Entry::decode(bytes)?;
         let secret = match entry {
@@ -230,6 +351,14 @@ impl Keyring {
                          or set credential_store.encryption_allow_unsealed while migrating)"
                             .into(),
                     ));
+                }
+                if tell_unsealed
+                    && self.current.is_some()
+                    && !self.told_unsealed.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "secrets stored before sealing was on are still in the clear: run `authrelay user reseal`"
+                    );
                 }
                 s
             }
@@ -298,7 +427,7 @@ impl Keyring {
         if up_to_date {
             return Ok(None);
         }
-        let secret = self.open_inner(realm, name, family, bytes, true)?;
+        let secret = self.open_inner(realm, name, family, bytes, true, false)?;
         self.seal(realm, name, &secret).map(Some)
     }
 }
@@ -449,6 +578,120 @@ mod tests {
                 .open("r", "u", SecretFamily::ScramSha256, &bytes)
                 .is_err()
         );
+    }
+
+    fn scratch_config(name: &str) -> Config {
+        let dir =
+            std::env::temp_dir().join(format!("authrelay-seal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Config {
+            data_dir: dir.join("data"),
+            ..Config::default()
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn without_a_key_file_the_file_backend_seals_with_a_key_it_generates_once() {
+        let cfg = scratch_config("generated");
+        let path = generated_key_path(&cfg);
+        assert_eq!(path, cfg.data_dir.join("keys/credential-store.key"));
+        // What a first start killed while writing the key left behind.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let torn = path.with_extension(format!("key.{}.new", std::process::id()));
+        std::fs::write(&torn, "6a6a").unwrap();
+
+        let ring = Keyring::from_config(&cfg).unwrap();
+        let id = ring.current_id().expect("sealing by default").to_owned();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert!(!torn.exists(), "the torn temporary file is gone");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim().len(), 64, "64 hex digits: {text}");
+
+        // Every later start reads the same key; nothing is rewritten.
+        let again = Keyring::from_config(&cfg).unwrap();
+        assert_eq!(again.current_id(), Some(id.as_str()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let sealed = ring.seal("r", "u", &secret()).unwrap();
+        assert!(
+            again
+                .open("r", "u", SecretFamily::ScramSha256, &sealed)
+                .is_ok()
+        );
+        // Records written before sealing was the default stay readable,
+        // and a reseal seals them.
+        let plain = Keyring::default().seal("r", "u", &secret()).unwrap();
+        assert!(
+            again
+                .open("r", "u", SecretFamily::ScramSha256, &plain)
+                .is_ok()
+        );
+        assert!(
+            again
+                .reseal("r", "u", SecretFamily::ScramSha256, &plain)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_open_generated_key_file_is_tightened_and_a_configured_key_still_reads_its_records() {
+        let mut cfg = scratch_config("configured-later");
+        let generated = Keyring::from_config(&cfg).unwrap();
+        let sealed = generated.seal("r", "u", &secret()).unwrap();
+        let path = generated_key_path(&cfg);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        drop(Keyring::from_config(&cfg).unwrap());
+        assert_eq!(mode(&path), 0o600);
+
+        // The operator configures a key of their own: it seals from now on,
+        // the generated one still opens what it sealed.
+        let own = cfg.data_dir.with_file_name("own.key");
+        std::fs::write(&own, "5c".repeat(32)).unwrap();
+        cfg.credential_store.encryption_key_file = Some(own);
+        let ring = Keyring::from_config(&cfg).unwrap();
+        assert_ne!(ring.current_id(), generated.current_id());
+        assert!(
+            ring.open("r", "u", SecretFamily::ScramSha256, &sealed)
+                .is_ok()
+        );
+        let moved = ring
+            .reseal("r", "u", SecretFamily::ScramSha256, &sealed)
+            .unwrap()
+            .expect("moved to the configured key");
+        assert!(
+            Keyring::with_key(&[0x5c; 32], &[])
+                .open("r", "u", SecretFamily::ScramSha256, &moved)
+                .is_ok()
+        );
+        // With a configured key, unsealed records are refused as before.
+        let plain = Keyring::default().seal("r", "u", &secret()).unwrap();
+        assert!(
+            ring.open("r", "u", SecretFamily::ScramSha256, &plain)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn postgres_without_a_key_file_is_refused_naming_the_key_and_generates_nothing() {
+        let mut cfg = scratch_config("postgres");
+        cfg.credential_store.backend = CredentialBackend::Postgres;
+        cfg.credential_store.database_url = "postgres://u@h/db".into();
+        let err = Keyring::from_config(&cfg)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("credential_store.encryption_key_file"),
+            "{err}"
+        );
+        assert!(!cfg.data_dir.exists(), "no key generated on local disk");
     }
 
     #[test]
