@@ -146,6 +146,52 @@ fn plaintext_mechanism_before_tls_is_538_5_7_11_and_works_after_starttls() {
     assert_eq!(t.cmd(&format!("AUTH PLAIN {ir}")).0, 235);
 }
 
+/// RFC 3207 §4: STARTTLS takes no parameters. With one, Python's smtplib
+/// (a client we did not write) gets `501 5.5.4`, the session stays in the
+/// clear (a NOOP is read as text, not as a TLS record), and a proper
+/// STARTTLS then works.
+#[test]
+fn starttls_with_a_parameter_is_501_5_5_4_and_does_not_start_tls() {
+    let (_d, _r, _s, stack) = stack("starttls-param", "");
+    let script = r#"
+import json, smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30)
+s.ehlo("client.example")
+out = {}
+code, text = s.docmd("STARTTLS", "foo")
+out["param"] = [code, text.decode()]
+out["noop"] = s.noop()[0]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+out["starttls"] = s.starttls(context=ctx)[0]
+s.ehlo("client.example")
+out["tls_noop"] = s.noop()[0]
+s.quit()
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &stack.submission.port().to_string()])
+        .output()
+        .expect("python3 (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let res: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "no JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(res["param"][0], 501, "{res}");
+    assert_eq!(
+        status_of(&format!("501 {}", res["param"][1].as_str().unwrap())),
+        "5.5.4",
+        "{res}"
+    );
+    assert_eq!(res["noop"], 250, "still in the clear: {res}");
+    assert_eq!(res["starttls"], 220, "{res}");
+    assert_eq!(res["tls_noop"], 250, "{res}");
+}
+
 #[test]
 fn nul_bare_cr_and_bare_lf_in_commands_are_500_5_5_2_and_never_run() {
     let (_d, _r, _s, stack) = stack("bad-chars", "");

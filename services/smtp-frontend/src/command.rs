@@ -156,6 +156,16 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     {
         return parse_auth(&line[4..]);
     }
+    // RFC 3207 §4: `STARTTLS` takes no parameters. smtp-proto skips
+    // whatever follows the verb; a parameter is a syntax error, and TLS
+    // does not start.
+    if line.len() > 8
+        && line[..8].eq_ignore_ascii_case(b"STARTTLS")
+        && line[8] == b' '
+        && line[8..].iter().any(|&b| b != b' ')
+    {
+        return Err(ParseError::Syntax(Cow::Borrowed("STARTTLS")));
+    }
     let mut framed = Vec::with_capacity(line.len() + 2);
     framed.extend_from_slice(line);
     framed.extend_from_slice(b"\r\n");
@@ -320,6 +330,26 @@ mod tests {
         assert_eq!(b.next_line(512), None);
         b.push(b"O x\r\n");
         assert_eq!(b.next_line(512), Some(Line::Complete(b"EHLO x".to_vec())));
+    }
+
+    #[test]
+    fn starttls_with_a_parameter_is_a_syntax_error_and_without_one_is_starttls() {
+        for line in [&b"STARTTLS"[..], b"starttls", b"StartTLS", b"STARTTLS  "] {
+            assert_eq!(parse(line), Ok(Command::StartTls), "{line:?}");
+        }
+        for line in [
+            &b"STARTTLS foo"[..],
+            b"starttls x",
+            b"STARTTLS  TLSv1.3 now",
+        ] {
+            assert_eq!(
+                parse(line),
+                Err(ParseError::Syntax(Cow::Borrowed("STARTTLS"))),
+                "{line:?}"
+            );
+        }
+        // Another verb that only begins with it is still no command.
+        assert_eq!(parse(b"STARTTLSX"), Err(ParseError::Unrecognized));
     }
 
     #[test]
