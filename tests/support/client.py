@@ -20,8 +20,14 @@ try:
         s = smtplib.SMTP(host, plan["port"], timeout=30)
     s.ehlo("client.example")
     if plan.get("starttls"):
-        s.starttls()
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if plan.get("tls_max") == "1.2":
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        s.starttls(context=ctx)
         s.ehlo("client.example")
+        result["tls_version"] = s.sock.version()
     result["ehlo"] = sorted(s.esmtp_features.keys())
     result["auth_offered"] = s.esmtp_features.get("auth", "").split()
     if plan.get("mech"):

@@ -429,8 +429,9 @@ fn password_behind(
                         x.inner == inner && x.outer == outer
                     }
                     Kind::DigestMd5(x) => {
-                        let StoredSecret::DigestMd5 { ha1, ha1_qualified } =
-                            derive_secret(family, name, REALM, pw, &p)
+                        let StoredSecret::DigestMd5 {
+                            ha1, ha1_qualified, ..
+                        } = derive_secret(family, name, REALM, pw, &p)
                         else {
                             unreachable!()
                         };

@@ -53,6 +53,32 @@ fn plain_and_login_are_offered_only_after_starttls_and_work_there() {
     assert_eq!(sink.wait_messages(1, Duration::from_secs(20)).len(), 1);
 }
 
+/// TLS 1.2 has no tls-exporter, and the binding TLS 1.2 clients use
+/// (tls-unique) is not one we can offer: SCRAM-*-PLUS is not offered there,
+/// so no client follows an offer into a certain failure. The plain SCRAM
+/// variants still are, and still work.
+#[test]
+fn scram_plus_is_offered_on_tls_1_3_only() {
+    let (_d, _r, _sink, stack) = stack("plus-tls12", "");
+    for (tls_max, plus) in [("1.2", false), ("1.3", true)] {
+        let res = smtplib(
+            json!({"port": stack.submission.port(), "starttls": true, "tls_max": tls_max}),
+            "",
+        );
+        let offered: Vec<String> = serde_json::from_value(res["auth_offered"].clone()).unwrap();
+        let version = res["tls_version"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(version, if plus { "TLSv1.3" } else { "TLSv1.2" }, "{res}");
+        for m in ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"] {
+            assert_eq!(
+                offered.contains(&m.to_owned()),
+                plus,
+                "{version}: {offered:?}"
+            );
+        }
+        assert!(offered.contains(&"SCRAM-SHA-256".to_owned()), "{offered:?}");
+    }
+}
+
 #[test]
 fn implicit_tls_submissions_with_smtplib_and_swaks() {
     let (_d, _r, sink, mut stack) = stack(

@@ -195,12 +195,22 @@ fn swaks_digest_md5_gets_realms_nonce_qop_charset_and_rspauth_and_the_service_mu
         &["--auth-extra", "realm=other.example"],
     );
     assert!(ok && text.contains("235 2.7.0"), "{text}");
-    // His address hashed with the first realm offered is nobody's.
+    // His address hashed with the first realm offered (what most clients
+    // do): still kurt of other.example, as with Cyrus.
     let (ok, text) = swaks(
         stack.submission,
         "DIGEST-MD5",
         "kurt@other.example",
         PASSWORD,
+        &[],
+    );
+    assert!(ok && text.contains("235 2.7.0"), "{text}");
+    // ... and with a wrong password, refused.
+    let (ok, text) = swaks(
+        stack.submission,
+        "DIGEST-MD5",
+        "kurt@other.example",
+        WRONG,
         &[],
     );
     assert!(!ok && text.contains("535 5.7.8"), "{text}");
@@ -221,8 +231,8 @@ fn swaks_digest_md5_gets_realms_nonce_qop_charset_and_rspauth_and_the_service_mu
     assert_eq!(
         logs.matches("authid=kurt@other.example, mech=DIGEST-MD5")
             .count(),
-        2,
-        "kurt, then kurt@other.example, both as kurt of other.example: {logs}"
+        3,
+        "kurt, then kurt@other.example twice, all as kurt of other.example: {logs}"
     );
     assert_no_password_logged(&stack);
 }
@@ -368,6 +378,13 @@ fn gsasl(server: SocketAddr, mech: &str, password: &str) -> (bool, String) {
     let mut child = Command::new(setsid)
         .arg(gsasl)
         .args(["--smtp", "--starttls", "--x509-ca-file=", "--verbose"])
+        // DIGEST-MD5's digest-uri is smtp/HOST: gsasl needs both named,
+        // and asks for the protection level unless told.
+        .args([
+            "--service=smtp",
+            "--hostname=localhost",
+            "--quality-of-protection=qop-auth",
+        ])
         .args(["-m", mech, "-a", USER])
         .arg(server.ip().to_string())
         .arg(server.port().to_string())
@@ -381,7 +398,16 @@ fn gsasl(server: SocketAddr, mech: &str, password: &str) -> (bool, String) {
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
+        // DIGEST-MD5 asks for the realm first: Enter, as a user would, to
+        // take the server's.
+        .write_all(
+            if mech == "DIGEST-MD5" {
+                format!("\n{password}\n")
+            } else {
+                format!("{password}\n")
+            }
+            .as_bytes(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
     (
@@ -392,6 +418,46 @@ fn gsasl(server: SocketAddr, mech: &str, password: &str) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// The README's own set-up: the host's name is the default realm (first in
+/// the DIGEST-MD5 challenge), the user lives in `mailserver.foo.com`, and
+/// logs in with the address. swaks, curl and gsasl hash the address with
+/// the challenge's realm; Cyrus accepts that, and so must we — on
+/// defaults, with nothing configured for DIGEST-MD5.
+#[test]
+fn digest_md5_with_the_address_works_on_the_default_realm_setup_for_every_client() {
+    let dir = scratch("interop-digest-default");
+    let redis = Redis::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            hostname: "relay-host.example".into(),
+            realm: "relay-host.example".into(),
+            extra_toml: "[sasl.limits]\nmax_failures_per_ip = 0\nmax_failures_per_user = 0\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    let (ok, text) = swaks(stack.submission, "DIGEST-MD5", USER, PASSWORD, &[]);
+    assert!(ok && text.contains("235 2.7.0"), "swaks: {text}");
+    assert!(
+        swaks_challenges(&text)[0].contains("realm=\"relay-host.example\""),
+        "the host's realm is offered: {text}"
+    );
+    let (ok, text) = swaks(stack.submission, "DIGEST-MD5", USER, WRONG, &[]);
+    assert!(!ok && text.contains("535"), "swaks, wrong password: {text}");
+    let (code, text) = curl(stack.submission, &dir, "DIGEST-MD5", PASSWORD);
+    assert_eq!(code, 0, "curl: {text}");
+    let (ok, text) = gsasl(stack.submission, "DIGEST-MD5", PASSWORD);
+    assert!(ok, "gsasl: {text}");
+    let log = stack.frontend.log_text();
+    assert!(
+        log.contains(&format!("authid={USER}, mech=DIGEST-MD5")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -780,6 +846,50 @@ fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
             "no log line for {why}:\n{log}"
         );
     }
+}
+
+/// Protocol failures get their own answers (RFC 4954 / RFC 5802), unlike
+/// a wrong password: an unsupported or mismatched channel binding is
+/// CHANNEL_BINDING (the frontend's `535 5.7.8 … channel binding mismatch`)
+/// with SCRAM's `e=` server-error to show the client first; an undecodable
+/// message is MALFORMED (`501 5.5.2`).
+#[test]
+fn channel_binding_and_malformed_failures_are_told_apart_from_a_wrong_password() {
+    across_two_replicas("interop-cb-errors", |mut replicas| async move {
+        let mut session = facts("s-cb");
+        session.cb_tls_exporter = b"exporter-bytes-of-this-session-0".to_vec();
+        let start = |first: &str| pb::StartRequest {
+            mechanism: "SCRAM-SHA-256-PLUS".into(),
+            initial_response: Some(first.as_bytes().to_vec()),
+            session: Some(session.clone()),
+        };
+        let failure = |r: pb::step_response::Result| match r {
+            pb::step_response::Result::Failure(f) => f,
+            other => panic!("{other:?}"),
+        };
+        // A TLS 1.2 client's binding on a session that has only tls-exporter.
+        let f = failure(result(
+            replicas[0]
+                .start(start("p=tls-unique,,n=test,r=abcdefghijklmnop"))
+                .await,
+        ));
+        assert_eq!(f.kind, pb::failure::Kind::ChannelBinding as i32, "{f:?}");
+        assert_eq!(
+            f.additional_data.as_deref(),
+            Some(&b"e=unsupported-channel-binding-type"[..])
+        );
+        // -PLUS without any binding at all.
+        let f = failure(result(
+            replicas[1]
+                .start(start("n,,n=test,r=abcdefghijklmnop"))
+                .await,
+        ));
+        assert_eq!(f.kind, pb::failure::Kind::ChannelBinding as i32, "{f:?}");
+        // Garbage: malformed, not a credential failure.
+        let f = failure(result(replicas[0].start(start("garbage")).await));
+        assert_eq!(f.kind, pb::failure::Kind::Malformed as i32, "{f:?}");
+        assert!(f.additional_data.is_none());
+    });
 }
 
 /// Keys rotate without failing exchanges in flight: a replica whose

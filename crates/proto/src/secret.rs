@@ -22,9 +22,20 @@ impl From<&StoredSecret> for pb::Secret {
                 inner: inner.to_vec(),
                 outer: outer.to_vec(),
             }),
-            StoredSecret::DigestMd5 { ha1, ha1_qualified } => Kind::DigestMd5(pb::DigestMd5 {
+            StoredSecret::DigestMd5 {
+                ha1,
+                ha1_qualified,
+                ha1_offered,
+            } => Kind::DigestMd5(pb::DigestMd5 {
                 ha1: ha1.to_vec(),
                 ha1_qualified: ha1_qualified.map(|h| h.to_vec()).unwrap_or_default(),
+                ha1_offered: ha1_offered
+                    .iter()
+                    .map(|(realm, h)| pb::OfferedRealmHa1 {
+                        realm: realm.clone(),
+                        ha1: h.to_vec(),
+                    })
+                    .collect(),
             }),
             StoredSecret::ScramSha1 {
                 salt,
@@ -92,6 +103,18 @@ impl TryFrom<pb::Secret> for StoredSecret {
                             .map_err(|_| "DIGEST-MD5 qualified HA1 is not 16 bytes")?,
                     ),
                 },
+                ha1_offered: d
+                    .ha1_offered
+                    .iter()
+                    .map(|o| {
+                        let h: [u8; 16] = o
+                            .ha1
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| "DIGEST-MD5 offered-realm HA1 is not 16 bytes")?;
+                        Ok((o.realm.clone(), h))
+                    })
+                    .collect::<Result<_, &'static str>>()?,
             },
             Kind::ScramSha1(x) => {
                 scram_ok(&x)?;
@@ -128,6 +151,8 @@ mod tests {
             argon2_m_cost_kib: 8,
             argon2_t_cost: 1,
             argon2_p_cost: 1,
+            // The address hashed in another offered realm crosses the wire too.
+            digest_realms: vec!["host.example".into()],
         };
         for family in SecretFamily::ALL {
             let secret = derive_secret(family, "test", "mailserver.foo.com", b"pw", &params);
@@ -159,8 +184,20 @@ mod tests {
                 with(Kind::DigestMd5(pb::DigestMd5 {
                     ha1: vec![0; 16],
                     ha1_qualified: vec![0; 15],
+                    ..Default::default()
                 })),
                 "qualified HA1",
+            ),
+            (
+                with(Kind::DigestMd5(pb::DigestMd5 {
+                    ha1: vec![0; 16],
+                    ha1_qualified: vec![0; 16],
+                    ha1_offered: vec![pb::OfferedRealmHa1 {
+                        realm: "r".into(),
+                        ha1: vec![0; 17],
+                    }],
+                })),
+                "offered-realm HA1",
             ),
             (
                 with(Kind::ScramSha256(pb::Scram {

@@ -114,6 +114,14 @@ impl Mechanism {
         }
     }
 
+    /// SCRAM-SHA-1 and SCRAM-SHA-256, with or without `-PLUS`.
+    pub fn is_scram(self) -> bool {
+        matches!(
+            self.family(),
+            Some(SecretFamily::ScramSha1 | SecretFamily::ScramSha256)
+        )
+    }
+
     /// The `-PLUS` variants, which bind the exchange to the TLS channel (RFC 5802 §6).
     pub fn needs_channel_binding(self) -> bool {
         matches!(self, Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus)

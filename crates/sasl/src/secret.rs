@@ -100,6 +100,14 @@ pub enum StoredSecret {
         ha1: [u8; 16],
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ha1_qualified: Option<[u8; 16]>,
+        /// `MD5(user@realm ":" offered ":" password)` for each other realm the
+        /// server offered when the password was set: mail clients log in
+        /// with the address and hash it with the (first) realm of the
+        /// challenge, which on a default set-up is the host name, not the
+        /// user's realm. Cyrus computes that from its clear-text sasldb; we
+        /// store it, as (offered realm, HA1).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ha1_offered: Vec<(String, [u8; 16])>,
     },
     /// RFC 5802 §3 StoredKey and ServerKey.
     ScramSha1 {
@@ -145,6 +153,9 @@ pub struct SecretParams {
     pub argon2_m_cost_kib: u32,
     pub argon2_t_cost: u32,
     pub argon2_p_cost: u32,
+    /// The realms DIGEST-MD5 offers (`sasl.realms`): a DIGEST-MD5 secret also
+    /// holds the address form hashed with each of them.
+    pub digest_realms: Vec<String>,
 }
 
 impl Default for SecretParams {
@@ -154,6 +165,7 @@ impl Default for SecretParams {
             argon2_m_cost_kib: 19456,
             argon2_t_cost: 2,
             argon2_p_cost: 1,
+            digest_realms: Vec::new(),
         }
     }
 }
@@ -185,6 +197,17 @@ pub fn derive_secret(
                 realm,
                 password,
             )),
+            ha1_offered: params
+                .digest_realms
+                .iter()
+                .filter(|offered| *offered != realm)
+                .map(|offered| {
+                    (
+                        offered.clone(),
+                        user_realm_password_hash(&format!("{user}@{realm}"), offered, password),
+                    )
+                })
+                .collect(),
         },
         SecretFamily::ScramSha1 | SecretFamily::ScramSha256 => {
             let mut salt = vec![0u8; 16];
@@ -342,6 +365,7 @@ pub fn dummy_secret(family: SecretFamily, user: &str) -> StoredSecret {
             StoredSecret::DigestMd5 {
                 ha1,
                 ha1_qualified: Some(qualified),
+                ha1_offered: Vec::new(),
             }
         }
         SecretFamily::ScramSha1 | SecretFamily::ScramSha256 => {
@@ -413,6 +437,7 @@ mod tests {
             argon2_t_cost: 0,
             argon2_p_cost: 0,
             scram_iterations: 0,
+            digest_realms: Vec::new(),
         };
         let StoredSecret::Password { phc } =
             derive_secret(SecretFamily::Password, "u", "", b"pw", &params)

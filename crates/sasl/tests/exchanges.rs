@@ -346,10 +346,13 @@ fn digest_md5_with_the_qualified_name_is_the_bare_user_checked_against_the_quali
     assert_eq!(outcome.realm.as_deref(), Some("example.org"));
     // The bare name still works with the same stored secret.
     assert!(digest_with("alice", "example.org", &secret).1.is_ok());
-    // Qualified with another realm than the response's: a name we have no
-    // user for, looked up as it is (and then not found).
-    let (request, _) = digest_with("alice@other.example", "example.org", &secret);
-    assert_eq!(request.authcid, "alice@other.example");
+    // Qualified with a realm that is not the response's, and no HA1 stored
+    // for that offered realm: the user of the address's realm, refused as
+    // a wrong password would be.
+    let (request, result) = digest_with("alice@other.example", "example.org", &secret);
+    assert_eq!(request.authcid, "alice");
+    assert_eq!(request.realm.as_deref(), Some("other.example"));
+    assert_eq!(result.err(), Some(Failure::InvalidCredentials));
     // An imported bare HA1 (no qualified twin) refuses the qualified form
     // as a wrong password would, and still takes the bare one.
     let StoredSecret::DigestMd5 { ha1, .. } = secret else {
@@ -358,6 +361,7 @@ fn digest_md5_with_the_qualified_name_is_the_bare_user_checked_against_the_quali
     let imported = StoredSecret::DigestMd5 {
         ha1,
         ha1_qualified: None,
+        ha1_offered: Vec::new(),
     };
     assert_eq!(
         digest_with("alice@example.org", "example.org", &imported)
@@ -370,9 +374,52 @@ fn digest_md5_with_the_qualified_name_is_the_bare_user_checked_against_the_quali
     let bare_only_twin = StoredSecret::DigestMd5 {
         ha1,
         ha1_qualified: Some(ha1),
+        ha1_offered: Vec::new(),
     };
     assert_eq!(
         digest_with("alice@example.org", "example.org", &bare_only_twin)
+            .1
+            .err(),
+        Some(Failure::InvalidCredentials)
+    );
+}
+
+/// The README's own set-up: the challenge offers the host's realm first,
+/// the user lives in another one, and the client (swaks, gsasl, Cyrus,
+/// Thunderbird) sends its address hashed with the offered realm. Cyrus
+/// accepts that; so do we, from the HA1 stored for each offered realm.
+#[test]
+fn digest_md5_address_hashed_with_another_offered_realm_logs_in_as_that_user() {
+    let params = SecretParams {
+        digest_realms: vec!["example.org".into(), "other.example".into()],
+        ..fast_params()
+    };
+    let secret = derive_secret(
+        SecretFamily::DigestMd5,
+        "kurt",
+        "other.example",
+        PASSWORD.as_bytes(),
+        &params,
+    );
+    let (request, result) = digest_with("kurt@other.example", "example.org", &secret);
+    assert_eq!(request.authcid, "kurt");
+    assert_eq!(request.realm.as_deref(), Some("other.example"));
+    let outcome = result.expect("the address hashed with the offered realm");
+    assert_eq!(outcome.authcid, "kurt");
+    assert_eq!(outcome.realm.as_deref(), Some("other.example"));
+    // A realm the server never offered is not trusted for this.
+    let (request, _) = digest_with("kurt@other.example", "elsewhere.example", &secret);
+    assert_eq!(request.authcid, "kurt@other.example");
+    // And the wrong password still fails.
+    let wrong = derive_secret(
+        SecretFamily::DigestMd5,
+        "kurt",
+        "other.example",
+        b"another password",
+        &params,
+    );
+    assert_eq!(
+        digest_with("kurt@other.example", "example.org", &wrong)
             .1
             .err(),
         Some(Failure::InvalidCredentials)
@@ -626,9 +673,14 @@ fn forbidden(secret: &StoredSecret, password: &str) -> Vec<String> {
             out.extend(both(&bytes[..16]));
             out.extend(both(&bytes[16..]));
         }
-        StoredSecret::DigestMd5 { ha1, ha1_qualified } => {
+        StoredSecret::DigestMd5 {
+            ha1,
+            ha1_qualified,
+            ha1_offered,
+        } => {
             out.extend(both(ha1));
             out.extend(ha1_qualified.iter().flat_map(|h| both(h)));
+            out.extend(ha1_offered.iter().flat_map(|(_, h)| both(h)));
         }
         StoredSecret::ScramSha1 {
             salt,

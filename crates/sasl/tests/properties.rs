@@ -20,6 +20,7 @@ fn cheap() -> SecretParams {
         argon2_m_cost_kib: 64,
         argon2_t_cost: 1,
         argon2_p_cost: 1,
+        digest_realms: Vec::new(),
     }
 }
 

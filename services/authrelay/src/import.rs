@@ -127,7 +127,7 @@ fn dovecot_scheme(scheme: &str, value: &str, has_realm: bool) -> Result<Credenti
             // Only the bare form: `user@realm` logins need the password.
             Ok(secret(Kind::DigestMd5(cpb::DigestMd5 {
                 ha1: b,
-                ha1_qualified: Vec::new(),
+                ..Default::default()
             })))
         }
         "DIGEST-MD5" => Err(

@@ -196,6 +196,18 @@ fn config_check(cfg: &Config) {
         "offered after STARTTLS (TLS 1.3):   {}",
         names(cfg.mechanisms_for(true, true, false))
     );
+    if cfg
+        .offered_mechanisms()
+        .contains(&authrelay_sasl::Mechanism::DigestMd5)
+    {
+        println!(
+            "DIGEST-MD5 realms offered:          {}",
+            cfg.realms().join(" ")
+        );
+        println!(
+            "# A DIGEST-MD5 login as NAME@REALM hashed with an offered realm works for users whose password was set while that realm was offered; after changing sasl.realms, such users need `authrelay user passwd` (the hash cannot be made without the password)."
+        );
+    }
     let l = &cfg.sasl.limits;
     println!();
     println!("# Brute-force limits");

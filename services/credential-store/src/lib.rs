@@ -55,6 +55,8 @@ impl CredentialService {
             scram_iterations: cfg.credential_store.scram_iterations,
             argon2_m_cost_kib: cfg.credential_store.argon2_memory_kib,
             argon2_t_cost: cfg.credential_store.argon2_iterations,
+            // DIGEST-MD5 clients hash their address with an offered realm.
+            digest_realms: cfg.realms(),
             ..SecretParams::default()
         };
         Ok(CredentialService {

@@ -86,6 +86,11 @@ impl Queue {
         if !authinfo.is_empty() {
             tracing::info!(entries = authinfo.len(), "AuthInfo map loaded");
         }
+        for (key, host) in next_hops_without_authinfo(&cfg, &authinfo) {
+            tracing::warn!(
+                "{key}: next hop {host} matches no AuthInfo entry: mail to it goes out without AUTH"
+            );
+        }
         let spool = Spool::open(&cfg.spool_dir())?;
         let dns_servers: Vec<std::net::SocketAddr> = cfg
             .relay_queue
@@ -945,4 +950,60 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
         );
     }
     serve(cfg, listener, shutdown).await
+}
+
+/// Configured next hops (smarthost, routes) that no AuthInfo entry covers,
+/// when there is an AuthInfo map at all: the operator wrote credentials for
+/// some hub, so a hop without any is most likely a typo in a host name,
+/// and the relay would go out unauthenticated (and be refused) silently.
+fn next_hops_without_authinfo(
+    cfg: &Config,
+    authinfo: &authrelay_config::AuthInfoMap,
+) -> Vec<(String, String)> {
+    if authinfo.is_empty() {
+        return Vec::new();
+    }
+    let rq = &cfg.relay_queue;
+    std::iter::once(("relay_queue.smarthost".to_owned(), rq.smarthost.as_str()))
+        .chain(
+            rq.routes
+                .iter()
+                .map(|(domain, hop)| (format!("relay_queue.routes.\"{domain}\""), hop.as_str())),
+        )
+        .filter(|(_, hop)| !hop.is_empty())
+        .filter_map(|(key, hop)| {
+            let host = authrelay_config::parse_host_port(hop).map_or(hop.to_owned(), |(h, _)| h);
+            authinfo.lookup(&host).is_none().then_some((key, host))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod next_hop_tests {
+    use super::*;
+
+    #[test]
+    fn a_next_hop_no_authinfo_entry_covers_is_reported() {
+        let mut cfg = Config::default();
+        cfg.relay_queue.smarthost = "mailhub.example.com:587".into();
+        cfg.relay_queue
+            .routes
+            .insert("other.example".into(), "mx.other.example:25".into());
+        let map = authrelay_config::AuthInfoMap::parse(
+            "AuthInfo:mailhub.example.com \"U:relay\" \"P:secret-pw\" \"M:PLAIN\"\n",
+            std::path::Path::new("authinfo"),
+        )
+        .unwrap();
+        let missing = next_hops_without_authinfo(&cfg, &map);
+        assert_eq!(
+            missing,
+            vec![(
+                "relay_queue.routes.\"other.example\"".to_owned(),
+                "mx.other.example".to_owned()
+            )]
+        );
+        // Without any AuthInfo map, relaying unauthenticated is the intent.
+        let empty = authrelay_config::AuthInfoMap::default();
+        assert!(next_hops_without_authinfo(&cfg, &empty).is_empty());
+    }
 }

@@ -48,6 +48,7 @@ impl AuthError {
     pub fn into_response(self, mech_name: &str) -> pb::StepResponse {
         use pb::failure::Kind;
         let reason = self.to_string();
+        let mut additional_data = None;
         let (kind, mechanism, authcid) = match self {
             AuthError::Mechanism {
                 failure,
@@ -56,11 +57,13 @@ impl AuthError {
             } => {
                 let kind = match failure {
                     Failure::Malformed(_) => Kind::Malformed,
-                    Failure::InvalidCredentials
-                    | Failure::ChannelBinding(_)
-                    | Failure::Finished => Kind::InvalidCredentials,
+                    Failure::ChannelBinding(_) => Kind::ChannelBinding,
+                    Failure::InvalidCredentials | Failure::Finished => Kind::InvalidCredentials,
                     Failure::Unavailable(_) => Kind::UnsupportedMechanism,
                 };
+                if let (Failure::ChannelBinding(why), true) = (&failure, mechanism.is_scram()) {
+                    additional_data = Some(scram_server_error(why).as_bytes().to_vec());
+                }
                 (kind, mechanism.name().to_owned(), authcid)
             }
             AuthError::UnsupportedMechanism => (
@@ -94,7 +97,23 @@ impl AuthError {
                 reason,
                 mechanism,
                 authcid,
+                additional_data,
             })),
         }
+    }
+}
+
+/// RFC 5802 §7 server-error-value for a channel-binding failure: the
+/// client learns why its -PLUS attempt failed instead of a bare 535.
+fn scram_server_error(why: &str) -> &'static str {
+    match why {
+        "unsupported channel binding type" | "channel binding no longer available" => {
+            "e=unsupported-channel-binding-type"
+        }
+        "client believes the server cannot bind: downgrade" => {
+            "e=server-does-support-channel-binding"
+        }
+        "channel binding data mismatch" => "e=channel-bindings-dont-match",
+        _ => "e=other-error",
     }
 }

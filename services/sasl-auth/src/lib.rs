@@ -132,7 +132,7 @@ impl SaslService {
     }
 
     fn offered(&self, s: &pb::SessionFacts) -> Vec<Mechanism> {
-        let cb = !s.cb_tls_exporter.is_empty() || !s.cb_tls_server_end_point.is_empty();
+        let cb = plus_possible(s);
         self.cfg
             .mechanisms_for(s.tls, cb, !s.client_cert_identity.is_empty())
     }
@@ -393,7 +393,7 @@ impl SaslService {
     async fn start_inner(&self, r: pb::StartRequest) -> Result<pb::StepResponse, AuthError> {
         let session = r.session.unwrap_or_default();
         let mech = Mechanism::from_name(&r.mechanism).ok_or(AuthError::UnsupportedMechanism)?;
-        let cb = !session.cb_tls_exporter.is_empty() || !session.cb_tls_server_end_point.is_empty();
+        let cb = plus_possible(&session);
         if mech.is_plaintext() && !session.tls && !self.cfg.sasl.allow_plaintext_without_tls {
             return Err(AuthError::EncryptionRequired(mech));
         }
@@ -472,6 +472,15 @@ async fn follow_changes(state: SharedState, cache: Arc<SecretCache>) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// -PLUS is offered only where a client's default binding exists: on TLS
+/// 1.3 that is tls-exporter (RFC 9266). On TLS 1.2 clients bind with
+/// tls-unique, which rustls does not expose; offering -PLUS there made
+/// every client that followed the offer fail. tls-server-end-point is
+/// still accepted from a client that asks for it on TLS 1.3.
+fn plus_possible(s: &pb::SessionFacts) -> bool {
+    !s.cb_tls_exporter.is_empty()
 }
 
 fn challenge(id: String, data: Vec<u8>) -> pb::StepResponse {

@@ -53,10 +53,17 @@ fn wipe(secret: &mut StoredSecret) {
                 inner.zeroize();
                 outer.zeroize();
             }
-            StoredSecret::DigestMd5 { ha1, ha1_qualified } => {
+            StoredSecret::DigestMd5 {
+                ha1,
+                ha1_qualified,
+                ha1_offered,
+            } => {
                 ha1.zeroize();
                 if let Some(q) = ha1_qualified {
                     q.zeroize();
+                }
+                for (_, h) in ha1_offered.iter_mut() {
+                    h.zeroize();
                 }
             }
             StoredSecret::ScramSha1 {
@@ -238,6 +245,7 @@ mod tests {
         Some(CachedSecret::new(StoredSecret::DigestMd5 {
             ha1: [b; 16],
             ha1_qualified: None,
+            ha1_offered: Vec::new(),
         }))
     }
 
@@ -306,6 +314,7 @@ mod tests {
             StoredSecret::DigestMd5 {
                 ha1: [3; 16],
                 ha1_qualified: Some([4; 16]),
+                ha1_offered: vec![("host".into(), [5; 16])],
             },
             StoredSecret::ScramSha256 {
                 salt: vec![1; 16],
@@ -323,7 +332,7 @@ mod tests {
             matches!(c, StoredSecret::CramMd5 { inner, outer } if inner == &[0; 4] && outer == &[0; 4])
         );
         assert!(
-            matches!(d, StoredSecret::DigestMd5 { ha1, ha1_qualified: Some(q) } if ha1 == &[0; 16] && q == &[0; 16])
+            matches!(d, StoredSecret::DigestMd5 { ha1, ha1_qualified: Some(q), ha1_offered } if ha1 == &[0; 16] && q == &[0; 16] && ha1_offered[0].1 == [0; 16])
         );
         assert!(
             matches!(sc, StoredSecret::ScramSha256 { salt, stored_key, server_key, .. }

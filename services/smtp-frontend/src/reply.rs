@@ -116,6 +116,15 @@ pub mod r {
     pub fn auth_invalid() -> Reply {
         Reply::new(535, "5.7.8", "Authentication credentials invalid")
     }
+    /// RFC 4954's 535 5.7.8, with the reason: a protocol failure of
+    /// SCRAM-PLUS, which says nothing about the user or the password.
+    pub fn auth_channel_binding() -> Reply {
+        Reply::new(
+            535,
+            "5.7.8",
+            "Authentication failed: channel binding mismatch",
+        )
+    }
     pub fn auth_cancelled() -> Reply {
         Reply::new(501, "5.0.0", "Authentication cancelled")
     }

@@ -405,10 +405,10 @@ impl Session {
     }
 
     fn offered(&self) -> Vec<Mechanism> {
-        let cb = self
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.exporter.is_some() || !t.end_point.is_empty());
+        // -PLUS only where the client's default binding exists: TLS 1.3's
+        // tls-exporter (TLS 1.2 clients bind with tls-unique, which we
+        // cannot offer).
+        let cb = self.tls.as_ref().is_some_and(|t| t.exporter.is_some());
         let cert = self
             .tls
             .as_ref()
@@ -817,7 +817,18 @@ impl Session {
                         f.mechanism.clone()
                     };
                     self.log_auth_failure(&mech_name, &f.reason, &f.authcid);
+                    if let Some(extra) = &f.additional_data {
+                        // RFC 5802 §7 server-error (`e=…`): sent as a 334
+                        // the client answers (usually with `*`), then the
+                        // failure reply.
+                        self.reply(Reply::challenge(B64.encode(extra)));
+                        let max = self.shared.cfg.frontend.max_auth_line_length;
+                        if self.read_line(max, false).await.is_err() {
+                            return Flow::Close;
+                        }
+                    }
                     self.reply(match kind {
+                        Kind::ChannelBinding => r::auth_channel_binding(),
                         Kind::InvalidCredentials | Kind::ExchangeExpired => r::auth_invalid(),
                         Kind::Malformed => r::auth_malformed(),
                         Kind::UnsupportedMechanism => r::auth_unsupported(),

@@ -37,6 +37,10 @@ pub(super) struct DigestResponse {
     /// The client hashed `NAME@REALM`: check against the qualified HA1.
     #[serde(default)]
     qualified: bool,
+    /// The client hashed `NAME@REALM` with another realm the server offered
+    /// (this one): check against that stored HA1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hashed_in: Option<String>,
     nonce: String,
     cnonce: String,
     nc: String,
@@ -84,15 +88,27 @@ pub(super) fn step(
     // `username="test@mailserver.foo.com"` and `realm="mailserver.foo.com"`:
     // that is the user `test` of that realm, hashed in its qualified form.
     // (A stored user name never contains '@', so this reads no one else.)
-    let bare = parsed
+    //
+    // Most clients hash that address with the first realm the challenge
+    // offered, which on a default set-up is the host name: that is still
+    // the user `test` of `mailserver.foo.com`, checked against the HA1 of
+    // the address in the offered realm, kept for each offered realm (the
+    // way Cyrus accepts it, computing from its clear-text sasldb).
+    let split = parsed
         .username
-        .strip_suffix(parsed.realm.as_str())
-        .and_then(|n| n.strip_suffix('@'))
-        .filter(|n| !n.is_empty() && !parsed.realm.is_empty())
-        .map(str::to_owned);
-    if let Some(name) = bare {
-        parsed.username = name;
-        parsed.qualified = true;
+        .rsplit_once('@')
+        .filter(|(n, r)| !n.is_empty() && !r.is_empty())
+        .map(|(n, r)| (n.to_owned(), r.to_owned()));
+    if let Some((name, user_realm)) = split {
+        if user_realm == parsed.realm {
+            parsed.qualified = true;
+        } else if cfg.realms.contains(&parsed.realm) {
+            parsed.hashed_in = Some(std::mem::replace(&mut parsed.realm, user_realm));
+            parsed.qualified = true;
+        }
+        if parsed.qualified {
+            parsed.username = name;
+        }
     }
     let request = SecretRequest {
         authcid: parsed.username.clone(),
@@ -181,6 +197,7 @@ fn parse_response(
         username: username.to_owned(),
         realm,
         qualified: false,
+        hashed_in: None,
         nonce: nonce.to_owned(),
         cnonce: cnonce.to_owned(),
         nc: nc.to_owned(),
@@ -199,19 +216,26 @@ pub(super) fn resume(
     let DigestState::AwaitSecret(r) = state else {
         return Err(Failure::Malformed("no secret was requested"));
     };
-    let pick = |s: &StoredSecret| match s {
-        StoredSecret::DigestMd5 { ha1, .. } if !r.qualified => Some(*ha1),
-        StoredSecret::DigestMd5 { ha1_qualified, .. } => *ha1_qualified,
+    let pick = |s: &StoredSecret| match (s, &r.hashed_in) {
+        (StoredSecret::DigestMd5 { ha1_offered, .. }, Some(offered)) => ha1_offered
+            .iter()
+            .find(|(realm, _)| realm == offered)
+            .map(|(_, h)| *h),
+        (StoredSecret::DigestMd5 { ha1, .. }, None) if !r.qualified => Some(*ha1),
+        (StoredSecret::DigestMd5 { ha1_qualified, .. }, None) => *ha1_qualified,
         _ => None,
     };
     // No user, or no hash of the form the client used (an imported bare
-    // HA1 has no qualified twin): check against a dummy anyway, so the
-    // answer takes as long, and refuse.
+    // HA1 has no qualified twin; a realm offered only after the password
+    // was set): check against a dummy anyway, so the answer takes as
+    // long, and refuse.
     let found = secret.and_then(pick);
-    let Some(ha1) = found.or_else(|| pick(&dummy_secret(SecretFamily::DigestMd5, &r.username)))
-    else {
-        return Err(Failure::InvalidCredentials);
-    };
+    let ha1 = found.unwrap_or_else(
+        || match dummy_secret(SecretFamily::DigestMd5, &r.username) {
+            StoredSecret::DigestMd5 { ha1, .. } => ha1,
+            _ => [0; 16],
+        },
+    );
     let inputs = DigestInputs {
         nonce: &r.nonce,
         cnonce: &r.cnonce,
