@@ -249,6 +249,9 @@ impl SaslService {
         let client_ip = policy::client_ip(&session.client_address);
         let claim_ttl = self.cfg.sasl.exchange_ttl * 2;
         let mut login: Option<(String, String)> = None;
+        // Whether the login named a user we have: an unknown one is logged
+        // only as a hash (people type passwords into the user-name field).
+        let mut known = false;
         loop {
             // A step that ends without naming a user still answers to the
             // per-address limit (EXTERNAL, a malformed message).
@@ -301,9 +304,12 @@ impl SaslService {
                         // a missed invalidation never locks a user out.
                         let (fresh, _) = self.secret(&name, &realm, family, true).await?;
                         let stored = |l: &secrets::Lookup| l.as_deref().map(|s| (**s).clone());
+                        known = fresh.is_some();
                         if stored(&fresh) != stored(&used) {
                             (exchange, step) = self.resume(again, &scfg, family, fresh).await?;
                         }
+                    } else {
+                        known = used.is_some();
                     }
                     login = Some((name, realm));
                 }
@@ -321,10 +327,11 @@ impl SaslService {
                     return self.finish(outcome, login, session).await;
                 }
                 Step::Failure(f) => {
-                    let authcid = login
-                        .as_ref()
-                        .map(|(n, r)| format!("{n}@{r}"))
-                        .unwrap_or_default();
+                    let authcid = match &login {
+                        Some((n, r)) if known => format!("{n}@{r}"),
+                        Some((n, r)) => format!("unknown:{}", policy::login_hash(n, r)),
+                        None => String::new(),
+                    };
                     if matches!(f, Failure::InvalidCredentials) {
                         policy::record_failure(&self.state, &self.cfg, &client_ip, login.as_ref())
                             .await;
