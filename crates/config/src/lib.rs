@@ -107,9 +107,19 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// Serve Prometheus text metrics at `http://ADDR/metrics`; unset = off.
     pub metrics_listen: Option<SocketAddr>,
-    /// Put the login name on AUTH spans (`enduser.id`). Off by default:
-    /// user names are personal data in many jurisdictions.
+    /// Put the login name on AUTH spans (`enduser.id`) and let log events
+    /// that name a user become span events. Off by default: user names are
+    /// personal data in many jurisdictions. Off, no span or span event
+    /// names a user; the log lines still do (they carry the trace id).
     pub span_user_names: bool,
+    /// `tracing` directives for the spans exported, apart from `log.level`
+    /// (a quiet log keeps full traces). Empty: `info`, every span of the
+    /// auth and mail path.
+    pub trace_filter: String,
+    /// Share of background work (Redis pings, storage reads, calls no
+    /// request started) that starts a trace of its own; 0 by default,
+    /// 1 to see it all.
+    pub background_sample_ratio: f64,
 }
 
 impl Default for Config {

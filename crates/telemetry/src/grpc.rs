@@ -1,7 +1,8 @@
 //! W3C trace context across gRPC hops, decided once: [`TraceLayer`] on
 //! every server extracts `traceparent`/`tracestate` and opens the server
 //! span under it; [`traced`] wraps every client channel with an
-//! interceptor that injects the caller's current context.
+//! interceptor that injects the caller's current context, and measures
+//! each call by operation and status.
 
 use std::task::{Context, Poll};
 
@@ -72,11 +73,104 @@ impl Interceptor for InjectContext {
     }
 }
 
-/// A client channel that propagates trace context.
-pub type Traced = InterceptedService<Channel, InjectContext>;
+/// A client channel that propagates trace context and measures every call
+/// (`authrelay_grpc_client_duration_seconds{operation,status}`).
+pub type Traced = Measured<InterceptedService<Channel, InjectContext>>;
 
 pub fn traced(channel: Channel) -> Traced {
-    InterceptedService::new(channel, InjectContext)
+    Measured {
+        inner: InterceptedService::new(channel, InjectContext),
+    }
+}
+
+/// Times each call to its response and labels it with the gRPC status:
+/// the `grpc-status` of a trailers-only response (how a server answers an
+/// error), `OK` for a response with a body, `UNAVAILABLE` when the call
+/// never got an answer.
+#[derive(Clone, Debug)]
+pub struct Measured<S> {
+    inner: S,
+}
+
+/// `/authrelay.sasl.v1.SaslAuth/Start` → `sasl-auth/Start`.
+pub fn operation(path: &str) -> String {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let simple = service.rsplit('.').next().unwrap_or(service);
+    let mut kebab = String::with_capacity(simple.len() + 2);
+    for (i, c) in simple.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                kebab.push('-');
+            }
+            kebab.push(c.to_ascii_lowercase());
+        } else {
+            kebab.push(c);
+        }
+    }
+    format!("{kebab}/{method}")
+}
+
+/// The gRPC status code's name, as the specification spells it.
+pub fn status_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Measured<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let op = operation(req.uri().path());
+        let started = std::time::Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            let status = match &result {
+                Ok(resp) => match resp.headers().get("grpc-status") {
+                    Some(v) => status_name(tonic::Code::from_bytes(v.as_bytes())),
+                    None if resp.status() == http::StatusCode::OK => "OK",
+                    None => "UNKNOWN",
+                },
+                Err(_) => "UNAVAILABLE",
+            };
+            crate::metrics::rpc(&op, status, started.elapsed());
+            result
+        })
+    }
 }
 
 /// Server side: one span per call, child of the caller's context, named and
@@ -130,5 +224,24 @@ where
         );
         let _ = span.set_parent(parent);
         self.inner.call(req).instrument(span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn operation_names_are_the_services_names() {
+        assert_eq!(
+            super::operation("/authrelay.sasl.v1.SaslAuth/Start"),
+            "sasl-auth/Start"
+        );
+        assert_eq!(
+            super::operation("/authrelay.queue.v1.RelayQueue/Enqueue"),
+            "relay-queue/Enqueue"
+        );
+        assert_eq!(
+            super::operation("/authrelay.credentials.v1.CredentialStore/GetSecret"),
+            "credential-store/GetSecret"
+        );
     }
 }

@@ -3,9 +3,11 @@
 //! - Log lines are one event each, grep-able `key=value` (or JSON), in the
 //!   spirit of sendmail's `AUTH=server, relay=…, mech=…, bits=…`; events
 //!   inside a traced span carry its `trace_id` and `span_id`.
-//! - Spans go to an OTLP/gRPC collector when one is configured
-//!   (`telemetry.otlp_endpoint` or the standard `OTEL_*` variables), and
-//!   nowhere — quietly — when none is.
+//! - Spans go to an OTLP collector (gRPC or http/protobuf) when one is
+//!   configured (`telemetry.otlp_endpoint` or the standard `OTEL_*`
+//!   variables, read as the specification says: [`otlp`]), and nowhere —
+//!   quietly — when none is. Which spans is decided apart from the log
+//!   level ([`layers`]).
 //! - W3C trace context crosses every gRPC hop through [`grpc`]: one layer on
 //!   every server, one interceptor on every client.
 //! - Prometheus metrics in [`metrics`].
@@ -13,13 +15,16 @@
 //!   the umask, in [`private_fs`].
 
 pub mod grpc;
+pub mod layers;
 pub mod metrics;
+pub mod otlp;
 pub mod private_fs;
 
 use authrelay_config::{Config, LogFormat};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -44,67 +49,45 @@ impl Drop for Telemetry {
     }
 }
 
-fn otlp_endpoint(cfg: &Config) -> Option<String> {
-    if !cfg.telemetry.otlp_endpoint.is_empty() {
-        return Some(cfg.telemetry.otlp_endpoint.clone());
-    }
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-}
-
-/// Install the global subscriber for `service`. `RUST_LOG` wins over the
-/// configured level. A second call (the all-in-one binary) is a no-op that
-/// returns an inert guard.
+/// Install the global subscriber for `service`: log lines filtered by
+/// `log.level` (`RUST_LOG` wins), spans by `telemetry.trace_filter`, each
+/// on its own — a quiet log does not mean no traces. A second call (the
+/// all-in-one binary) is a no-op that returns an inert guard.
 pub fn init(service: &str, cfg: &Config) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let filter = || {
-        EnvFilter::try_from_default_env()
-            .or_else(|_| EnvFilter::try_new(&cfg.log.level))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
+    metrics::set_process(service);
+    let log_filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (provider, complaint) = match otlp::provider(service, cfg) {
+        Ok(p) => (Some(p), None),
+        Err(otlp::Off::Quiet) => (None, None),
+        Err(otlp::Off::Say(why)) => (None, Some(why)),
     };
-    let provider = otlp_endpoint(cfg).and_then(|endpoint| {
-        use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .build()
-            .map_err(|e| {
-                eprintln!("{service}: OTLP exporter for {endpoint}: {e}; tracing export off")
-            })
-            .ok()?;
-        // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by the
-        // SDK's resource detectors and win over this default name.
-        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(name)
-            .build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build(),
-        )
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service.to_owned()))
+            .with_filter(layers::SpanFilter::new(
+                &cfg.telemetry.trace_filter,
+                cfg.telemetry.span_user_names,
+            ))
     });
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let registry = tracing_subscriber::registry()
-        .with(filter())
-        .with(otel_layer);
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let result = match cfg.log.format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .with_ansi(ansi)
-                    .with_target(false),
+                    .with_target(false)
+                    .event_format(layers::WithTraceIds::new(
+                        tracing_subscriber::fmt::format().with_target(false),
+                        false,
+                    ))
+                    .with_filter(log_filter),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -112,7 +95,12 @@ pub fn init(service: &str, cfg: &Config) -> Telemetry {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_writer(std::io::stderr)
-                    .with_target(false),
+                    .with_target(false)
+                    .event_format(layers::WithTraceIds::new(
+                        tracing_subscriber::fmt::format().json().with_target(false),
+                        true,
+                    ))
+                    .with_filter(log_filter),
             )
             .try_init(),
     };
@@ -120,25 +108,22 @@ pub fn init(service: &str, cfg: &Config) -> Telemetry {
         // Someone installed a subscriber already (all-in-one): keep theirs.
         return Telemetry { provider: None };
     }
+    if let Some(why) = complaint {
+        tracing::warn!("{service}: {why}");
+    }
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
+        tracing::dispatcher::get_default(|d| {
+            let _ = layers::DISPATCH.set(d.clone());
+        });
     }
     Telemetry { provider }
 }
 
-/// Record the current OpenTelemetry trace and span ids into `span`'s
-/// `trace_id`/`span_id` fields (declared `Empty` at creation), so every log
-/// line inside it names the trace an operator can look up.
-pub fn record_trace_ids(span: &tracing::Span) {
-    use opentelemetry::trace::TraceContextExt;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        span.record("trace_id", tracing::field::display(sc.trace_id()));
-        span.record("span_id", tracing::field::display(sc.span_id()));
-    }
-}
+/// Formerly recorded the trace ids into the span's own fields; every log
+/// line inside a traced span now carries them (see [`layers`]), so this
+/// does nothing and is kept for its callers.
+pub fn record_trace_ids(_span: &tracing::Span) {}
 
 /// The W3C `traceparent` of the current span (empty when nothing is
 /// traced), to carry a trace where gRPC metadata cannot: in a queued
