@@ -251,9 +251,7 @@ impl Queue {
             outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        if let Some(cx) = authrelay_telemetry::context_from_traceparent(&env.traceparent) {
-            let _ = span.set_parent(cx);
-        }
+        // Its parent is the attempt's span, in the submission's trace.
         if let Some(ip) = addr {
             span.record("network.peer.address", tracing::field::display(ip));
         }
@@ -368,11 +366,37 @@ impl Queue {
                 return;
             }
         };
-        let mut state = self.spool.state(id);
+        let state = self.spool.state(id);
         if state.held {
             Self::lock(&self.schedule).remove(id);
             return;
         }
+        // One attempt is one unit of work in the submission's trace: its
+        // deliveries are children, and every log line it writes (stat=Sent,
+        // Deferred, Failed, Expired, the DSN) carries that trace's ids.
+        let span = tracing::info_span!(
+            "attempt",
+            otel.name = "relay-queue attempt",
+            messaging.system = "smtp",
+            messaging.operation.type = "process",
+            messaging.message.id = %id,
+            attempt = state.attempts + 1,
+        );
+        if let Some(cx) = authrelay_telemetry::context_from_traceparent(&env.traceparent) {
+            let _ = span.set_parent(cx);
+        }
+        self.attempt_traced(id, env, body, state)
+            .instrument(span)
+            .await
+    }
+
+    async fn attempt_traced(
+        &self,
+        id: &str,
+        env: Envelope,
+        body: Vec<u8>,
+        mut state: spool::DeliveryState,
+    ) {
         let pending: Vec<&Recipient> = env
             .recipients
             .iter()
