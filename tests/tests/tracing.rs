@@ -302,7 +302,7 @@ fn each_auth_is_one_trace_across_frontend_sasl_auth_credential_store_and_redis()
     );
     assert!(
         after.contains(
-            "authrelay_grpc_client_duration_seconds_count{operation=\"sasl-auth/Start\"} "
+            "authrelay_grpc_client_duration_seconds_count{operation=\"sasl-auth/Start\",status=\"OK\"} "
         ),
         "gRPC latency is observed: {after}"
     );
@@ -311,7 +311,8 @@ fn each_auth_is_one_trace_across_frontend_sasl_auth_credential_store_and_redis()
 
 #[test]
 fn without_an_otlp_endpoint_services_export_nothing_and_stay_quiet() {
-    let dir = scratch("no-otlp");
+    // (The directory name must not contain a word the test greps for.)
+    let dir = scratch("no-export");
     let redis = Redis::start(&dir);
     let stack = Stack::start(&dir, &redis, StackOptions::default());
     stack.add_user("test", "mailserver.foo.com", PASSWORD);
