@@ -115,7 +115,12 @@ fn wrong_password_and_unknown_user_get_535_and_the_same_log_shape() {
         let who = authid.split([',', ' ']).next().unwrap();
         format!("{head}authid=X{}", &authid[who.len()..])
     };
-    assert!(lines.iter().any(|l| l.contains("authid=test@mailserver.foo.com")), "{logs}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("authid=test@mailserver.foo.com")),
+        "{logs}"
+    );
     assert!(
         lines.iter().any(|l| l.contains("authid=unknown:")) && !logs.contains("nobody@"),
         "an unknown user is logged as a hash: {logs}"
