@@ -79,6 +79,26 @@ fn scram_plus_is_offered_on_tls_1_3_only() {
     }
 }
 
+/// A client that sends an IP address as SNI (RFC 6066 forbids it; some do)
+/// is served, and costs no WARN line per session.
+#[test]
+fn an_ip_address_as_sni_is_ignored_quietly() {
+    let (_d, _r, _sink, stack) = stack("sni-ip", "");
+    let openssl = require_tool("openssl", "apt-get install openssl");
+    let out = std::process::Command::new(openssl)
+        .args(["s_client", "-starttls", "smtp", "-connect"])
+        .arg(stack.submission.to_string())
+        .args(["-servername", "127.0.0.1"])
+        .stdin(std::process::Stdio::piped())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TLSv1.3"), "the handshake completed: {text}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = stack.frontend.log_text();
+    assert!(!log.contains("SNI"), "{log}");
+}
+
 #[test]
 fn implicit_tls_submissions_with_smtplib_and_swaks() {
     let (_d, _r, sink, mut stack) = stack(

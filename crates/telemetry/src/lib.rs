@@ -49,6 +49,17 @@ impl Drop for Telemetry {
     }
 }
 
+/// rustls warns for every TLS client that sends an IP address as SNI (RFC
+/// 6066 §3 forbids it, and rustls then ignores the name, as it should).
+/// Some mail clients always do: one WARN per session is noise that buries
+/// real warnings, so that target logs errors only.
+fn quiet_known_noise(filter: EnvFilter) -> EnvFilter {
+    match "rustls::msgs::handshake=error".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    }
+}
+
 /// Install the global subscriber for `service`: log lines filtered by
 /// `log.level` (`RUST_LOG` wins), spans by `telemetry.trace_filter`, each
 /// on its own — a quiet log does not mean no traces. A second call (the
@@ -61,6 +72,7 @@ pub fn init(service: &str, cfg: &Config) -> Telemetry {
     let log_filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = quiet_known_noise(log_filter);
     let (provider, complaint) = match otlp::provider(service, cfg) {
         Ok(p) => (Some(p), None),
         Err(otlp::Off::Quiet) => (None, None),
