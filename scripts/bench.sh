@@ -27,86 +27,26 @@ work=$(mktemp -d /tmp/authrelay-bench.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=peer/authrelay.sh
+source scripts/peer/authrelay.sh
 
 # Co-located services talk over Unix-domain sockets (gRPC and Redis), as
 # Postfix's smtpd talks to Dovecot's auth; BENCH_TRANSPORT=tcp measures the
 # loopback-TCP set-up that separate hosts or pods use.
 export BENCH_TRANSPORT=${BENCH_TRANSPORT:-unix}
-transport=$BENCH_TRANSPORT
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --unixsocketperm 600 \
-  --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
-
-cs=$(free_port); sa=$(free_port); rq=$(free_port); fe=$(free_port); adm=$(free_port)
-if [ "$transport" = unix ]; then
-  redis_url="unix://$work/redis.sock"
-  ep_cs="unix:$work/cs.sock"; ep_sa="unix:$work/sa.sock"; ep_rq="unix:$work/rq.sock"
-else
-  redis_url="redis://127.0.0.1:$rport/"
-  ep_cs="http://127.0.0.1:$cs"; ep_sa="http://127.0.0.1:$sa"; ep_rq="http://127.0.0.1:$rq"
-fi
 # Without brute-force limits, as Postfix + Dovecot were measured (like for
 # like); BENCH_LIMITS=on keeps the shipped defaults, where every AUTH also
 # reads the per-address and per-user failure counts in Redis.
 export BENCH_LIMITS=${BENCH_LIMITS:-off}
-limits=""
-if [ "$BENCH_LIMITS" = off ]; then
-  limits=$'[sasl.limits]\nmax_failures_per_ip = 0\nmax_failures_per_user = 0'
-fi
-cat >"$work/bench.toml" <<TOML
-hostname = "bench.example"
-default_realm = "bench.example"
-data_dir = "$work/data"
-[log]
-level = "warn"
-[redis]
-url = "$redis_url"
-[endpoints]
-credential_store = "$ep_cs"
-sasl_auth = "$ep_sa"
-relay_queue = "$ep_rq"
-frontend = "http://127.0.0.1:$adm"
-[sasl]
-# Postfix + Dovecot were measured without TLS: compare like with like.
-allow_plaintext_without_tls = true
-$limits
-[credential_store]
-listen = "127.0.0.1:$cs"
-listen_unix = "$work/cs.sock"
-[sasl_auth]
-listen = "127.0.0.1:$sa"
-listen_unix = "$work/sa.sock"
-[relay_queue]
-listen = "127.0.0.1:$rq"
-listen_unix = "$work/rq.sock"
-delivery_mode = "queue-only"
-[frontend]
-admin_listen = "127.0.0.1:$adm"
-max_connections = 20000
-max_connections_per_ip = 20000
-[frontend.tls]
-disabled = true
-[[frontend.listeners]]
-address = "127.0.0.1:$fe"
-role = "relay"
-TOML
-for svc in credential-store sasl-auth relay-queue smtp-frontend; do
-  "$bin/$svc" --config "$work/bench.toml" >"$work/$svc.out" 2>"$work/$svc.log" &
-  pids+=($!)
-  for _ in $(seq 200); do grep -q listening "$work/$svc.out" 2>/dev/null && break; sleep 0.05; done
-done
+# The configuration (no TLS, queue-only, tokens and the exchange key that
+# separate services need) is written by scripts/peer/authrelay.sh, shared
+# with scripts/bench-peer.sh.
+ar_redis_start "$work"; pids+=("$AR_REDIS_PID")
+ar_split_start "$bin" "$work" "$BENCH_TRANSPORT" "$BENCH_LIMITS"; pids+=("${AR_SPLIT_PIDS[@]}")
+fe=$AR_SPLIT_PORT
 
 echo "==> adding 100 users"
-for i in $(seq 0 99); do
-  echo "bench-Password-$i-x" | "$bin/authrelay" --config "$work/bench.toml" user add "load$i" >/dev/null
-done
-# Every user shares one password in the load tool: set them all alike.
-for i in $(seq 0 99); do
-  echo "bench-Password" | "$bin/authrelay" --config "$work/bench.toml" user passwd "load$i" >/dev/null
-done
+ar_add_users "$bin" "$AR_SPLIT_CONFIG" 100 bench-Password
 export SMTP_LOAD_PASSWORD=bench-Password
 
 echo "==> warm-up: one PLAIN login per user (fills sasl-auth's verified-credential cache)"

@@ -6,6 +6,10 @@
 //! errors by reply code, as text and JSON. It speaks plain SMTP with the
 //! SASL client mechanisms of `authrelay-sasl`, so it runs as well against
 //! Postfix or Sendmail as against authrelay.
+//!
+//! [`idle`] is the other mode: open N connections (greeting and EHLO),
+//! hold them, and check at the end that they are still served, so a
+//! benchmark can read the server's memory per idle connection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -408,6 +412,159 @@ pub async fn run(plan: Plan) -> Report {
         auth_us: all.auth_us,
         session_us: all.session_us,
         errors: all.errors,
+        cpu: process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
+    }
+}
+
+/// Idle-connection mode: how many, how fast, how long.
+#[derive(Clone, Debug)]
+pub struct IdlePlan {
+    pub server: String,
+    pub connections: usize,
+    /// Connections being opened at once (connect, greeting, EHLO).
+    pub parallel: usize,
+    /// How long to hold them all once open.
+    pub hold: Duration,
+    /// Give up on one connection's opening after this long.
+    pub open_timeout: Duration,
+}
+
+pub struct IdleReport {
+    pub plan: IdlePlan,
+    pub open: u64,
+    pub open_time: Duration,
+    /// Connections that still answered NOOP with 250 after the hold.
+    pub still_open: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub cpu: Option<Duration>,
+}
+
+impl IdleReport {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server": self.plan.server,
+            "idle": self.plan.connections,
+            "open": self.open,
+            "open_seconds": self.open_time.as_secs_f64(),
+            "hold_seconds": self.plan.hold.as_secs_f64(),
+            "still_open": self.still_open,
+            "errors": self.errors,
+            "client_cpu_ms": self.cpu.map(|c| c.as_secs_f64() * 1000.0),
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "{} of {} connections open in {:.1}s; {} still open after {:.0}s held\n",
+            self.open,
+            self.plan.connections,
+            self.open_time.as_secs_f64(),
+            self.still_open,
+            self.plan.hold.as_secs_f64()
+        );
+        for (k, n) in &self.errors {
+            s.push_str(&format!("errors {k}: {n}\n"));
+        }
+        s
+    }
+}
+
+/// Connect, read the greeting, EHLO: a client that then says nothing.
+async fn open_idle(server: &str) -> Result<Conn, Fail> {
+    let tcp = TcpStream::connect(server)
+        .await
+        .map_err(|e| Fail::Io(e.kind().to_string()))?;
+    let mut c = Conn {
+        io: BufReader::with_capacity(1024, Stream::Plain(tcp)),
+        line: String::new(),
+    };
+    let (code, _) = c.reply().await?;
+    if code != 220 {
+        return Err(Fail::Reply(code, "greeting"));
+    }
+    c.cmd("EHLO load.example", 250, "EHLO").await?;
+    c.line = String::new();
+    Ok(c)
+}
+
+fn count(errors: &mut BTreeMap<String, u64>, f: Fail) {
+    let k = match f {
+        Fail::Reply(code, step) => format!("{code} at {step}"),
+        Fail::Io(e) => format!("io {e}"),
+    };
+    *errors.entry(k).or_default() += 1;
+}
+
+/// Opens `connections` idle SMTP sessions (`parallel` at a time), writes
+/// `idle: N open` to stderr once they are all open or failed, holds them
+/// for `hold`, then sends NOOP on each and counts the 250s.
+pub async fn idle(plan: IdlePlan) -> IdleReport {
+    let cpu0 = process_cpu();
+    let started = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(plan.parallel.max(1)));
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..plan.connections {
+        let (gate, server, limit) = (gate.clone(), plan.server.clone(), plan.open_timeout);
+        opening.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            match tokio::time::timeout(limit, open_idle(&server)).await {
+                Ok(r) => r,
+                Err(_) => Err(Fail::Io("open timed out".into())),
+            }
+        });
+    }
+    let mut conns = Vec::with_capacity(plan.connections);
+    let mut errors = BTreeMap::new();
+    while let Some(r) = opening.join_next().await {
+        match r {
+            Ok(Ok(c)) => conns.push(c),
+            Ok(Err(f)) => count(&mut errors, f),
+            Err(_) => count(&mut errors, Fail::Io("task".into())),
+        }
+    }
+    let open_time = started.elapsed();
+    let open = conns.len() as u64;
+    {
+        use std::io::Write;
+        let mut e = std::io::stderr();
+        let _ = writeln!(
+            e,
+            "idle: {open} open of {} in {:.1}s; holding {:.0}s",
+            plan.connections,
+            open_time.as_secs_f64(),
+            plan.hold.as_secs_f64()
+        );
+        let _ = e.flush();
+    }
+    tokio::time::sleep(plan.hold).await;
+    let mut checking = tokio::task::JoinSet::new();
+    for mut c in conns {
+        let gate = gate.clone();
+        checking.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let r = tokio::time::timeout(Duration::from_secs(30), c.cmd("NOOP", 250, "NOOP"))
+                .await
+                .unwrap_or_else(|_| Err(Fail::Io("NOOP timed out".into())));
+            if r.is_ok() {
+                let _ = c.send(b"QUIT\r\n").await;
+            }
+            r.map(|_| ())
+        });
+    }
+    let mut still_open = 0;
+    while let Some(r) = checking.join_next().await {
+        match r {
+            Ok(Ok(())) => still_open += 1,
+            Ok(Err(f)) => count(&mut errors, f),
+            Err(_) => count(&mut errors, Fail::Io("task".into())),
+        }
+    }
+    IdleReport {
+        plan,
+        open,
+        open_time,
+        still_open,
+        errors,
         cpu: process_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a)),
     }
 }

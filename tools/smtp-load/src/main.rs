@@ -46,6 +46,12 @@ struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Idle-connection mode: open this many connections (up to -c at a
+    /// time: connect, greeting, EHLO), write "idle: N open ..." to stderr,
+    /// hold them for -d, then check each with NOOP. For a server's memory
+    /// per idle connection; no AUTH, no mail.
+    #[arg(long)]
+    idle: Option<usize>,
     /// Runtime threads for the clients. One (the default) keeps the load
     /// tool to a single core, leaving the rest to the server it measures.
     #[arg(long, default_value_t = 1)]
@@ -68,6 +74,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(n) = a.idle {
+        let report = smtp_load::idle(smtp_load::IdlePlan {
+            server: a.server,
+            connections: n,
+            parallel: a.concurrency.max(1),
+            hold: Duration::from(a.duration),
+            open_timeout: Duration::from_secs(60),
+        })
+        .await;
+        if a.json {
+            println!("{}", report.json());
+        } else {
+            print!("{}", report.text());
+        }
+        return Ok(());
+    }
     let mechanism = match &a.mech {
         Some(m) => Some(
             authrelay_sasl::Mechanism::from_name(m)
