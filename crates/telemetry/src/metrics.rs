@@ -77,11 +77,6 @@ pub struct Metrics {
     pub queue_messages: Gauge,
     pub queue_oldest_age: Gauge,
     pub deliveries: Family<OutcomeLabel, Counter>,
-    /// Superseded, and not exposed: the traced client channel
-    /// ([`crate::grpc::traced`]) measures every call, Enqueue included,
-    /// with its status, into [`Metrics::grpc_client_calls`]. Kept so the
-    /// callers that still observe into it compile.
-    pub grpc_client_duration: Family<OpLabel, Histogram>,
     /// `authrelay_grpc_client_duration_seconds{operation,status}`.
     pub grpc_client_calls: Family<RpcLabels, Histogram>,
     pub redis_duration: Family<OpLabel, Histogram>,
@@ -102,7 +97,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     queue_messages: Gauge::default(),
     queue_oldest_age: Gauge::default(),
     deliveries: Family::default(),
-    grpc_client_duration: Family::new_with_constructor(latency),
     grpc_client_calls: Family::new_with_constructor(latency),
     redis_duration: Family::new_with_constructor(latency),
     auth_cache: Family::default(),

@@ -143,7 +143,6 @@ impl SaslService {
         realm: &str,
         family: SecretFamily,
     ) -> Result<secrets::Lookup, AuthError> {
-        let started = std::time::Instant::now();
         let resp = self
             .creds
             .get_secret(cpb::GetSecretRequest {
@@ -153,12 +152,6 @@ impl SaslService {
             })
             .await
             .map_err(|s| AuthError::Dependency(format!("credential-store: {}", s.code())))?;
-        let m = &authrelay_telemetry::metrics::METRICS;
-        authrelay_telemetry::metrics::observe(
-            &m.grpc_client_duration,
-            "credential-store/GetSecret",
-            started.elapsed(),
-        );
         if !resp.found {
             return Ok(None);
         }

@@ -710,12 +710,10 @@ impl Session {
             initial_response,
             session: Some(facts.clone()),
         };
-        let t0 = std::time::Instant::now();
         let mut resp = match sasl.start(start.clone()).await {
             Err(s) if retry_is_safe(&s) => sasl.start(start).await,
             other => other,
         };
-        grpc_latency("sasl-auth/Start", t0);
         loop {
             let result = match resp {
                 Ok(r) => r.result,
@@ -760,12 +758,10 @@ impl Session {
                         response,
                         session: Some(facts.clone()),
                     };
-                    let t0 = std::time::Instant::now();
                     resp = match sasl.step(step.clone()).await {
                         Err(s) if retry_is_safe(&s) => sasl.step(step).await,
                         other => other,
                     };
-                    grpc_latency("sasl-auth/Step", t0);
                 }
                 Some(spb::step_response::Result::Success(s)) => {
                     if let Some(extra) = &s.additional_data {
@@ -1258,11 +1254,6 @@ impl Upload {
             Err(_) => fail("relay-queue: no answer in time".into(), false),
         }
     }
-}
-
-fn grpc_latency(operation: &str, started: std::time::Instant) {
-    let m = &authrelay_telemetry::metrics::METRICS;
-    authrelay_telemetry::metrics::observe(&m.grpc_client_duration, operation, started.elapsed());
 }
 
 /// A call that failed before reaching sasl-auth (a replica that just died
