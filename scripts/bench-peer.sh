@@ -153,4 +153,4 @@ if [ "$idle_n" -gt 0 ]; then
   done
 fi
 
-BENCH_SECS=$secs BENCH_IDLE=$idle_n python3 scripts/peer/report.py "$results" "$root/BENCHMARKS.md"
+BENCH_SECS=$secs BENCH_IDLE=$idle_n BENCH_BUILD=${BENCH_BUILD:-1} python3 scripts/peer/report.py "$results" "$root/BENCHMARKS.md"

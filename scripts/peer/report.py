@@ -44,7 +44,8 @@ def main():
     secs = os.environ.get("BENCH_SECS", "5")
     out = ["<!-- bench-peer:start -->",
            f"### Run of {datetime.date.today()} (`scripts/bench-peer.sh {secs}`)", "",
-           f"Machine: {os.cpu_count()} × {cpu}; authrelay commit {rev} (release build); "
+           f"Machine: {os.cpu_count()} × {cpu}; authrelay commit {rev} "
+           f"({'prebuilt binaries, BENCH_BUILD=0' if os.environ.get('BENCH_BUILD') == '0' else 'release build'}); "
            f"Postfix {pfv}, Dovecot {dcv} (Debian packages); {secs} s per run; "
            "all three systems and the load client on the same machine.", "",
            "| mechanism | body | clients | system | sessions/s | AUTH p50 ms | AUTH p99 ms "
