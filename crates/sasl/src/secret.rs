@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use hmac::{Hmac, Mac};
 use rand::RngCore as _;
@@ -289,11 +289,87 @@ fn argon2_phc(password: &[u8], params: &SecretParams) -> String {
 }
 
 /// Checks a password against an Argon2 PHC string; `false` when the PHC is malformed.
+///
+/// The PHC string carries its own algorithm and costs. The working memory
+/// (19 MiB with the default costs) comes from a small pool instead of a
+/// fresh allocation per check: glibc keeps such freed blocks in the arena
+/// of the thread that freed them, so a login storm spread over a blocking
+/// pool's threads left sasl-auth holding about 1 GiB of freed Argon2
+/// memory (measured by scripts/bench-peer.sh), and every fresh block had to
+/// be faulted in again.
 pub fn verify_password(phc: &str, password: &[u8]) -> bool {
-    match PasswordHash::new(phc) {
-        // The PHC string carries its own algorithm and costs; Argon2::default() reads them.
-        Ok(hash) => Argon2::default().verify_password(password, &hash).is_ok(),
-        Err(_) => false,
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) =
+        (Algorithm::try_from(hash.algorithm), Params::try_from(&hash))
+    else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    let mut memory = WorkingMemory::take(params.block_count());
+    let ok = argon
+        .hash_password_into_with_memory(password, salt, &mut out, memory.blocks())
+        .is_ok();
+    drop(memory);
+    ok && bool::from(subtle::ConstantTimeEq::ct_eq(
+        out.as_slice(),
+        expected.as_bytes(),
+    ))
+}
+
+/// Argon2 working memory, taken from and given back to a process-wide pool
+/// (as many buffers as checks ever ran at once — sasl-auth bounds that).
+struct WorkingMemory {
+    blocks: Vec<argon2::Block>,
+    len: usize,
+}
+
+static WORKING_MEMORY: std::sync::Mutex<Vec<Vec<argon2::Block>>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl WorkingMemory {
+    fn take(len: usize) -> Self {
+        let mut blocks = WORKING_MEMORY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        if blocks.len() < len {
+            blocks.resize(len, argon2::Block::default());
+        }
+        WorkingMemory { blocks, len }
+    }
+
+    fn blocks(&mut self) -> &mut [argon2::Block] {
+        &mut self.blocks[..self.len]
+    }
+}
+
+impl Drop for WorkingMemory {
+    fn drop(&mut self) {
+        // The blocks held a password's derivation: wipe before reuse.
+        for b in &mut self.blocks[..self.len] {
+            *b = argon2::Block::default();
+        }
+        let blocks = std::mem::take(&mut self.blocks);
+        WORKING_MEMORY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(blocks);
     }
 }
 
@@ -428,6 +504,43 @@ mod tests {
         assert!(!verify_password(&phc, b"hunter3"));
         assert!(!verify_password("not a phc", b"hunter2"));
         assert!(!verify_password("", b""));
+    }
+
+    #[test]
+    fn verification_reuses_working_memory_of_any_size_and_still_tells_passwords_apart() {
+        let small = SecretParams {
+            argon2_m_cost_kib: 64,
+            argon2_t_cost: 1,
+            ..SecretParams::default()
+        };
+        let large = SecretParams {
+            argon2_m_cost_kib: 256,
+            ..small.clone()
+        };
+        let a = argon2_phc(b"first", &large);
+        let b = argon2_phc(b"second", &small);
+        for _ in 0..3 {
+            // Large, then small from the same pooled buffer, then large again.
+            assert!(verify_password(&a, b"first"));
+            assert!(!verify_password(&a, b"second"));
+            assert!(verify_password(&b, b"second"));
+            assert!(!verify_password(&b, b"first"));
+        }
+        // Another Argon2 variant and version in the PHC are honoured.
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(64, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::encode_b64(b"0123456789abcdef").unwrap())
+        .unwrap()
+        .to_string();
+        assert!(verify_password(&argon2i, b"pw"));
+        assert!(!verify_password(&argon2i, b"pw2"));
+        assert!(!verify_password(
+            "$argon2id$v=19$m=64,t=1,p=1$bm9zYWx0$",
+            b"pw"
+        ));
     }
 
     #[test]
