@@ -60,6 +60,34 @@ perl -MAuthen::SASL -e1 2>/dev/null || sasl_pkgs+=(libauthen-sasl-perl)
 perl -MDigest::HMAC_MD5 -e1 2>/dev/null || sasl_pkgs+=(libdigest-hmac-perl)
 perl -MIO::Socket::SSL -e1 2>/dev/null || sasl_pkgs+=(libio-socket-ssl-perl)
 if [ ${#sasl_pkgs[@]} -gt 0 ]; then apt_install "${sasl_pkgs[@]}"; fi
+# Interop on every run (tests/tests/interop.rs): msmtp, Cyrus smtptest
+# (cyrus-clients, without the cyrus-imapd it recommends), and Postfix +
+# Dovecot run as private instances with Cyrus SASL's client plugins
+# (libsasl2-modules, Postfix's SMTP client SASL). The machine's own mail
+# system is neither configured nor started: postfix is preseeded to "No
+# configuration" and a temporary policy-rc.d (exit 101) keeps invoke-rc.d
+# from starting any service; one that was already there is left alone.
+mail_pkgs=()
+command -v msmtp >/dev/null || mail_pkgs+=(msmtp)
+[ -x /usr/lib/cyrus/bin/smtptest ] || command -v smtptest >/dev/null || mail_pkgs+=(cyrus-clients)
+[ -x /usr/sbin/postfix ] || mail_pkgs+=(postfix)
+[ -x /usr/sbin/dovecot ] || mail_pkgs+=(dovecot-core)
+dpkg -s libsasl2-modules >/dev/null 2>&1 || mail_pkgs+=(libsasl2-modules)
+if [ ${#mail_pkgs[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || apt_install "${mail_pkgs[@]}"
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# temporary, scripts/test.sh: start no services\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  rc=0
+  apt_install --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${mail_pkgs[@]}" || rc=$?
+  if [ "$made_policy" = 1 ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+  [ "$rc" = 0 ] || exit "$rc"
+fi
 if ! python3 -c 'import scramp' 2>/dev/null; then
   say "installing scramp (the tests' independent SCRAM client)"
   python3 -m pip install --quiet scramp 2>/dev/null \
