@@ -347,8 +347,7 @@ fn gsasl_every_mechanism_on_tls_1_3_and_1_2_with_plus_only_on_1_3() {
         let (code, text) = gsasl(stack.submission, mech, Tls::V12, PASSWORD, &[]);
         let ehlo_auth = text
             .lines()
-            .filter(|l| l.starts_with("250-AUTH") || l.starts_with("250 AUTH"))
-            .last()
+            .rfind(|l| l.starts_with("250-AUTH") || l.starts_with("250 AUTH"))
             .unwrap_or("")
             .to_owned();
         t.check(
@@ -451,10 +450,13 @@ fn smtptest_every_mechanism_on_tls_1_3_and_1_2_right_and_wrong_password() {
             text.contains("p=tls-unique") || text.contains("cD10bHMtdW5pcXVl"),
             || text.clone(),
         );
-        let refused = text.contains("channel binding") && !text.contains("Authenticated.");
+        // SCRAM's e= (as a 334), which smtptest answers with `*`: the
+        // cancelled exchange is 501 (RFC 4954 §4), never a login.
+        let refused = text.contains("ZT1jaGFubmVsLWJpbmRpbmctbm90LXN1cHBvcnRlZA==")
+            && !text.contains("Authenticated.");
         t.check(
-            format!("{mech} TLSv1.3: refused with 535, not logged in"),
-            refused && text.contains("535 5.7.8"),
+            format!("{mech} TLSv1.3: e=channel-binding-not-supported, then 501, not logged in"),
+            refused && text.contains("501 5.0.0"),
             || text.clone(),
         );
     }

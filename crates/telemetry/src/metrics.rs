@@ -336,10 +336,7 @@ pub fn to_text_004(openmetrics: &str) -> String {
         if line.starts_with('#') {
             continue;
         }
-        let sample_name = line
-            .split(['{', ' '])
-            .next()
-            .unwrap_or("");
+        let sample_name = line.split(['{', ' ']).next().unwrap_or("");
         if let Some(base) = sample_name.strip_suffix("_created")
             && counters.iter().any(|c| c == base)
         {

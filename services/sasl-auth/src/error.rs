@@ -114,6 +114,7 @@ fn scram_server_error(why: &str) -> &'static str {
             "e=server-does-support-channel-binding"
         }
         "channel binding data mismatch" => "e=channel-bindings-dont-match",
+        "channel binding requested on a non-PLUS mechanism" => "e=channel-binding-not-supported",
         _ => "e=other-error",
     }
 }

@@ -819,8 +819,14 @@ impl Session {
                         // failure reply.
                         self.reply(Reply::challenge(B64.encode(extra)));
                         let max = self.shared.cfg.frontend.max_auth_line_length;
-                        if self.read_line(max, false).await.is_err() {
-                            return Flow::Close;
+                        match self.read_line(max, false).await {
+                            // RFC 4954 §4: a cancelled exchange is 501.
+                            Ok(Line::Complete(l)) if l == b"*" => {
+                                self.reply(r::auth_cancelled());
+                                return Flow::Continue;
+                            }
+                            Ok(_) => {}
+                            Err(_) => return Flow::Close,
                         }
                     }
                     self.reply(match kind {
