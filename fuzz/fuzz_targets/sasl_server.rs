@@ -32,6 +32,8 @@ fn cheap() -> SecretParams {
         argon2_m_cost_kib: 64,
         argon2_t_cost: 1,
         argon2_p_cost: 1,
+        // The address hashed in another offered realm, too.
+        digest_realms: vec!["other.example".into()],
     }
 }
 
