@@ -54,6 +54,8 @@ fi
 sasl_pkgs=()
 command -v swaks >/dev/null || sasl_pkgs+=(swaks)
 command -v curl >/dev/null || sasl_pkgs+=(curl)
+# openssl s_client sends an IP address as SNI (frontend.rs)
+command -v openssl >/dev/null || sasl_pkgs+=(openssl)
 command -v gsasl >/dev/null || sasl_pkgs+=(gsasl)
 command -v setsid >/dev/null || sasl_pkgs+=(util-linux)
 perl -MAuthen::SASL -e1 2>/dev/null || sasl_pkgs+=(libauthen-sasl-perl)

@@ -43,19 +43,6 @@ impl SaslAuthApi {
             SaslAuthApi::Local(s) => s.step(Request::new(r)).await.map(|r| r.into_inner()),
         }
     }
-
-    pub async fn list_mechanisms(
-        &self,
-        r: spb::ListMechanismsRequest,
-    ) -> Result<spb::ListMechanismsResponse, Status> {
-        match self {
-            SaslAuthApi::Remote(c) => c.clone().list_mechanisms(r).await.map(|r| r.into_inner()),
-            SaslAuthApi::Local(s) => s
-                .list_mechanisms(Request::new(r))
-                .await
-                .map(|r| r.into_inner()),
-        }
-    }
 }
 
 /// credential-store, as sasl-auth calls it.

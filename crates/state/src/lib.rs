@@ -1,8 +1,9 @@
 //! Shared state for authrelay replicas.
 //!
-//! Everything that must hold across replicas lives here: SASL exchange state
-//! (so any sasl-auth replica can take any step), single-use DIGEST-MD5 nonces,
-//! brute-force counters, live SMTP session records and connection rates.
+//! Everything that must hold across replicas lives here: single-use claims
+//! of sealed SASL exchanges, brute-force counters, credential-change
+//! announcements (pub/sub), live SMTP session records and connection rates.
+//! SASL exchange state itself travels sealed (sasl-auth), not here.
 //! In a deployment that is Redis; the all-in-one `authrelay serve` may use
 //! the in-process store instead, which has the same semantics for one process.
 //!
@@ -157,38 +158,6 @@ impl SharedState {
                     .await
             }
             SharedState::Memory(m) => Ok(m.get(key)),
-        }
-    }
-
-    /// Read and delete in one atomic step (GETDEL). Two replicas handed the
-    /// same step concurrently cannot both continue the exchange: only one of
-    /// them gets the state.
-    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self {
-            SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
-                let k = r.key(key);
-                r.run(
-                    "GETDEL",
-                    async move { c.get_del::<_, Option<Vec<u8>>>(k).await },
-                )
-                .await
-            }
-            SharedState::Memory(m) => Ok(m.take(key)),
-        }
-    }
-
-    pub async fn delete(&self, key: &str) -> Result<()> {
-        match self {
-            SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
-                let k = r.key(key);
-                r.run("DEL", async move { c.del::<_, ()>(k).await }).await
-            }
-            SharedState::Memory(m) => {
-                m.take(key);
-                Ok(())
-            }
         }
     }
 

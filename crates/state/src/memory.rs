@@ -76,14 +76,6 @@ impl MemoryState {
             .map(|(v, _)| v.clone())
     }
 
-    pub fn take(&self, key: &str) -> Option<Vec<u8>> {
-        let mut g = self.lock();
-        g.values
-            .remove(key)
-            .filter(|(_, exp)| *exp > Instant::now())
-            .map(|(v, _)| v)
-    }
-
     pub fn claim(&self, key: &str, ttl: Duration) -> bool {
         let mut g = self.lock();
         g.sweep();

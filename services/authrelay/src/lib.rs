@@ -442,7 +442,9 @@ async fn futures_select_any(
 
 fn admin_request<T>(cfg: &Config, msg: T) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
-    if let Some(token) = credential_store::read_token(cfg)? {
+    if let Some(token) =
+        authrelay_grpc_tls::guard::read_token(cfg.admin.token_file.as_deref(), "admin.token_file")?
+    {
         req.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
     }

@@ -18,10 +18,6 @@ pub enum StoreError {
     NotFound,
     #[error("user already exists")]
     AlreadyExists,
-    #[error(
-        "admin credential missing or wrong (the token in admin.token_file, sent as `authorization: Bearer …`)"
-    )]
-    Unauthenticated,
     #[error("invalid secret: {0}")]
     InvalidSecret(&'static str),
     /// Encryption at rest refused a record: fail closed, never a secret in the text.
@@ -45,7 +41,6 @@ impl From<StoreError> for Status {
             StoreError::Sealing(_) => Status::internal(msg),
             StoreError::NotFound => Status::not_found(msg),
             StoreError::AlreadyExists => Status::already_exists(msg),
-            StoreError::Unauthenticated => Status::unauthenticated(msg),
             StoreError::Backend(_) => Status::unavailable(msg),
         }
     }

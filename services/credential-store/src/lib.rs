@@ -32,9 +32,6 @@ pub use seal::Keyring;
 /// `REALM\0NAME`.
 pub const CHANGES_CHANNEL: &str = "creds:changed";
 
-/// Metadata key carrying the admin token (`authorization: Bearer …`).
-pub const AUTHORIZATION: &str = "authorization";
-
 pub struct CredentialService {
     store: Arc<Store>,
     default_families: Vec<SecretFamily>,
@@ -118,25 +115,6 @@ impl CredentialService {
             .filter(|m| self.offered.contains(m))
             .map(|m| m.name().to_owned())
             .collect()
-    }
-}
-
-/// The admin token from `admin.token_file`, trimmed; None when unset.
-pub fn read_token(cfg: &Config) -> Result<Option<String>, anyhow::Error> {
-    match &cfg.admin.token_file {
-        None => Ok(None),
-        Some(path) => {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
-            let t = t.trim().to_owned();
-            if t.len() < 16 {
-                anyhow::bail!(
-                    "admin.token_file {}: token shorter than 16 characters",
-                    path.display()
-                );
-            }
-            Ok(Some(t))
-        }
     }
 }
 

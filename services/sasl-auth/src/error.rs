@@ -18,11 +18,6 @@ pub enum AuthError {
     EncryptionRequired(Mechanism),
     #[error("exchange unknown, finished or expired")]
     ExchangeExpired,
-    #[error("DIGEST-MD5 nonce replayed")]
-    Replay {
-        mechanism: Mechanism,
-        authcid: String,
-    },
     #[error("authorization identity not permitted")]
     AuthzDenied {
         mechanism: Mechanism,
@@ -77,8 +72,7 @@ impl AuthError {
             AuthError::ExchangeExpired => {
                 (Kind::ExchangeExpired, mech_name.to_owned(), String::new())
             }
-            AuthError::Replay { mechanism, authcid }
-            | AuthError::AuthzDenied { mechanism, authcid } => (
+            AuthError::AuthzDenied { mechanism, authcid } => (
                 Kind::InvalidCredentials,
                 mechanism.name().to_owned(),
                 authcid,
