@@ -43,6 +43,7 @@ where
         mechanism: "CRAM-MD5".into(),
         initial_response: None,
         session: Some(facts(&session)),
+        ..Default::default()
     })
     .await;
     let Some(pb::step_response::Result::Challenge(ch)) = r.result else {

@@ -565,6 +565,7 @@ async fn exchange_across(
                 mechanism: mech.name().into(),
                 initial_response: initial,
                 session: Some(facts(session)),
+                ..Default::default()
             })
             .await,
     );
@@ -635,6 +636,7 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
                         mechanism: "DIGEST-MD5".into(),
                         initial_response: None,
                         session: Some(facts("s-replay")),
+                        ..Default::default()
                     })
                     .await,
             ) {
@@ -666,6 +668,7 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
                     mechanism: "DIGEST-MD5".into(),
                     initial_response: None,
                     session: Some(facts("s-twice")),
+                    ..Default::default()
                 })
                 .await,
         ) {
@@ -721,6 +724,7 @@ fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
                     mechanism: "LOGIN".into(),
                     initial_response: None,
                     session: Some(facts("s-login")),
+                    ..Default::default()
                 })
                 .await,
         );
@@ -762,6 +766,7 @@ fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
                     mechanism: "CRAM-MD5".into(),
                     initial_response: None,
                     session: Some(facts("s-cram")),
+                    ..Default::default()
                 })
                 .await,
         ) {
@@ -862,6 +867,7 @@ fn channel_binding_and_malformed_failures_are_told_apart_from_a_wrong_password()
             mechanism: "SCRAM-SHA-256-PLUS".into(),
             initial_response: Some(first.as_bytes().to_vec()),
             session: Some(session.clone()),
+            ..Default::default()
         };
         let failure = |r: pb::step_response::Result| match r {
             pb::step_response::Result::Failure(f) => f,
@@ -976,4 +982,134 @@ fn frontend_balancing_over_two_replicas_completes_every_digest_md5_and_scram_log
         );
         assert_eq!(res["auth"][0], 235, "SCRAM-SHA-256 #{i}: {res}");
     }
+}
+
+/// LOGIN's prompts and PLAIN's empty challenge hold no server state: the
+/// frontend sends them itself and hands the answers to sasl-auth with the
+/// start, so such an AUTH costs one call to sasl-auth however many prompts
+/// the client answered (counted on the frontend's gRPC client metric). The
+/// SMTP dialogue is the one clients know; sasl-auth takes answers only to
+/// the prompts the mechanism really asks.
+#[test]
+fn fixed_prompts_are_answered_in_one_call_to_sasl_auth() {
+    let dir = scratch("interop-fixed-prompts");
+    let redis = Redis::start(&dir);
+    let mut stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            extra_toml: "[sasl]\nrealms = \"mailserver.foo.com\"\n\
+                         allow_plaintext_without_tls = true\n\n\
+                         [sasl.limits]\nmax_failures_per_ip = 0\nmax_failures_per_user = 0\n\n\
+                         [telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let session = |lines: &[(&str, u16, &str)]| {
+        let mut c = Raw::connect(stack.relay);
+        c.cmd("EHLO client.example");
+        for (line, want, text) in lines {
+            let (code, got) = c.cmd(line);
+            assert_eq!(code, *want, "{line:?} -> {got}");
+            assert!(got.contains(text), "{line:?} -> {got}, wanted {text:?}");
+        }
+        c.cmd("QUIT");
+    };
+    // LOGIN, prompted for both.
+    session(&[
+        ("AUTH LOGIN", 334, "VXNlcm5hbWU6"),
+        (&b(USER), 334, "UGFzc3dvcmQ6"),
+        (&b(PASSWORD), 235, "2.7.0"),
+    ]);
+    // LOGIN with the user name on the AUTH line; a wrong password.
+    session(&[
+        (&format!("AUTH LOGIN {}", b(USER)), 334, "UGFzc3dvcmQ6"),
+        (&b(WRONG), 535, "5.7.8"),
+    ]);
+    // PLAIN without an initial response: an empty 334 first.
+    session(&[
+        ("AUTH PLAIN", 334, ""),
+        (&b(&format!("\0{USER}\0{PASSWORD}")), 235, "2.7.0"),
+    ]);
+    // Cancelled at a prompt, and an answer that is not base64: no call.
+    session(&[
+        ("AUTH LOGIN", 334, "VXNlcm5hbWU6"),
+        ("*", 501, "cancelled"),
+        ("AUTH LOGIN", 334, "VXNlcm5hbWU6"),
+        ("%%%", 501, "5.5.2"),
+    ]);
+    let metrics = http_get(stack.frontend.addr("metrics"), "/metrics");
+    let count = |op: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("authrelay_grpc_client_duration_seconds_count{")
+                    && l.contains(&format!("operation=\"{op}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count("sasl-auth/Start"), 3, "{metrics}");
+    assert_eq!(count("sasl-auth/Step"), 0, "{metrics}");
+
+    // sasl-auth itself: answers only to the prompts the mechanism asks.
+    let addr: SocketAddr = stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = connect(addr, &stack.dir).await;
+        let start = |mech: &str, answers: &[&str]| pb::StartRequest {
+            mechanism: mech.into(),
+            initial_response: None,
+            session: Some(facts("s-prompts")),
+            responses: answers.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        };
+        match result(c.start(start("LOGIN", &[USER, PASSWORD])).await) {
+            pb::step_response::Result::Success(s) => assert_eq!(s.authcid, USER),
+            other => panic!("LOGIN answered ahead: {other:?}"),
+        }
+        // Half the answers: the exchange waits for the rest, sealed.
+        match result(c.start(start("LOGIN", &[USER])).await) {
+            pb::step_response::Result::Challenge(ch) => assert_eq!(ch.data, b"Password:"),
+            other => panic!("LOGIN half answered: {other:?}"),
+        }
+        for (mech, answers) in [
+            // CRAM-MD5's challenge is a nonce: nothing can answer it ahead.
+            ("CRAM-MD5", &["test 0123456789abcdef0123456789abcdef"][..]),
+            ("SCRAM-SHA-256", &["n,,n=test,r=abc"][..]),
+            ("LOGIN", &[USER, PASSWORD, "more"][..]),
+        ] {
+            match result(c.start(start(mech, answers)).await) {
+                pb::step_response::Result::Failure(f) => {
+                    assert_eq!(f.kind, pb::failure::Kind::Malformed as i32, "{mech}: {f:?}")
+                }
+                other => panic!("{mech} answered ahead: {other:?}"),
+            }
+        }
+    });
+}
+
+/// One plain HTTP/1.1 GET, the body as text.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
 }

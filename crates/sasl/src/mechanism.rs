@@ -95,6 +95,25 @@ impl Mechanism {
             .find(|m| m.name().eq_ignore_ascii_case(s))
     }
 
+    /// The challenges the server sends before it needs anything of its own, given the
+    /// client's initial response (`None`: none on the AUTH line). They are constants that
+    /// hold no server state — PLAIN's empty challenge, LOGIN's `Username:` and `Password:` —
+    /// so an SMTP layer may send them itself and hand the answers to the exchange in one go
+    /// (sasl-auth's `StartRequest.responses`), instead of a round trip to the SASL server
+    /// per prompt. Empty for every mechanism whose challenges carry a nonce.
+    pub fn fixed_prompts(self, initial: Option<&[u8]>) -> &'static [&'static [u8]] {
+        use crate::server::{LOGIN_PASSWORD, LOGIN_USERNAME};
+        match (self, initial) {
+            (Mechanism::Plain, None) => &[b""],
+            // An empty initial response ("=") is no user name (see the server's LOGIN).
+            (Mechanism::Login, None) | (Mechanism::Login, Some([])) => {
+                &[LOGIN_USERNAME, LOGIN_PASSWORD]
+            }
+            (Mechanism::Login, Some(_)) => &[LOGIN_PASSWORD],
+            _ => &[],
+        }
+    }
+
     /// The password itself crosses the wire, so these may only be offered under TLS
     /// (RFC 4954 §4, RFC 4616 §6).
     pub fn is_plaintext(self) -> bool {
@@ -218,6 +237,38 @@ mod tests {
             assert_eq!(m.to_string().parse::<Mechanism>(), Ok(m));
         }
         assert_eq!(Mechanism::from_name("GSSAPI"), None);
+    }
+
+    #[test]
+    fn fixed_prompts_are_the_challenges_the_server_sends() {
+        use crate::server::{ServerConfig, ServerExchange, Step};
+        let cfg = ServerConfig::default();
+        let answers: [&[u8]; 2] = [b"user", b"pencil"];
+        for m in Mechanism::ALL {
+            for initial in [None, Some(&b""[..]), Some(&b"user"[..])] {
+                let prompts = m.fixed_prompts(initial);
+                let mut ex = ServerExchange::new(m);
+                let mut step = ex.start(&cfg, initial);
+                for (i, p) in prompts.iter().enumerate() {
+                    match &step {
+                        Step::Challenge(c) => assert_eq!(&c[..], *p, "{m} {initial:?} prompt {i}"),
+                        other => panic!("{m} {initial:?}: expected prompt {i}, got {other:?}"),
+                    }
+                    assert!(
+                        ex.awaits_client_credentials(),
+                        "{m}: a fixed prompt holds no state"
+                    );
+                    step = ex.step(&cfg, answers[i]);
+                }
+                // After the fixed prompts the server needs its own data or is done.
+                if let Step::Challenge(c) = &step {
+                    assert!(
+                        !ex.awaits_client_credentials(),
+                        "{m} {initial:?}: challenge {c:?} not listed as a fixed prompt"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ const MAX_RESPONSE: usize = 8192;
 /// to accept at least 255 octets; we allow comfortably more.
 const MAX_FIELD: usize = 1024;
 
+/// LOGIN's prompts (draft-murchison-sasl-login §2.1). Constants: see `Mechanism::fixed_prompts`.
+pub(crate) const LOGIN_USERNAME: &[u8] = b"Username:";
+pub(crate) const LOGIN_PASSWORD: &[u8] = b"Password:";
+
 /// A channel binding type (RFC 5056 §7) this TLS session can provide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -460,7 +464,7 @@ impl ServerExchange {
                 Some(username) => self.login_username(username),
                 None => {
                     self.state = State::AwaitLoginUsername;
-                    Ok(Step::Challenge(b"Username:".to_vec()))
+                    Ok(Step::Challenge(LOGIN_USERNAME.to_vec()))
                 }
             },
             Mechanism::CramMd5 => {
@@ -545,7 +549,7 @@ impl ServerExchange {
             return Err(Failure::Malformed("NUL in user name"));
         }
         self.state = State::AwaitLoginPassword { username };
-        Ok(Step::Challenge(b"Password:".to_vec()))
+        Ok(Step::Challenge(LOGIN_PASSWORD.to_vec()))
     }
 
     fn login_password(&mut self, username: String, response: &[u8]) -> Flow {

@@ -407,7 +407,31 @@ impl SaslService {
         // user (or ends the exchange): one round trip per AUTH, not two.
         let scfg = self.server_config(&session);
         let mut exchange = ServerExchange::new(mech);
-        let step = exchange.start(&scfg, r.initial_response.as_deref());
+        let initial = r.initial_response.as_deref();
+        let mut step = exchange.start(&scfg, initial);
+        // Answers the frontend gathered to prompts it sent itself (LOGIN's
+        // two, PLAIN's empty one): one call instead of one per prompt. Each
+        // must answer exactly the fixed prompt the exchange asks, from a state
+        // that holds nothing of the server's — never a nonce-bearing challenge.
+        let prompts = mech.fixed_prompts(initial);
+        let malformed = |why| AuthError::Mechanism {
+            failure: Failure::Malformed(why),
+            mechanism: mech,
+            authcid: String::new(),
+        };
+        if r.responses.len() > prompts.len() {
+            return Err(malformed("more answers than the mechanism has prompts"));
+        }
+        for (answer, prompt) in r.responses.iter().zip(prompts) {
+            step = match &step {
+                Step::Challenge(c) if c == prompt && exchange.awaits_client_credentials() => {
+                    exchange.step(&scfg, answer)
+                }
+                // The exchange already ended (e.g. a bad user name on the AUTH line).
+                Step::Failure(_) => break,
+                _ => return Err(malformed("an answer to a prompt the exchange did not ask")),
+            };
+        }
         self.drive(exchange, step, scfg, &session, true, None).await
     }
 

@@ -603,6 +603,35 @@ impl Session {
         );
     }
 
+    /// Sends `data` as a 334 challenge and reads the client's answer, base64
+    /// decoded (RFC 4954 §4). `Err` ends the AUTH command: the client
+    /// cancelled with `*` (501), sent a line too long (500) or something not
+    /// base64 (501), or went away.
+    async fn challenge(&mut self, data: &[u8]) -> Result<Vec<u8>, Flow> {
+        self.reply(Reply::challenge(B64.encode(data)));
+        let max = self.shared.cfg.frontend.max_auth_line_length;
+        let line = match self.read_line(max, false).await {
+            Ok(Line::Complete(l)) => l,
+            Ok(Line::TooLong) => {
+                self.reply(Reply::new(
+                    500,
+                    "5.5.6",
+                    "Authentication Exchange line is too long",
+                ));
+                return Err(Flow::Continue);
+            }
+            Err(_) => return Err(Flow::Close),
+        };
+        if line == b"*" {
+            self.reply(r::auth_cancelled());
+            return Err(Flow::Continue);
+        }
+        B64.decode(&line).map_err(|_| {
+            self.reply(r::auth_malformed());
+            Flow::Continue
+        })
+    }
+
     /// One AUTH command, as one span (the root of its trace below the
     /// session): mechanism, outcome and, if allowed, the user; the outcome
     /// is read off the reply the client got, so span, metric and client agree.
@@ -703,12 +732,27 @@ impl Session {
                 }
             },
         };
+        // Prompts that hold no server state (LOGIN's, PLAIN's empty one) are
+        // sent from here and their answers go to sasl-auth with the start:
+        // one call per AUTH instead of one per prompt.
+        let prompts = mech.fixed_prompts(initial_response.as_deref());
+        let mut responses = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            match self.challenge(prompt).await {
+                Ok(answer) => responses.push(answer),
+                Err(flow) => return flow,
+            }
+        }
+        // A sasl-auth older than `StartRequest.responses` (during a rolling
+        // upgrade) asks the prompts again: those are answered from here.
+        let mut answered = prompts.iter().zip(responses.clone());
         let facts = self.session_facts();
         let sasl = self.shared.sasl.clone();
         let start = spb::StartRequest {
             mechanism: mech.name().to_owned(),
             initial_response,
             session: Some(facts.clone()),
+            responses,
         };
         let mut resp = match sasl.start(start.clone()).await {
             Err(s) if retry_is_safe(&s) => sasl.start(start).await,
@@ -729,29 +773,12 @@ impl Session {
             };
             match result {
                 Some(spb::step_response::Result::Challenge(ch)) => {
-                    self.reply(Reply::challenge(B64.encode(&ch.data)));
-                    let max = self.shared.cfg.frontend.max_auth_line_length;
-                    let line = match self.read_line(max, false).await {
-                        Ok(Line::Complete(l)) => l,
-                        Ok(Line::TooLong) => {
-                            self.reply(Reply::new(
-                                500,
-                                "5.5.6",
-                                "Authentication Exchange line is too long",
-                            ));
-                            return Flow::Continue;
-                        }
-                        Err(_) => {
-                            return Flow::Close;
-                        }
-                    };
-                    if line == b"*" {
-                        self.reply(r::auth_cancelled());
-                        return Flow::Continue;
-                    }
-                    let Ok(response) = B64.decode(&line) else {
-                        self.reply(r::auth_malformed());
-                        return Flow::Continue;
+                    let response = match answered.next() {
+                        Some((prompt, answer)) if ch.data == *prompt => answer,
+                        _ => match self.challenge(&ch.data).await {
+                            Ok(answer) => answer,
+                            Err(flow) => return flow,
+                        },
                     };
                     let step = spb::StepRequest {
                         exchange_id: ch.exchange_id,
@@ -767,15 +794,8 @@ impl Session {
                     if let Some(extra) = &s.additional_data {
                         // RFC 4954 §4: server data with success goes in a 334
                         // and the client answers with an empty line.
-                        self.reply(Reply::challenge(B64.encode(extra)));
-                        let max = self.shared.cfg.frontend.max_auth_line_length;
-                        match self.read_line(max, false).await {
-                            Ok(Line::Complete(l)) if l == b"*" => {
-                                self.reply(r::auth_cancelled());
-                                return Flow::Continue;
-                            }
-                            Ok(_) => {}
-                            Err(_) => return Flow::Close,
+                        if let Err(flow) = self.challenge(extra).await {
+                            return flow;
                         }
                     }
                     let authz = if s.authzid != s.authcid {
@@ -817,16 +837,8 @@ impl Session {
                         // RFC 5802 §7 server-error (`e=…`): sent as a 334
                         // the client answers (usually with `*`), then the
                         // failure reply.
-                        self.reply(Reply::challenge(B64.encode(extra)));
-                        let max = self.shared.cfg.frontend.max_auth_line_length;
-                        match self.read_line(max, false).await {
-                            // RFC 4954 §4: a cancelled exchange is 501.
-                            Ok(Line::Complete(l)) if l == b"*" => {
-                                self.reply(r::auth_cancelled());
-                                return Flow::Continue;
-                            }
-                            Ok(_) => {}
-                            Err(_) => return Flow::Close,
+                        if let Err(flow) = self.challenge(extra).await {
+                            return flow;
                         }
                     }
                     self.reply(match kind {
