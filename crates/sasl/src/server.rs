@@ -695,7 +695,8 @@ impl ServerExchange {
 /// `<random.timestamp@host>` (RFC 2195 §2, after RFC 1939's APOP): fresh per exchange so a
 /// captured response cannot be replayed.
 fn cram_challenge(hostname: &str) -> String {
-    let random = rand::rngs::OsRng.next_u64();
+    // ThreadRng: a CSPRNG (ChaCha12, seeded from the OS) without a getrandom(2) call per AUTH.
+    let random = rand::thread_rng().next_u64();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

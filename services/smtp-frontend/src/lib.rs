@@ -387,9 +387,13 @@ async fn accept_loop(
                 refuse(stream, Reply::new(421, "4.7.0", text)).await;
                 return;
             };
-            session::Session::new(shared.clone(), stream, listener, peer, id, registration)
-                .run()
-                .await;
+            // Boxed: the session's state machine is large, and inline it would
+            // make this task's future as large, copied whole at every spawn.
+            Box::pin(
+                session::Session::new(shared.clone(), stream, listener, peer, id, registration)
+                    .run(),
+            )
+            .await;
             drop(permit);
         });
     }

@@ -56,7 +56,8 @@ pub(super) fn start(ex: &mut ServerExchange, cfg: &ServerConfig) -> Flow {
             // RFC 2831 §2.1.1 wants the nonce unpredictable; 24 bytes is well above the
             // 64 bits it asks for.
             let mut bytes = [0u8; 24];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            // ThreadRng: a CSPRNG without a getrandom(2) call per AUTH.
+            rand::thread_rng().fill_bytes(&mut bytes);
             B64.encode(bytes)
         }
     };
