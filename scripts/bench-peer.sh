@@ -26,7 +26,9 @@
 #
 # Knobs: BENCH_MECHS, BENCH_CLIENTS (16 64), BENCH_SIZES (0 1024; the body
 # rows run PLAIN only), BENCH_IDLE (10000; 0 skips the memory rows),
-# BENCH_WRITE (1), BENCH_SYSTEMS (split serve postfix), BENCH_BUILD (1).
+# BENCH_WRITE (1), BENCH_SYSTEMS (split serve postfix), BENCH_BUILD (1),
+# BENCH_EQUAL (1: each cell again, open loop, every system at 80 % of
+# Postfix's sessions/s, for AUTH latency at an equal load; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -106,16 +108,33 @@ for s in $systems; do load "$s" -c 4 -d 3s --mech PLAIN >/dev/null; done
 cpu() { python3 scripts/peer/procstat.py cpu ${roots[$1]}; }
 mem() { python3 scripts/peer/procstat.py mem --port "${port[$1]}" ${roots[$1]}; }
 results=$work/results.jsonl
+run_one() { # SYSTEM MODE MECH SIZE CLIENTS [smtp-load args...]
+  local s=$1 mode=$2 before line after
+  before=$(cpu "$s")
+  line=$(load "$s" -c "$5" -d "${secs}s" --mech "$3" --scram-cache --size "$4" --to "sink@$realm" --json "${@:6}")
+  after=$(cpu "$s")
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["system"]=sys.argv[2]; r["mode"]=sys.argv[3]; r["cpu_before"]=json.loads(sys.argv[4]); r["cpu_after"]=json.loads(sys.argv[5]); print(json.dumps(r))' \
+    "$line" "$s" "$mode" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  errors %d" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], sum(r["errors"].values())))'
+}
 run_cell() { # MECH SIZE CLIENTS
-  local s before line after
+  local s rate
   for s in $systems; do
     echo "==> $1 size=$2 c=$3: ${label[$s]}"
-    before=$(cpu "$s")
-    line=$(load "$s" -c "$3" -d "${secs}s" --mech "$1" --scram-cache --size "$2" --to "sink@$realm" --json)
-    after=$(cpu "$s")
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["system"]=sys.argv[2]; r["cpu_before"]=json.loads(sys.argv[3]); r["cpu_after"]=json.loads(sys.argv[4]); print(json.dumps(r))' \
-      "$line" "$s" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  errors %d" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], sum(r["errors"].values())))'
+    run_one "$s" max "$@"
   done
+  # Latency at an equal load: a closed loop runs each system at its own
+  # maximum, where AUTH latency is mostly queueing behind more sessions a
+  # second. Every system again, open loop, at 80 % of Postfix's maximum.
+  if has postfix && [ "${BENCH_EQUAL:-1}" != 0 ]; then
+    rate=$(tail -n 20 "$results" | python3 -c 'import json,sys
+rs=[json.loads(l) for l in sys.stdin if l.strip()]
+r=[x for x in rs if x.get("system")=="postfix" and x.get("mode")=="max"][-1]
+print(round(0.8*r["sessions_per_sec"]))')
+    for s in $systems; do
+      echo "==> $1 size=$2 c=$3 at $rate sessions/s: ${label[$s]}"
+      run_one "$s" equal "$@" --rate "$rate"
+    done
+  fi
 }
 for c in ${BENCH_CLIENTS:-16 64}; do
   for mech in ${BENCH_MECHS:-PLAIN LOGIN CRAM-MD5 DIGEST-MD5 SCRAM-SHA-256}; do run_cell "$mech" 0 "$c"; done

@@ -112,3 +112,34 @@ fn smtp_load_drives_a_server_we_did_not_write() {
         sessions
     );
 }
+
+/// `--rate`: sessions start on a fixed schedule (open loop), not as fast as
+/// the server answers: 25 a second over 2 s is about 50, however quick the
+/// server, and every one of them arrives.
+#[test]
+fn smtp_load_rate_starts_sessions_on_schedule() {
+    let dir = scratch("load-tool-rate");
+    let sink = Sink::start(&dir);
+    let r = load(
+        &[
+            "--server",
+            &sink.addr.to_string(),
+            "-c",
+            "4",
+            "--rate",
+            "25",
+            "--size",
+            "64",
+        ],
+        "",
+    );
+    let sessions = r["sessions"].as_u64().unwrap();
+    assert!((45..=50).contains(&sessions), "{r}");
+    assert_eq!(r["offered_rate"], serde_json::json!(25.0), "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    assert_eq!(
+        sink.wait_messages(sessions as usize, Duration::from_secs(30))
+            .len() as u64,
+        sessions
+    );
+}

@@ -37,6 +37,9 @@ pub struct Plan {
     pub size: usize,
     pub from: String,
     pub to: String,
+    /// Sessions a second in all, on a fixed schedule (open loop); `None`:
+    /// each client starts its next session when the last ends.
+    pub rate: Option<f64>,
 }
 
 #[derive(Default)]
@@ -97,6 +100,7 @@ impl Report {
             "concurrency": self.plan.concurrency,
             "size": self.plan.size,
             "starttls": self.plan.starttls,
+            "offered_rate": self.plan.rate,
             "seconds": self.elapsed.as_secs_f64(),
             "sessions": self.sessions,
             "sessions_per_sec": self.rate(),
@@ -370,7 +374,20 @@ pub async fn run(plan: Plan) -> Report {
         workers.push(tokio::spawn(async move {
             let mut t = Tally::default();
             let mut i = w;
+            let mut k = 0u64;
             while Instant::now() < deadline {
+                if let Some(rate) = plan.rate {
+                    // Session k of client w is due at (k·c + w) / rate.
+                    let due = started
+                        + Duration::from_secs_f64(
+                            (k as f64 * plan.concurrency as f64 + w as f64) / rate,
+                        );
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    k += 1;
+                }
                 let s0 = Instant::now();
                 match session(&plan, &tls, i % plan.users.max(1), &body).await {
                     Ok(auth) => {

@@ -52,6 +52,13 @@ struct Args {
     /// per idle connection; no AUTH, no mail.
     #[arg(long)]
     idle: Option<usize>,
+    /// Open loop: start sessions at this many a second in all (spread over
+    /// the -c clients, each starting its next session on schedule, or at once
+    /// when it is late) instead of each client starting the next as soon as
+    /// the last ends. For latency at an equal offered load: a closed loop
+    /// runs every system at its own maximum, where latency is mostly queueing.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Runtime threads for the clients. One (the default) keeps the load
     /// tool to a single core, leaving the rest to the server it measures.
     #[arg(long, default_value_t = 1)]
@@ -119,6 +126,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         size: a.size,
         from: a.from,
         to: a.to,
+        rate: a.rate.filter(|r| *r > 0.0),
     })
     .await;
     if a.json {
