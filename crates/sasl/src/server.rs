@@ -491,6 +491,11 @@ impl ServerExchange {
             | Mechanism::ScramSha1Plus
             | Mechanism::ScramSha256
             | Mechanism::ScramSha256Plus => scram::start(self, cfg, initial),
+            // Their tokens are checked against the issuer's keys, which this crate cannot
+            // fetch: sasl-auth runs them (see `oauth`).
+            Mechanism::OAuthBearer | Mechanism::XOAuth2 => Err(Failure::Unavailable(
+                "bearer tokens are verified outside ServerExchange",
+            )),
             Mechanism::External => {
                 if cfg.external_identity.is_none() {
                     return Err(Failure::Unavailable("no verified client certificate"));
