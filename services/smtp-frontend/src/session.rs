@@ -706,7 +706,8 @@ impl Session {
             return Flow::Continue;
         };
         if !self.offered().contains(&mech) {
-            let clear_text_refused = mech.is_plaintext()
+            // A bearer token is as good as a password to whoever reads it.
+            let clear_text_refused = (mech.is_plaintext() || mech.uses_bearer_token())
                 && self.tls.is_none()
                 && self
                     .shared
