@@ -20,7 +20,7 @@ const ALICE: &str = "alice@mailserver.foo.com";
 
 /// The issuer process and how to reach it.
 struct Issuer {
-    _proc: Proc,
+    proc: Proc,
     url: String,
     ca: PathBuf,
 }
@@ -38,7 +38,7 @@ impl Issuer {
              (python3 -m pip install joserfc; scripts/test.sh installs it)"
         );
         Issuer {
-            _proc: proc,
+            proc,
             url,
             ca: dir.join("issuer-ca.pem"),
         }
@@ -556,6 +556,32 @@ fn refused_tokens_count_toward_the_brute_force_limit_like_wrong_passwords() {
         "a blocked address must get 454 4.7.0:\n{}",
         a.transcript
     );
+}
+
+#[test]
+fn an_unreachable_issuer_whose_keys_we_never_had_fails_closed_with_454() {
+    let dir = scratch("oauth-issuer-down");
+    let mut issuer = Issuer::start(&dir);
+    let token = issuer.mint(issuer.claims(ALICE));
+    issuer.proc.kill();
+    let redis = Redis::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            extra_toml: oauth_toml(&issuer),
+            ..Default::default()
+        },
+    );
+    let a = login("OAUTHBEARER", stack.submission, &dir, ALICE, &token);
+    assert!(!a.logged_in, "{}", a.transcript);
+    assert!(
+        a.transcript.contains("< 454 4.7.0"),
+        "no keys and no issuer must be 454 4.7.0, not 235 or 535:\n{}",
+        a.transcript
+    );
+    assert!(a.error_json.is_none(), "{}", a.transcript);
+    wait_log(&stack, "JWKS fetch failed");
 }
 
 // ---------------------------------------------------------------- rotation

@@ -92,11 +92,15 @@ impl IssuerKeys {
         if let Some(k) = self.find(kid, alg) {
             return Ok(k);
         }
-        match fetched {
-            // No keys at all and the issuer unreachable: we cannot tell.
-            Err(e) if self.is_empty() => Err(Refusal::Unavailable(e)),
-            _ => Err(Refusal::Invalid("signing key not in the issuer's key set")),
+        if self.is_empty() {
+            // No keys at all (the issuer has not answered yet, or its last
+            // answer was refused): we cannot tell a good token from a bad
+            // one, so fail closed, temporarily.
+            return Err(Refusal::Unavailable(fetched.err().unwrap_or_else(|| {
+                format!("no signing keys of {} held yet", self.issuer.issuer)
+            })));
         }
+        Err(Refusal::Invalid("signing key not in the issuer's key set"))
     }
 
     fn tried(&self) -> Option<Instant> {
