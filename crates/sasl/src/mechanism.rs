@@ -122,10 +122,14 @@ impl Mechanism {
         }
     }
 
-    /// The password itself crosses the wire, so these may only be offered under TLS
-    /// (RFC 4954 §4, RFC 4616 §6).
+    /// The password itself — or a bearer token, as good as one until it expires — crosses
+    /// the wire, so these may only be used under TLS (RFC 4954 §4, RFC 4616 §6, RFC 7628
+    /// §5). A client sends them in the clear only when told to by name.
     pub fn is_plaintext(self) -> bool {
-        matches!(self, Mechanism::Plain | Mechanism::Login)
+        matches!(
+            self,
+            Mechanism::Plain | Mechanism::Login | Mechanism::OAuthBearer | Mechanism::XOAuth2
+        )
     }
 
     /// A bearer token crosses the wire: whoever reads it may replay it until it expires, so
@@ -308,7 +312,8 @@ mod tests {
         );
         assert_eq!(Mechanism::from_name("xoauth2"), Some(Mechanism::XOAuth2));
         assert!(Mechanism::OAuthBearer.uses_bearer_token());
-        assert!(!Mechanism::OAuthBearer.is_plaintext());
+        // Never chosen for a hop without TLS unless named (relay-queue's rule for plaintext).
+        assert!(Mechanism::OAuthBearer.is_plaintext() && Mechanism::XOAuth2.is_plaintext());
         assert!(Mechanism::XOAuth2.has_initial_response());
     }
 

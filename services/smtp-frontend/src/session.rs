@@ -706,8 +706,7 @@ impl Session {
             return Flow::Continue;
         };
         if !self.offered().contains(&mech) {
-            // A bearer token is as good as a password to whoever reads it.
-            let clear_text_refused = (mech.is_plaintext() || mech.uses_bearer_token())
+            let clear_text_refused = mech.is_plaintext()
                 && self.tls.is_none()
                 && self
                     .shared
