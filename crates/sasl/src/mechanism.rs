@@ -105,14 +105,16 @@ impl Mechanism {
 
     /// The challenges the server sends before it needs anything of its own, given the
     /// client's initial response (`None`: none on the AUTH line). They are constants that
-    /// hold no server state — PLAIN's empty challenge, LOGIN's `Username:` and `Password:` —
+    /// hold no server state — PLAIN's, OAUTHBEARER's and XOAUTH2's empty challenge, LOGIN's
+    /// `Username:` and `Password:` —
     /// so an SMTP layer may send them itself and hand the answers to the exchange in one go
     /// (sasl-auth's `StartRequest.responses`), instead of a round trip to the SASL server
     /// per prompt. Empty for every mechanism whose challenges carry a nonce.
     pub fn fixed_prompts(self, initial: Option<&[u8]>) -> &'static [&'static [u8]] {
         use crate::server::{LOGIN_PASSWORD, LOGIN_USERNAME};
         match (self, initial) {
-            (Mechanism::Plain, None) => &[b""],
+            // The bearer mechanisms too: an empty challenge, then the client's message.
+            (Mechanism::Plain | Mechanism::OAuthBearer | Mechanism::XOAuth2, None) => &[b""],
             // An empty initial response ("=") is no user name (see the server's LOGIN).
             (Mechanism::Login, None) | (Mechanism::Login, Some([])) => {
                 &[LOGIN_USERNAME, LOGIN_PASSWORD]
