@@ -48,6 +48,12 @@ if ! python3 -c 'import dnslib' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages dnslib 2>/dev/null \
     || apt_install python3-dnslib
 fi
+if ! python3 -c 'import joserfc, cryptography' 2>/dev/null; then
+  say "installing joserfc (the OAuth issuer of tests/tests/oauth_server.rs: JWKS, signed tokens)"
+  python3 -m pip install --quiet joserfc cryptography 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages joserfc cryptography 2>/dev/null \
+    || apt_install python3-joserfc python3-cryptography
+fi
 # SASL interop clients we did not write (tests/tests/sasl_interop.rs): swaks
 # with Perl's Authen::SASL/Digest::HMAC (CRAM-MD5, DIGEST-MD5) and
 # IO::Socket::SSL (STARTTLS), curl, GNU SASL, setsid, and scramp.

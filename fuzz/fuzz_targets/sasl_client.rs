@@ -45,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if !matches!(
         mechanism,
-        Mechanism::Plain | Mechanism::Login | Mechanism::CramMd5 | Mechanism::External
+        Mechanism::Plain
+            | Mechanism::Login
+            | Mechanism::CramMd5
+            | Mechanism::External
+            | Mechanism::OAuthBearer
+            | Mechanism::XOAuth2
     ) {
         assert!(
             accepted <= 1,

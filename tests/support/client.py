@@ -2,8 +2,13 @@
 
 usage: client.py '{"port": 2587, "starttls": true, "mech": "PLAIN", "user": "...",
                    "from": "...", "to": ["..."], "body": "..."}'
-The password comes from $SMTP_PASSWORD, never argv. Prints one JSON object:
-{"ehlo": [...], "auth": [code, text] | null, "send": {"ok": bool, "code": int, "error": str}}
+The password comes from $SMTP_PASSWORD, never argv; for "mech": "XOAUTH2" or
+"OAUTHBEARER" it is the bearer token, sent in the mechanism's message with
+"user" (smtplib's auth() with an authobject, as Google documents it), and
+the challenges the server sends (RFC 7628 error JSON) are reported.
+Prints one JSON object:
+{"ehlo": [...], "auth": [code, text] | null, "challenges": [...],
+ "send": {"ok": bool, "code": int, "error": str}}
 """
 import json, os, smtplib, ssl, sys
 
@@ -33,7 +38,19 @@ try:
     if plan.get("mech"):
         s.user, s.password = plan["user"], os.environ["SMTP_PASSWORD"]
         mech = plan["mech"].upper()
-        obj = {"PLAIN": s.auth_plain, "LOGIN": s.auth_login, "CRAM-MD5": s.auth_cram_md5}[mech]
+        challenges = result["challenges"] = []
+
+        def bearer(challenge=None):
+            if challenge is None:
+                if mech == "XOAUTH2":
+                    return "user=%s\x01auth=Bearer %s\x01\x01" % (s.user, s.password)
+                return "n,a=%s,\x01auth=Bearer %s\x01\x01" % (s.user, s.password)
+            challenges.append(challenge.decode(errors="replace"))
+            # RFC 7628 §3.2.3: a kvsep answers the error; XOAUTH2 answers empty.
+            return "" if mech == "XOAUTH2" else "\x01"
+
+        obj = {"PLAIN": s.auth_plain, "LOGIN": s.auth_login, "CRAM-MD5": s.auth_cram_md5,
+               "XOAUTH2": bearer, "OAUTHBEARER": bearer}[mech]
         try:
             code, text = s.auth(mech, obj, initial_response_ok=plan.get("initial_response", True))
             result["auth"] = [code, text.decode()]

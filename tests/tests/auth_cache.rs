@@ -229,12 +229,15 @@ async fn a_missed_invalidation_never_locks_out_a_user_whose_password_just_change
         .await
         .unwrap();
     sasl_auth::prepare(&cfg).await.unwrap();
-    let sasl = std::sync::Arc::new(sasl_auth::SaslService::with_credentials(
-        cfg.clone(),
-        authrelay_state::SharedState::in_process(),
-        authrelay_grpc_tls::api::CredentialStoreApi::Local(creds.clone()),
-        sasl_auth::ExchangeKeys::ephemeral(),
-    ));
+    let sasl = std::sync::Arc::new(
+        sasl_auth::SaslService::with_credentials(
+            cfg.clone(),
+            authrelay_state::SharedState::in_process(),
+            authrelay_grpc_tls::api::CredentialStoreApi::Local(creds.clone()),
+            sasl_auth::ExchangeKeys::ephemeral(),
+        )
+        .unwrap(),
+    );
     let login = |password: &'static str| {
         let (a, b) = (sasl.clone(), sasl.clone());
         cram(

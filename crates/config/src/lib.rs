@@ -17,6 +17,7 @@
 
 pub mod authinfo;
 mod lists;
+pub mod oauth;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, Password};
 pub use lists::WordList;
+pub use oauth::{Issuer, OAuthConfig};
 pub use validate::{ConfigError, parse_host_port, parse_network};
 
 /// Environment variables with this prefix override file keys; `__` separates
@@ -286,6 +288,8 @@ pub struct SaslConfig {
     /// does not pay Argon2id each time; 0 = off.
     #[serde(with = "humantime_serde")]
     pub verified_cache_ttl: Duration,
+    /// OAUTHBEARER / XOAUTH2: the token issuers trusted.
+    pub oauth: OAuthConfig,
 }
 
 impl Default for SaslConfig {
@@ -315,6 +319,7 @@ impl Default for SaslConfig {
             limits: BruteForceLimits::default(),
             external: ExternalConfig::default(),
             verified_cache_ttl: Duration::from_secs(300),
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -913,10 +918,11 @@ mod tests;
 
 impl Config {
     /// Mechanisms to offer a session in this state, in configured order:
-    /// plain-text ones only on TLS unless allowed in the clear, `-PLUS` only
-    /// with channel binding data, EXTERNAL only with a verified client
-    /// certificate. The frontend renders EHLO from this and sasl-auth
-    /// enforces the same rule, from the same configuration.
+    /// plain-text ones only on TLS unless allowed in the clear, bearer
+    /// tokens (OAUTHBEARER, XOAUTH2) only on TLS and only with an issuer
+    /// configured, `-PLUS` only with channel binding data, EXTERNAL only
+    /// with a verified client certificate. The frontend renders EHLO from
+    /// this and sasl-auth enforces the same rule, from the same configuration.
     pub fn mechanisms_for(
         &self,
         tls: bool,
@@ -926,6 +932,7 @@ impl Config {
         self.offered_mechanisms()
             .into_iter()
             .filter(|m| tls || self.sasl.allow_plaintext_without_tls || !m.is_plaintext())
+            .filter(|m| !m.uses_bearer_token() || (tls && !self.sasl.oauth.issuers.is_empty()))
             .filter(|m| channel_binding || !m.needs_channel_binding())
             .filter(|m| client_cert || *m != authrelay_sasl::Mechanism::External)
             .collect()

@@ -252,3 +252,69 @@ fn unix_socket_endpoints_and_listeners_are_checked() {
     let err = load_str("[endpoints]\ncredential_store = \"ftp://x\"\n", &[]).unwrap_err();
     assert!(err.reason.contains("unix:/path"), "{err}");
 }
+
+const ISSUER: &str = "[[sasl.oauth.issuers]]\nissuer = \"https://login.example.com\"\naudience = \"smtp.example.com\"\n";
+
+#[test]
+fn oauthbearer_without_an_issuer_is_refused() {
+    let err = load_str(
+        "[sasl]\nmechanisms = \"OAUTHBEARER PLAIN\"\ntrusted = \"PLAIN\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "sasl.mechanisms");
+    assert_eq!(err.value, "OAUTHBEARER");
+    assert!(err.reason.contains("sasl.oauth.issuers"), "{}", err.reason);
+}
+
+#[test]
+fn bearer_mechanisms_are_offered_only_on_tls_even_with_plaintext_allowed() {
+    let cfg = load_str(
+        &format!(
+            "[sasl]\nmechanisms = \"OAUTHBEARER XOAUTH2 PLAIN\"\ntrusted = \"OAUTHBEARER XOAUTH2 PLAIN\"\nallow_plaintext_without_tls = true\n{ISSUER}"
+        ),
+        &[],
+    )
+    .unwrap();
+    use authrelay_sasl::Mechanism as M;
+    assert_eq!(cfg.mechanisms_for(false, false, false), [M::Plain]);
+    assert_eq!(
+        cfg.mechanisms_for(true, false, false),
+        [M::OAuthBearer, M::XOAuth2, M::Plain]
+    );
+    assert_eq!(cfg.sasl.oauth.issuers[0].user_claim(), "email");
+    assert_eq!(
+        cfg.sasl.oauth.issuers[0].discovery_url(),
+        "https://login.example.com/.well-known/openid-configuration"
+    );
+}
+
+#[test]
+fn hmac_and_none_algorithms_are_refused() {
+    for alg in ["HS256", "none"] {
+        let err = load_str(
+            &format!("[sasl.oauth]\nalgorithms = \"RS256 {alg}\"\n{ISSUER}"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "sasl.oauth.algorithms");
+        assert_eq!(err.value, alg);
+        assert!(err.reason.contains("never accepted"), "{}", err.reason);
+    }
+}
+
+#[test]
+fn issuer_needs_https_and_an_audience() {
+    let err = load_str(
+        "[[sasl.oauth.issuers]]\nissuer = \"http://login.example.com\"\naudience = \"x\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "sasl.oauth.issuers[0].issuer");
+    let err = load_str(
+        "[[sasl.oauth.issuers]]\nissuer = \"https://login.example.com\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "sasl.oauth.issuers[0].audience");
+}

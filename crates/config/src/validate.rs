@@ -87,6 +87,18 @@ impl Config {
                 }
             }
         }
+        self.sasl.oauth.validate()?;
+        for m in self.sasl.mechanisms.iter() {
+            if Mechanism::from_name(m).is_some_and(Mechanism::uses_bearer_token)
+                && self.sasl.oauth.issuers.is_empty()
+            {
+                return Err(ConfigError::new(
+                    "sasl.mechanisms",
+                    m,
+                    "needs a token issuer: add a [[sasl.oauth.issuers]] entry (issuer, audience, user_claim)",
+                ));
+            }
+        }
         for m in self.sasl.trusted.iter() {
             if !self.sasl.mechanisms.contains_ignore_case(m) {
                 return Err(ConfigError::new(

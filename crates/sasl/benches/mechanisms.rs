@@ -53,6 +53,7 @@ fn script(mech: Mechanism, secret: &StoredSecret) -> (Option<Vec<u8>>, Vec<Vec<u
             },
             Step::Success(_) => return (initial, responses),
             Step::Failure(f) => panic!("{mech}: exchange failed while scripting: {f}"),
+            Step::VerifyToken(_) => panic!("{mech}: bearer tokens are not benchmarked here"),
         }
     }
 }
@@ -81,7 +82,7 @@ fn serve_once(
                 }
             }
             Step::Success(_) => return true,
-            Step::Failure(_) => return false,
+            Step::Failure(_) | Step::VerifyToken(_) => return false,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::digest::{
 };
 use crate::md5ctx::hmac_md5_contexts;
 use crate::mechanism::Mechanism;
+use crate::oauth::{DUMMY_RESPONSE, ErrorStatus, oauthbearer_message, xoauth2_message};
 use crate::scram::{ScramHash, attr, escape_saslname, is_valid_nonce};
 use crate::server::ChannelBinding;
 
@@ -33,6 +34,7 @@ const MAX_CHALLENGE: usize = 8192;
 pub struct ClientCredentials {
     pub authcid: String,
     pub authzid: Option<String>,
+    /// The password; for OAUTHBEARER and XOAUTH2, the bearer token.
     pub password: String,
     /// DIGEST-MD5 realm; the server's first offered realm when `None`.
     pub realm: Option<String>,
@@ -129,10 +131,14 @@ pub struct ClientExchange {
     creds: ClientCredentials,
     fixed_nonce: Option<String>,
     state: ClientState,
+    /// The error an OAUTHBEARER/XOAUTH2 server sent instead of accepting the token.
+    oauth_error: Option<ErrorStatus>,
 }
 
 enum ClientState {
     Initial,
+    /// OAUTHBEARER/XOAUTH2 sent: the verdict follows, or an error challenge before it.
+    BearerSent,
     /// Our last message is sent; only the verdict may follow.
     Sent,
     LoginAwaitPassword,
@@ -167,6 +173,29 @@ impl ClientExchange {
         if mechanism != Mechanism::External && creds.authcid.is_empty() {
             return Err(ClientError::InvalidCredentials("empty authcid"));
         }
+        // The token goes between kvseps as a b64token (RFC 6750 §2.1): anything else would
+        // change the message's structure.
+        let bad_token = mechanism.uses_bearer_token()
+            && (creds.password.is_empty()
+                || !creds
+                    .password
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)));
+        if bad_token {
+            return Err(ClientError::InvalidCredentials(
+                "bearer token is not a b64token",
+            ));
+        }
+        let bad_user = mechanism.uses_bearer_token()
+            && [Some(creds.authcid.as_str()), creds.authzid.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|u| u.chars().any(char::is_control));
+        if bad_user {
+            return Err(ClientError::InvalidCredentials(
+                "control character in user name",
+            ));
+        }
         let has_nul = creds.authcid.contains('\0')
             || creds.password.contains('\0')
             || creds.authzid.as_deref().is_some_and(|a| a.contains('\0'));
@@ -179,6 +208,7 @@ impl ClientExchange {
             creds,
             fixed_nonce: None,
             state: ClientState::Initial,
+            oauth_error: None,
         })
     }
 
@@ -197,6 +227,13 @@ impl ClientExchange {
 
     pub fn mechanism(&self) -> Mechanism {
         self.mechanism
+    }
+
+    /// The RFC 7628 §3.2.2 error an OAUTHBEARER or XOAUTH2 server answered the token with
+    /// (e.g. `invalid_token`: fetch a new token and try again); `None` before one arrives or
+    /// when the challenge was not that JSON.
+    pub fn oauth_error(&self) -> Option<&ErrorStatus> {
+        self.oauth_error.as_ref()
     }
 
     /// Whether nothing more is expected from the server (success already verified).
@@ -229,7 +266,9 @@ impl ClientExchange {
                 | Mechanism::ScramSha1
                 | Mechanism::ScramSha1Plus
                 | Mechanism::ScramSha256
-                | Mechanism::ScramSha256Plus => Ok(ClientStep::Respond(self.first_message())),
+                | Mechanism::ScramSha256Plus
+                | Mechanism::OAuthBearer
+                | Mechanism::XOAuth2 => Ok(ClientStep::Respond(self.first_message())),
                 Mechanism::Login => {
                     self.state = ClientState::LoginAwaitPassword;
                     Ok(ClientStep::Respond(self.creds.authcid.as_bytes().to_vec()))
@@ -253,6 +292,17 @@ impl ClientExchange {
                 verify_server_final(&server_signature, challenge)
                     .map(|()| ClientStep::Respond(Vec::new()))
             }
+            ClientState::BearerSent => {
+                // RFC 7628 §3.2.3: the server refused the token and says why; answer with
+                // the dummy response and the server ends with its failure reply. XOAUTH2
+                // clients answer with an empty response (Google's documentation).
+                self.oauth_error = ErrorStatus::from_json(challenge).ok();
+                self.state = ClientState::Sent;
+                Ok(ClientStep::Respond(match self.mechanism {
+                    Mechanism::XOAuth2 => Vec::new(),
+                    _ => DUMMY_RESPONSE.to_vec(),
+                }))
+            }
             ClientState::Sent => Err(ClientError::MalformedChallenge("unexpected challenge")),
             ClientState::Done => Err(ClientError::Finished),
         };
@@ -272,7 +322,7 @@ impl ClientExchange {
                 verify_server_final(&server_signature, additional)
             }
             ClientState::Done => Err(ClientError::Finished),
-            ClientState::Sent if additional.is_empty() => Ok(()),
+            ClientState::Sent | ClientState::BearerSent if additional.is_empty() => Ok(()),
             _ => Err(ClientError::MalformedChallenge(
                 "unexpected additional data",
             )),
@@ -304,6 +354,18 @@ impl ClientExchange {
             Mechanism::External => {
                 self.state = ClientState::Sent;
                 self.creds.authzid.clone().unwrap_or_default().into_bytes()
+            }
+            Mechanism::OAuthBearer => {
+                self.state = ClientState::BearerSent;
+                // Servers (Gmail, Microsoft 365, ours) want to know whose token it is: the
+                // authzid, else the user.
+                let user = self.creds.authzid.as_deref().unwrap_or(&self.creds.authcid);
+                let host = Some(self.creds.host.as_str()).filter(|h| !h.is_empty());
+                oauthbearer_message(Some(user), host, None, &self.creds.password)
+            }
+            Mechanism::XOAuth2 => {
+                self.state = ClientState::BearerSent;
+                xoauth2_message(&self.creds.authcid, &self.creds.password)
             }
             _ => self.scram_client_first(),
         }

@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod mechanism;
+pub mod oauth;
 pub mod secret;
 pub mod server;
 

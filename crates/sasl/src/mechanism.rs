@@ -30,6 +30,10 @@ pub enum Mechanism {
     ScramSha256Plus,
     /// RFC 4422 Appendix A: identity from the TLS client certificate.
     External,
+    /// RFC 7628: an OAuth 2.0 bearer token in a GS2 key-value message.
+    OAuthBearer,
+    /// Google's pre-RFC bearer token mechanism, still what most mail clients and hubs speak.
+    XOAuth2,
 }
 
 /// A mechanism name that authrelay does not know.
@@ -61,7 +65,7 @@ impl UnknownMechanism {
 
 impl Mechanism {
     /// Every mechanism, in declaration order.
-    pub const ALL: [Mechanism; 9] = [
+    pub const ALL: [Mechanism; 11] = [
         Mechanism::Plain,
         Mechanism::Login,
         Mechanism::CramMd5,
@@ -71,6 +75,8 @@ impl Mechanism {
         Mechanism::ScramSha256,
         Mechanism::ScramSha256Plus,
         Mechanism::External,
+        Mechanism::OAuthBearer,
+        Mechanism::XOAuth2,
     ];
 
     /// The IANA-registered name, as offered in EHLO and given in AUTH.
@@ -85,6 +91,8 @@ impl Mechanism {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
             Mechanism::External => "EXTERNAL",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
+            Mechanism::XOAuth2 => "XOAUTH2",
         }
     }
 
@@ -97,14 +105,16 @@ impl Mechanism {
 
     /// The challenges the server sends before it needs anything of its own, given the
     /// client's initial response (`None`: none on the AUTH line). They are constants that
-    /// hold no server state — PLAIN's empty challenge, LOGIN's `Username:` and `Password:` —
+    /// hold no server state — PLAIN's, OAUTHBEARER's and XOAUTH2's empty challenge, LOGIN's
+    /// `Username:` and `Password:` —
     /// so an SMTP layer may send them itself and hand the answers to the exchange in one go
     /// (sasl-auth's `StartRequest.responses`), instead of a round trip to the SASL server
     /// per prompt. Empty for every mechanism whose challenges carry a nonce.
     pub fn fixed_prompts(self, initial: Option<&[u8]>) -> &'static [&'static [u8]] {
         use crate::server::{LOGIN_PASSWORD, LOGIN_USERNAME};
         match (self, initial) {
-            (Mechanism::Plain, None) => &[b""],
+            // The bearer mechanisms too: an empty challenge, then the client's message.
+            (Mechanism::Plain | Mechanism::OAuthBearer | Mechanism::XOAuth2, None) => &[b""],
             // An empty initial response ("=") is no user name (see the server's LOGIN).
             (Mechanism::Login, None) | (Mechanism::Login, Some([])) => {
                 &[LOGIN_USERNAME, LOGIN_PASSWORD]
@@ -114,14 +124,26 @@ impl Mechanism {
         }
     }
 
-    /// The password itself crosses the wire, so these may only be offered under TLS
-    /// (RFC 4954 §4, RFC 4616 §6).
+    /// The password itself — or a bearer token, as good as one until it expires — crosses
+    /// the wire, so these may only be used under TLS (RFC 4954 §4, RFC 4616 §6, RFC 7628
+    /// §5). A client sends them in the clear only when told to by name.
     pub fn is_plaintext(self) -> bool {
-        matches!(self, Mechanism::Plain | Mechanism::Login)
+        matches!(
+            self,
+            Mechanism::Plain | Mechanism::Login | Mechanism::OAuthBearer | Mechanism::XOAuth2
+        )
+    }
+
+    /// A bearer token crosses the wire: whoever reads it may replay it until it expires, so
+    /// these are offered and accepted only under TLS, with no plaintext escape hatch
+    /// (RFC 7628 §5: "MUST … TLS").
+    pub fn uses_bearer_token(self) -> bool {
+        matches!(self, Mechanism::OAuthBearer | Mechanism::XOAuth2)
     }
 
     /// The kind of stored secret the server needs to verify this mechanism; `None` for
-    /// EXTERNAL, which is verified by the TLS layer.
+    /// EXTERNAL, which is verified by the TLS layer, and the bearer token mechanisms,
+    /// verified against the token issuer's keys.
     pub fn family(self) -> Option<SecretFamily> {
         match self {
             Mechanism::Plain | Mechanism::Login => Some(SecretFamily::Password),
@@ -129,7 +151,7 @@ impl Mechanism {
             Mechanism::DigestMd5 => Some(SecretFamily::DigestMd5),
             Mechanism::ScramSha1 | Mechanism::ScramSha1Plus => Some(SecretFamily::ScramSha1),
             Mechanism::ScramSha256 | Mechanism::ScramSha256Plus => Some(SecretFamily::ScramSha256),
-            Mechanism::External => None,
+            Mechanism::External | Mechanism::OAuthBearer | Mechanism::XOAuth2 => None,
         }
     }
 
@@ -156,7 +178,9 @@ impl Mechanism {
     }
 
     /// Preference when a client picks among the server's mechanisms: higher is better.
-    /// EXTERNAL wins because a client certificate is stronger than any password.
+    /// EXTERNAL wins because a client certificate is stronger than any password. The bearer
+    /// token mechanisms rank 0: they need a token, not a password, so a client chooses them
+    /// by what it holds, never by strength over a password mechanism.
     pub fn strength(self) -> u8 {
         match self {
             Mechanism::Login => 1,
@@ -168,6 +192,7 @@ impl Mechanism {
             Mechanism::ScramSha256 => 7,
             Mechanism::ScramSha256Plus => 8,
             Mechanism::External => 9,
+            Mechanism::OAuthBearer | Mechanism::XOAuth2 => 0,
         }
     }
 
@@ -182,6 +207,8 @@ impl Mechanism {
                 | Mechanism::ScramSha256
                 | Mechanism::ScramSha256Plus
                 | Mechanism::External
+                | Mechanism::OAuthBearer
+                | Mechanism::XOAuth2
         )
     }
 }
@@ -275,8 +302,21 @@ mod tests {
     fn unknown_mechanism_error_never_echoes_odd_input() {
         let e = "GSS\r\nAPI".parse::<Mechanism>().unwrap_err();
         assert_eq!(e.name(), "<invalid>");
-        let e = "XOAUTH2".parse::<Mechanism>().unwrap_err();
-        assert_eq!(e.name(), "XOAUTH2");
+        let e = "GSSAPI".parse::<Mechanism>().unwrap_err();
+        assert_eq!(e.name(), "GSSAPI");
+    }
+
+    #[test]
+    fn bearer_token_mechanisms_have_their_registered_names() {
+        assert_eq!(
+            Mechanism::from_name("OAUTHBEARER"),
+            Some(Mechanism::OAuthBearer)
+        );
+        assert_eq!(Mechanism::from_name("xoauth2"), Some(Mechanism::XOAuth2));
+        assert!(Mechanism::OAuthBearer.uses_bearer_token());
+        // Never chosen for a hop without TLS unless named (relay-queue's rule for plaintext).
+        assert!(Mechanism::OAuthBearer.is_plaintext() && Mechanism::XOAuth2.is_plaintext());
+        assert!(Mechanism::XOAuth2.has_initial_response());
     }
 
     #[test]
@@ -304,6 +344,8 @@ mod tests {
                 Mechanism::CramMd5,
                 Mechanism::Plain,
                 Mechanism::Login,
+                Mechanism::OAuthBearer,
+                Mechanism::XOAuth2,
             ]
         );
     }
@@ -313,7 +355,7 @@ mod tests {
         for m in Mechanism::ALL {
             match m.family() {
                 Some(f) => assert!(f.mechanisms().contains(&m), "{m}"),
-                None => assert_eq!(m, Mechanism::External),
+                None => assert!(m == Mechanism::External || m.uses_bearer_token(), "{m}"),
             }
         }
     }

@@ -6,7 +6,9 @@
 //!                               ├─> NeedSecret(req)    fetch req's secret, call resume()
 //! resume(cfg, secret) ──────────┼─> Success(outcome)   send additional_data (if any) as 334,
 //!                               │                      wait for an empty reply, then 235
-//!                               └─> Failure(failure)   reply per failure; the exchange is over
+//!                               ├─> Failure(failure)   reply per failure; the exchange is over
+//!                               └─> VerifyToken(msg)   OAUTHBEARER/XOAUTH2: check msg.token against
+//! resume_token(cfg, user | why) ─┘                      the issuer, call resume_token()
 //! ```
 //!
 //! The exchange serialises (serde) between round trips. What it serialises never includes a
@@ -25,6 +27,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::md5ctx::hmac_md5_from_contexts;
 use crate::mechanism::Mechanism;
+use crate::oauth::{BearerMessage, parse_oauthbearer, parse_xoauth2};
 use crate::secret::{SecretFamily, StoredSecret, dummy_secret, verify_password};
 
 /// The largest response accepted from a client, for any mechanism. Legitimate responses are a
@@ -132,6 +135,9 @@ pub enum Step {
     Success(Outcome),
     /// Not authenticated; the exchange is over.
     Failure(Failure),
+    /// Check this bearer token (OAUTHBEARER, XOAUTH2) and call
+    /// [`ServerExchange::resume_token`] with the user it names.
+    VerifyToken(BearerMessage),
 }
 
 /// The secret the server needs to continue.
@@ -172,6 +178,9 @@ pub enum Failure {
     InvalidCredentials,
     #[error("channel binding failure: {0}")]
     ChannelBinding(&'static str),
+    /// SMTP 535 5.7.8, after the RFC 7628 §3.2.2 error challenge.
+    #[error("invalid bearer token: {0}")]
+    InvalidToken(&'static str),
     /// The mechanism cannot run on this connection (`-PLUS` without TLS, EXTERNAL without a
     /// client certificate).
     #[error("mechanism not available: {0}")]
@@ -233,6 +242,12 @@ enum State {
     Digest(digest::DigestState),
     Scram(scram::ScramState),
     AwaitExternal,
+    /// OAUTHBEARER/XOAUTH2 without an initial response: the message comes next.
+    AwaitBearer,
+    /// The token is being checked; `authzid` is whom the client claimed to be.
+    BearerPending {
+        authzid: Option<String>,
+    },
     Done,
 }
 
@@ -244,7 +259,9 @@ impl State {
             | State::AwaitLoginUsername
             | State::AwaitLoginPassword { .. }
             | State::AwaitCram { .. }
-            | State::AwaitExternal => "awaiting response",
+            | State::AwaitExternal
+            | State::AwaitBearer => "awaiting response",
+            State::BearerPending { .. } => "awaiting token check",
             State::PlainSecret { .. } | State::LoginSecret { .. } | State::CramSecret { .. } => {
                 "awaiting secret"
             }
@@ -312,6 +329,10 @@ impl ServerExchange {
                         Mechanism::Login,
                         State::AwaitLoginUsername | State::AwaitLoginPassword { .. }
                     )
+                    | (
+                        Mechanism::OAuthBearer | Mechanism::XOAuth2,
+                        State::AwaitBearer
+                    )
             )
     }
 
@@ -355,6 +376,8 @@ impl ServerExchange {
                 State::AwaitLoginPassword { username } => self.login_password(username, response),
                 State::AwaitCram { challenge } => self.cram_response(challenge, response),
                 State::AwaitExternal => self.external(cfg, response),
+                State::AwaitBearer => self.bearer(response),
+                State::BearerPending { .. } => Err(Failure::Malformed("a token check is pending")),
                 State::Digest(d) => digest::step(self, cfg, d, response),
                 State::Scram(s) => scram::step(self, cfg, s, response),
                 State::PlainSecret { .. }
@@ -388,6 +411,22 @@ impl ServerExchange {
             State::Scram(s) => scram::resume(self, cfg, s, secret),
             State::Done => Err(Failure::Finished),
             _ => Err(Failure::Malformed("no secret was requested")),
+        };
+        self.settle(flow)
+    }
+
+    /// Continues after [`Step::VerifyToken`] with the verifier's verdict: the user the token
+    /// names (as the verifier maps it), or why it was refused. The client's authzid, if it
+    /// gave one, is left in [`Outcome::authzid`] for the caller to hold against the user.
+    pub fn resume_token(&mut self, verdict: Result<String, &'static str>) -> Step {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        let flow = match (state, verdict) {
+            (State::BearerPending { authzid }, Ok(user)) => {
+                Ok(self.success(user, None, authzid, None))
+            }
+            (State::BearerPending { .. }, Err(why)) => Err(Failure::InvalidToken(why)),
+            (State::Done, _) => Err(Failure::Finished),
+            _ => Err(Failure::Malformed("no token check was requested")),
         };
         self.settle(flow)
     }
@@ -491,6 +530,15 @@ impl ServerExchange {
             | Mechanism::ScramSha1Plus
             | Mechanism::ScramSha256
             | Mechanism::ScramSha256Plus => scram::start(self, cfg, initial),
+            // Client-first; without an initial response the server sends an empty challenge
+            // (RFC 4422 §5) and the message follows.
+            Mechanism::OAuthBearer | Mechanism::XOAuth2 => match initial {
+                Some(message) => self.bearer(message),
+                None => {
+                    self.state = State::AwaitBearer;
+                    Ok(Step::Challenge(Vec::new()))
+                }
+            },
             Mechanism::External => {
                 if cfg.external_identity.is_none() {
                     return Err(Failure::Unavailable("no verified client certificate"));
@@ -658,6 +706,23 @@ impl ServerExchange {
         } else {
             Err(Failure::InvalidCredentials)
         }
+    }
+
+    /// RFC 7628 §3.1 / XOAUTH2: the token is checked by the caller (it needs the issuer's
+    /// keys), so the exchange only reads the message and waits for the verdict.
+    fn bearer(&mut self, message: &[u8]) -> Flow {
+        let parsed = match self.mechanism {
+            Mechanism::XOAuth2 => parse_xoauth2(message),
+            _ => parse_oauthbearer(message),
+        }
+        .map_err(|e| Failure::Malformed(e.0))?;
+        if parsed.authzid.as_ref().is_some_and(|a| a.len() > MAX_FIELD) {
+            return Err(Failure::Malformed("authzid too long"));
+        }
+        self.state = State::BearerPending {
+            authzid: parsed.authzid.clone(),
+        };
+        Ok(Step::VerifyToken(parsed))
     }
 
     /// RFC 4422 Appendix A: the identity comes from TLS; the message is only an optional

@@ -59,6 +59,13 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksLabels {
+    /// The configured issuer URL (few, operator-chosen: bounded cardinality).
+    pub issuer: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -86,6 +93,8 @@ pub struct Metrics {
     pub sealed_refusals: Family<ReasonLabel, Counter>,
     /// Span batches the OTLP exporter could not deliver.
     pub trace_export_failures: Counter,
+    /// OAuth issuers' key sets fetched: outcome = ok | error.
+    pub jwks_fetches: Family<JwksLabels, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -102,6 +111,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_cache: Family::default(),
     sealed_refusals: Family::default(),
     trace_export_failures: Counter::default(),
+    jwks_fetches: Family::default(),
 });
 
 /// Who owns a family: the services that update it.
@@ -180,6 +190,12 @@ fn registry() -> Registry {
         "sasl_sealed_state_refusals",
         "Sealed SASL exchange states refused, by reason",
         Box::new(m.sealed_refusals.clone()),
+    );
+    add!(
+        SASL_AUTH,
+        "oauth_jwks_fetches",
+        "OAuth issuers' JWKS fetches by issuer and outcome (ok, error)",
+        Box::new(m.jwks_fetches.clone()),
     );
     add!(
         RELAY_QUEUE,
@@ -268,6 +284,16 @@ pub fn auth_cache(result: &'static str) {
         .auth_cache
         .get_or_create(&ResultLabel {
             result: result.to_owned(),
+        })
+        .inc();
+}
+
+pub fn jwks_fetch(issuer: &str, ok: bool) {
+    METRICS
+        .jwks_fetches
+        .get_or_create(&JwksLabels {
+            issuer: issuer.to_owned(),
+            outcome: if ok { "ok" } else { "error" }.to_owned(),
         })
         .inc();
 }

@@ -207,6 +207,36 @@ fn config_check(cfg: &Config) {
             "# A DIGEST-MD5 login as NAME@REALM hashed with an offered realm works for users whose password was set while that realm was offered; after changing sasl.realms, such users need `authrelay user passwd` (the hash cannot be made without the password)."
         );
     }
+    let oauth = &cfg.sasl.oauth;
+    if !oauth.issuers.is_empty() {
+        println!();
+        println!("# OAuth token issuers (OAUTHBEARER, XOAUTH2; TLS only)");
+        for i in &oauth.issuers {
+            println!(
+                "issuer {}: keys from {}; audience {}; user = claim {:?}{}{}",
+                i.issuer,
+                i.jwks_uri.clone().unwrap_or_else(|| i.discovery_url()),
+                i.audience.iter().collect::<Vec<_>>().join(" "),
+                i.user_claim(),
+                i.realm
+                    .as_deref()
+                    .map(|r| format!(" (@{r} when it has no realm)"))
+                    .unwrap_or_default(),
+                if i.require_local_user {
+                    "; must exist in credential-store"
+                } else {
+                    ""
+                }
+            );
+        }
+        println!(
+            "algorithms {}; leeway {}s; JWKS refreshed every {}s (or its max-age), refetched for an unknown kid at most every {}s",
+            oauth.algorithms.iter().collect::<Vec<_>>().join(" "),
+            oauth.leeway.as_secs(),
+            oauth.jwks_refresh.as_secs(),
+            oauth.jwks_min_refresh.as_secs()
+        );
+    }
     let l = &cfg.sasl.limits;
     println!();
     println!("# Brute-force limits");

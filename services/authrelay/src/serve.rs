@@ -69,7 +69,7 @@ pub(crate) async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         authrelay_grpc_tls::api::CredentialStoreApi::Local(creds.clone()),
         // Nobody else opens this process's sealed exchanges.
         sasl_auth::ExchangeKeys::ephemeral(),
-    );
+    )?;
     let queue = Arc::new(relay_queue::QueueService::new(relay_queue::Queue::open(
         cfg.clone(),
     )?));

@@ -12,6 +12,15 @@ pub enum AuthError {
         mechanism: Mechanism,
         authcid: String,
     },
+    /// OAUTHBEARER/XOAUTH2: the RFC 7628 §3.2.2 error JSON goes to the
+    /// client as a 334 it answers, then 535.
+    #[error("invalid bearer token: {why}")]
+    TokenRefused {
+        why: &'static str,
+        mechanism: Mechanism,
+        authcid: String,
+        error_json: Vec<u8>,
+    },
     #[error("mechanism not offered")]
     UnsupportedMechanism,
     #[error("{0} needs TLS first")]
@@ -53,13 +62,28 @@ impl AuthError {
                 let kind = match failure {
                     Failure::Malformed(_) => Kind::Malformed,
                     Failure::ChannelBinding(_) => Kind::ChannelBinding,
-                    Failure::InvalidCredentials | Failure::Finished => Kind::InvalidCredentials,
+                    Failure::InvalidCredentials | Failure::Finished | Failure::InvalidToken(_) => {
+                        Kind::InvalidCredentials
+                    }
                     Failure::Unavailable(_) => Kind::UnsupportedMechanism,
                 };
                 if let (Failure::ChannelBinding(why), true) = (&failure, mechanism.is_scram()) {
                     additional_data = Some(scram_server_error(why).as_bytes().to_vec());
                 }
                 (kind, mechanism.name().to_owned(), authcid)
+            }
+            AuthError::TokenRefused {
+                mechanism,
+                authcid,
+                error_json,
+                ..
+            } => {
+                additional_data = Some(error_json);
+                (
+                    Kind::InvalidCredentials,
+                    mechanism.name().to_owned(),
+                    authcid,
+                )
             }
             AuthError::UnsupportedMechanism => (
                 Kind::UnsupportedMechanism,

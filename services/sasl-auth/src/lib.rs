@@ -12,6 +12,7 @@
 //! against a dummy secret: same reply, same log shape, about the same time
 //! as a wrong password.
 
+pub mod bearer;
 mod cache;
 mod error;
 mod policy;
@@ -55,6 +56,8 @@ pub struct SaslService {
     hashing: Arc<Semaphore>,
     /// PLAIN/LOGIN verifications remembered for `sasl.verified_cache_ttl`.
     verified: Option<cache::VerifiedCache>,
+    /// OAUTHBEARER/XOAUTH2 token checks; `None` without `sasl.oauth.issuers`.
+    tokens: Option<Arc<bearer::TokenVerifier>>,
 }
 
 impl SaslService {
@@ -70,16 +73,24 @@ impl SaslService {
         let creds = CredentialStoreApi::Remote(CredentialStoreClient::new(
             authrelay_telemetry::grpc::traced(channel),
         ));
-        Ok(Self::with_credentials(cfg, state, creds, keys))
+        Self::with_credentials(cfg, state, creds, keys)
     }
 
-    /// sasl-auth over any credential-store, e.g. in the same process.
+    /// sasl-auth over any credential-store, e.g. in the same process. Fails
+    /// on an OAuth issuer's unusable `ca_file`.
     pub fn with_credentials(
         cfg: Config,
         state: SharedState,
         creds: CredentialStoreApi,
         keys: ExchangeKeys,
-    ) -> Self {
+    ) -> Result<Self, anyhow::Error> {
+        let tokens = if cfg.sasl.oauth.issuers.is_empty() {
+            None
+        } else {
+            let verifier = bearer::TokenVerifier::new(&cfg.sasl.oauth)?;
+            verifier.spawn_refresh();
+            Some(Arc::new(verifier))
+        };
         let ttl = cfg.sasl.verified_cache_ttl;
         let verified = (!ttl.is_zero()).then(|| cache::VerifiedCache::new(ttl, 100_000));
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -91,7 +102,7 @@ impl SaslService {
             false,
         ));
         tokio::spawn(follow_changes(state.clone(), secrets.clone()));
-        SaslService {
+        Ok(SaslService {
             cfg: Arc::new(cfg),
             state,
             creds,
@@ -99,7 +110,8 @@ impl SaslService {
             secrets,
             hashing: Arc::new(Semaphore::new(cpus * 2)),
             verified,
-        }
+            tokens,
+        })
     }
 
     fn server_config(&self, s: &pb::SessionFacts) -> ServerConfig {
@@ -306,6 +318,22 @@ impl SaslService {
                     }
                     login = Some((name, realm));
                 }
+                Step::VerifyToken(msg) => {
+                    let c = claim.take();
+                    let (next, user) = self
+                        .bearer_step(
+                            &mut exchange,
+                            msg,
+                            &client_ip,
+                            ip_pending,
+                            c.as_deref().map(|k| (k, claim_ttl)),
+                        )
+                        .await?;
+                    ip_pending = false;
+                    step = next;
+                    login = Some(user);
+                    known = true;
+                }
                 Step::Challenge(data) => {
                     let state = sealed::ExchangeState {
                         expires: sealed::unix_now() + self.cfg.sasl.exchange_ttl.as_secs().max(1),
@@ -395,6 +423,10 @@ impl SaslService {
         let mech = Mechanism::from_name(&r.mechanism).ok_or(AuthError::UnsupportedMechanism)?;
         let cb = plus_possible(&session);
         if mech.is_plaintext() && !session.tls && !self.cfg.sasl.allow_plaintext_without_tls {
+            return Err(AuthError::EncryptionRequired(mech));
+        }
+        // A bearer token in the clear is a stolen token: no escape hatch.
+        if mech.uses_bearer_token() && !session.tls && self.tokens.is_some() {
             return Err(AuthError::EncryptionRequired(mech));
         }
         let all = self
