@@ -17,6 +17,7 @@
 
 pub mod authinfo;
 mod lists;
+pub mod token_source;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -26,8 +27,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, Password};
+pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, AuthSecret, Password};
 pub use lists::WordList;
+pub use token_source::{ClientAuthMethod, OAuthGrant, TokenSourceConfig};
 pub use validate::{ConfigError, parse_host_port, parse_network};
 
 /// Environment variables with this prefix override file keys; `__` separates
@@ -689,6 +691,14 @@ pub struct RelayQueueConfig {
     /// `background` delivers as soon as a message is queued; `queue-only`
     /// (sendmail's DeliveryMode=q) only spools until `queue flush` or ETRN.
     pub delivery_mode: DeliveryMode,
+    /// OAuth2 token sources AuthInfo entries name (`O:NAME`) for XOAUTH2 and
+    /// OAUTHBEARER to the next hop.
+    pub token_sources: BTreeMap<String, TokenSourceConfig>,
+    /// Where refresh tokens are kept, sealed; default `data_dir/oauth`.
+    pub token_store_dir: Option<PathBuf>,
+    /// Key (64 hex digits) sealing the stored refresh tokens; unset = one
+    /// generated on first use into `data_dir/keys/relay-queue-oauth.key`.
+    pub token_key_file: Option<PathBuf>,
 }
 
 /// When queued messages are delivered (sendmail's `DeliveryMode`).
@@ -714,7 +724,12 @@ pub struct AuthInfoEntry {
     /// Authentication id (`I`); defaults to `user`.
     #[serde(default)]
     pub authid: String,
-    pub password_file: PathBuf,
+    /// `P`, from a file. This or `token_source`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `O`: a `[relay_queue.token_sources.NAME]`, for XOAUTH2/OAUTHBEARER.
+    #[serde(default)]
+    pub token_source: String,
     /// `R`: DIGEST-MD5 realm, and the `@REALM` of the login for the other mechanisms.
     #[serde(default)]
     pub realm: String,
@@ -761,6 +776,9 @@ impl Default for RelayQueueConfig {
             dns_servers: WordList::default(),
             mx_port: 25,
             delivery_mode: DeliveryMode::Background,
+            token_sources: BTreeMap::new(),
+            token_store_dir: None,
+            token_key_file: None,
         }
     }
 }
@@ -840,6 +858,14 @@ impl Config {
         };
         map.add_entries(&self.relay_queue.authinfo)?;
         Ok(map)
+    }
+
+    /// Where `authrelay authinfo token set` and relay-queue keep refresh tokens.
+    pub fn token_store_dir(&self) -> PathBuf {
+        self.relay_queue
+            .token_store_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("oauth"))
     }
 
     /// Outbound TLS policy for next hop `host`.

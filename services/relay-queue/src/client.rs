@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use authrelay_config::{AuthInfo, OutboundTls};
+use authrelay_config::{AuthInfo, AuthSecret, OutboundTls};
 use authrelay_sasl::{
     ChannelBinding, ChannelBindingType, ClientCredentials, ClientExchange, ClientStep, Mechanism,
 };
@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::oauth::{TokenError, TokenSource};
 use crate::spool::{Envelope, Recipient};
 use crate::tls::OutboundTlsConfigs;
 
@@ -67,6 +68,8 @@ pub struct Hop<'a> {
     pub timeout: Duration,
     pub tls: OutboundTls,
     pub authinfo: Option<&'a AuthInfo>,
+    /// The token source the AuthInfo entry names, for XOAUTH2/OAUTHBEARER.
+    pub tokens: Option<&'a TokenSource>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -214,14 +217,20 @@ impl Extensions {
 }
 
 /// The mechanism to use with a hop: the strongest that it offers and the
-/// AuthInfo entry allows. PLAIN and LOGIN send the password itself, so in the
-/// clear only when the entry names them; `-PLUS` only with channel binding.
+/// AuthInfo entry allows. An entry with a token source uses XOAUTH2 or
+/// OAUTHBEARER (OAUTHBEARER, the standard, when both are offered), one with
+/// a password the others. PLAIN and LOGIN send the password itself, so in
+/// the clear only when the entry names them; a bearer token only under TLS,
+/// unless the hop is configured without TLS at all (`clear_hop`) and the
+/// entry names the mechanism; `-PLUS` only with channel binding.
 pub fn choose_mechanism(
     info: &AuthInfo,
     offered: &[&str],
     tls: bool,
     channel_binding: bool,
+    clear_hop: bool,
 ) -> Option<Mechanism> {
+    let token = info.token_source().is_some();
     let allowed: Vec<Mechanism> = if info.mechanisms.is_empty() {
         Mechanism::ALL
             .into_iter()
@@ -230,13 +239,21 @@ pub fn choose_mechanism(
     } else {
         info.mechanisms.clone()
     };
+    let listed = |m: &Mechanism| info.mechanisms.contains(m);
     allowed
         .into_iter()
+        .filter(|m| m.uses_bearer_token() == token)
         .filter(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
-        .filter(|m| tls || !m.is_plaintext() || info.mechanisms.contains(m))
+        .filter(|m| {
+            tls || if m.uses_bearer_token() {
+                clear_hop && listed(m)
+            } else {
+                !m.is_plaintext() || listed(m)
+            }
+        })
         .filter(|m| channel_binding || !m.needs_channel_binding())
         .filter(|m| *m != Mechanism::External)
-        .max_by_key(|m| m.strength())
+        .max_by_key(|m| (m.strength(), *m == Mechanism::OAuthBearer))
 }
 
 /// Deliver `body` for `rcpts` to the hop. A connection-level failure is an
@@ -276,14 +293,12 @@ async fn ehlo(c: &mut Conn, helo: &str) -> Result<Option<Extensions>, ClientErro
     Ok(None)
 }
 
-async fn session(
+/// Connect, read the greeting, EHLO, and STARTTLS as `policy` says.
+async fn open(
     hop: &Hop<'_>,
     policy: OutboundTls,
     tls: &OutboundTlsConfigs,
-    env: &Envelope,
-    rcpts: &[&Recipient],
-    body: &[u8],
-) -> Result<Vec<RcptOutcome>, ClientError> {
+) -> Result<(Conn, Extensions), ClientError> {
     let (host, port) = (hop.host, hop.port);
     let connect = async {
         match hop.addr {
@@ -344,7 +359,88 @@ async fn session(
         // RFC 3207 §4.2: forget everything learnt before TLS and ask again.
         ext = ehlo(&mut c, hop.helo).await?;
     }
-    let ext = ext.unwrap_or(Extensions(Vec::new()));
+    Ok((c, ext.unwrap_or(Extensions(Vec::new()))))
+}
+
+/// AUTH as the hop's AuthInfo entry says, in an `AUTH client` span; `None`
+/// when there is no entry or the hop does not offer AUTH.
+async fn auth_step(
+    c: &mut Conn,
+    hop: &Hop<'_>,
+    ext: &Extensions,
+) -> Option<Result<Mechanism, ClientError>> {
+    let (host, port) = (hop.host, hop.port);
+    let info = hop.authinfo?;
+    let offered = ext.params("AUTH")?;
+    let span = tracing::info_span!(
+        "AUTH client",
+        otel.name = "smtp AUTH client",
+        otel.kind = "client",
+        server.address = %host,
+        server.port = port,
+        sasl.mechanism = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let clear_hop = hop.tls == OutboundTls::None;
+    let result = tracing::Instrument::instrument(
+        authenticate(c, host, info, hop.tokens, &offered, clear_hop),
+        span.clone(),
+    )
+    .await;
+    span.record(
+        "outcome",
+        if result.is_ok() { "success" } else { "failure" },
+    );
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    Some(result)
+}
+
+/// What `authrelay authinfo test` reports.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// Whether STARTTLS was done.
+    pub tls: bool,
+    /// What the hop offered for AUTH (empty: no AUTH offered).
+    pub offered: Vec<String>,
+    /// The mechanism that succeeded; `None` when there was nothing to do.
+    pub mechanism: Option<Mechanism>,
+}
+
+/// Connect to the hop, STARTTLS, AUTH as its entry says, QUIT — no mail.
+pub async fn probe(hop: &Hop<'_>, tls: &OutboundTlsConfigs) -> Result<ProbeReport, ClientError> {
+    let (mut c, ext) = match open(hop, hop.tls, tls).await {
+        Err(ClientError::Tls(why)) => {
+            return Err(ClientError::Temporary(format!("TLS handshake: {why}")));
+        }
+        other => other?,
+    };
+    let offered: Vec<String> = ext
+        .params("AUTH")
+        .unwrap_or_default()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let result = auth_step(&mut c, hop, &ext).await.transpose();
+    let _ = c.send("QUIT").await;
+    Ok(ProbeReport {
+        tls: c.tls,
+        offered,
+        mechanism: result?,
+    })
+}
+
+async fn session(
+    hop: &Hop<'_>,
+    policy: OutboundTls,
+    tls: &OutboundTlsConfigs,
+    env: &Envelope,
+    rcpts: &[&Recipient],
+    body: &[u8],
+) -> Result<Vec<RcptOutcome>, ClientError> {
+    let (mut c, ext) = open(hop, policy, tls).await?;
     if ext.has("XTRACE") {
         // Our own extension, between authrelay instances only: the next hop
         // continues this trace (its AUTH and transaction spans). A refusal
@@ -354,31 +450,7 @@ async fn session(
             c.send(&format!("XTRACE {traceparent}")).await?;
         }
     }
-    if let Some(info) = hop.authinfo
-        && let Some(offered) = ext.params("AUTH")
-    {
-        let span = tracing::info_span!(
-            "AUTH client",
-            otel.name = "smtp AUTH client",
-            otel.kind = "client",
-            server.address = %host,
-            server.port = port,
-            sasl.mechanism = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let result = tracing::Instrument::instrument(
-            authenticate(&mut c, host, info, &offered),
-            span.clone(),
-        )
-        .await;
-        span.record(
-            "outcome",
-            if result.is_ok() { "success" } else { "failure" },
-        );
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
+    if let Some(result) = auth_step(&mut c, hop, &ext).await {
         result?;
     }
     let has = |name: &str| ext.has(name);
@@ -461,33 +533,123 @@ async fn session(
 
 /// RFC 4954 AUTH as a client, with the shared SASL client mechanisms. Any
 /// failure is temporary for the message: a wrong password is fixed by the
-/// operator, not by bouncing the mail.
+/// operator, not by bouncing the mail. With a token source, a refused token
+/// is dropped and the exchange tried once more with a new one.
 async fn authenticate(
     c: &mut Conn,
     host: &str,
     info: &AuthInfo,
+    tokens: Option<&TokenSource>,
     offered: &[&str],
-) -> Result<(), ClientError> {
-    let Some(mech) = choose_mechanism(info, offered, c.tls, c.channel_binding.is_some()) else {
+    clear_hop: bool,
+) -> Result<Mechanism, ClientError> {
+    let Some(mech) = choose_mechanism(info, offered, c.tls, c.channel_binding.is_some(), clear_hop)
+    else {
         let allowed: Vec<&str> = info.mechanisms.iter().map(|m| m.name()).collect();
         let why = format!(
             "no usable mechanism (offered: {}; allowed: {}{})",
             offered.join(" "),
             if allowed.is_empty() {
-                "any".to_owned()
+                if info.token_source().is_some() {
+                    "XOAUTH2 OAUTHBEARER".to_owned()
+                } else {
+                    "any".to_owned()
+                }
             } else {
                 allowed.join(" ")
             },
-            if c.tls {
-                ""
-            } else {
-                "; PLAIN/LOGIN need TLS unless listed in M"
+            match (c.tls, info.token_source().is_some()) {
+                (true, _) => "",
+                (false, true) => "; XOAUTH2/OAUTHBEARER need TLS",
+                (false, false) => "; PLAIN/LOGIN need TLS unless listed in M",
             }
         );
         tracing::warn!("AUTH=client, relay={host}, {why}");
         return Err(ClientError::Temporary(format!("AUTH to {host}: {why}")));
     };
     tracing::Span::current().record("sasl.mechanism", mech.name());
+    let fail = |why: String| {
+        tracing::warn!("AUTH=client, relay={host}, mech={mech}, failure: {why}");
+        ClientError::Temporary(format!("AUTH {mech} to {host} failed: {why}"))
+    };
+    let verdict = match (info.secret.clone(), tokens) {
+        (AuthSecret::Password(pw), _) => {
+            exchange(c, host, info, mech, pw.expose().to_owned()).await?
+        }
+        (AuthSecret::TokenSource(name), None) => {
+            return Err(fail(format!("token source {name:?} is not configured")));
+        }
+        (AuthSecret::TokenSource(_), Some(source)) => {
+            let token_failed = |e: TokenError| {
+                tracing::warn!(
+                    "AUTH=client, relay={host}, mech={mech}, token_source={}, no token: {e}",
+                    source.name
+                );
+                ClientError::Temporary(format!(
+                    "AUTH {mech} to {host}: no access token from token source {}: {e}",
+                    source.name
+                ))
+            };
+            let lease = source.token().await.map_err(token_failed)?;
+            match exchange(c, host, info, mech, lease.token.expose().to_owned()).await? {
+                Verdict::Refused { reply, oauth } => {
+                    // RFC 7628 §3.2.2 / Google: the token expired or was
+                    // revoked. One more try with a new one; a second
+                    // refusal is the operator's to look at.
+                    tracing::info!(
+                        "AUTH=client, relay={host}, mech={mech}, token_source={}, token refused ({}{}); fetching a new token and retrying once",
+                        source.name,
+                        reply.text(),
+                        oauth.map(|s| format!(", status={s}")).unwrap_or_default()
+                    );
+                    source.invalidate(lease.generation).await;
+                    let lease = source.token().await.map_err(token_failed)?;
+                    exchange(c, host, info, mech, lease.token.expose().to_owned()).await?
+                }
+                other => other,
+            }
+        }
+    };
+    match verdict {
+        Verdict::Accepted => {
+            tracing::info!(
+                target: "auth",
+                "AUTH=client, relay={host}, mech={mech}, bits={}",
+                mech.ssf()
+            );
+            Ok(mech)
+        }
+        Verdict::Refused { reply, oauth } => Err(fail(match oauth {
+            Some(status) => format!("{} (token status {status})", reply.text()),
+            None => reply.text(),
+        })),
+        Verdict::Broken(why) => Err(fail(why)),
+    }
+}
+
+/// How one SASL exchange ended, the connection still usable.
+enum Verdict {
+    Accepted,
+    /// The hub said no; for the bearer mechanisms, `oauth` is the status of
+    /// the error JSON it sent first, if any.
+    Refused {
+        reply: SmtpReply,
+        oauth: Option<String>,
+    },
+    /// Our side could not go on (a malformed challenge, a server proof that
+    /// did not verify); the exchange was cancelled.
+    Broken(String),
+}
+
+/// One AUTH command and its challenges. `secret` is the password, or the
+/// bearer token for XOAUTH2/OAUTHBEARER.
+async fn exchange(
+    c: &mut Conn,
+    host: &str,
+    info: &AuthInfo,
+    mech: Mechanism,
+    secret: String,
+) -> Result<Verdict, ClientError> {
     // Our server (and Cyrus with a realm) names users NAME@REALM; DIGEST-MD5
     // carries the realm in its own field instead.
     let authcid = match &info.realm {
@@ -499,7 +661,7 @@ async fn authenticate(
     let creds = ClientCredentials {
         authcid,
         authzid: info.authzid.clone(),
-        password: info.password.expose().to_owned(),
+        password: secret,
         realm: info.realm.clone(),
         service: "smtp".to_owned(),
         host: host.to_owned(),
@@ -510,11 +672,10 @@ async fn authenticate(
             .clone()
             .filter(|_| mech.needs_channel_binding()),
     };
-    let fail = |why: String| {
-        tracing::warn!("AUTH=client, relay={host}, mech={mech}, failure: {why}");
-        ClientError::Temporary(format!("AUTH {mech} to {host} failed: {why}"))
+    let mut exchange = match ClientExchange::new(mech, creds) {
+        Ok(x) => x,
+        Err(e) => return Ok(Verdict::Broken(e.to_string())),
     };
-    let mut exchange = ClientExchange::new(mech, creds).map_err(|e| fail(e.to_string()))?;
     let mut line = format!("AUTH {mech}");
     if let Some(initial) = exchange.initial_response() {
         // RFC 4954 §4: "=" is an empty initial response.
@@ -533,7 +694,7 @@ async fn authenticate(
                 let challenge = reply.lines.first().map(|l| l.trim()).unwrap_or("");
                 let Ok(challenge) = B64.decode(challenge) else {
                     let _ = c.send("*").await;
-                    return Err(fail("challenge is not base64".into()));
+                    return Ok(Verdict::Broken("challenge is not base64".into()));
                 };
                 match exchange.step(&challenge) {
                     Ok(ClientStep::Respond(bytes)) => line = B64.encode(bytes),
@@ -541,27 +702,27 @@ async fn authenticate(
                     Err(e) => {
                         // RFC 4954 §4: "*" cancels the exchange.
                         let _ = c.send("*").await;
-                        return Err(fail(e.to_string()));
+                        return Ok(Verdict::Broken(e.to_string()));
                     }
                 }
             }
             235 => {
-                if !exchange.is_finished() {
-                    exchange
-                        .verify_final(&[])
-                        .map_err(|e| fail(e.to_string()))?;
+                if !exchange.is_finished()
+                    && let Err(e) = exchange.verify_final(&[])
+                {
+                    return Ok(Verdict::Broken(e.to_string()));
                 }
-                tracing::info!(
-                    target: "auth",
-                    "AUTH=client, relay={host}, mech={mech}, bits={}",
-                    mech.ssf()
-                );
-                return Ok(());
+                return Ok(Verdict::Accepted);
             }
-            _ => return Err(fail(reply.text())),
+            _ => {
+                return Ok(Verdict::Refused {
+                    oauth: exchange.oauth_error().map(|e| e.status.clone()),
+                    reply,
+                });
+            }
         }
     }
-    Err(fail("too many challenges".into()))
+    Ok(Verdict::Broken("too many challenges".into()))
 }
 
 /// RFC 3461 §4 xtext: "+" and "=" and anything outside 33-126 as +HH.
@@ -604,7 +765,7 @@ mod choose_tests {
             host: "h".into(),
             authzid: None,
             authid: "u".into(),
-            password: Password::new("p"),
+            secret: AuthSecret::Password(Password::new("p")),
             realm: None,
             mechanisms: mechs.to_vec(),
         }
@@ -614,11 +775,17 @@ mod choose_tests {
     fn strongest_common_mechanism_wins() {
         let offered = ["PLAIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-256"];
         assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, false),
+            choose_mechanism(&info(&[]), &offered, true, false, false),
             Some(Mechanism::ScramSha256)
         );
         assert_eq!(
-            choose_mechanism(&info(&[Mechanism::DigestMd5]), &offered, false, false),
+            choose_mechanism(
+                &info(&[Mechanism::DigestMd5]),
+                &offered,
+                false,
+                false,
+                false
+            ),
             Some(Mechanism::DigestMd5)
         );
     }
@@ -626,11 +793,11 @@ mod choose_tests {
     #[test]
     fn plaintext_mechanisms_in_the_clear_only_when_listed() {
         assert_eq!(
-            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], false, false),
+            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], false, false, false),
             None
         );
         assert_eq!(
-            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], true, false),
+            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], true, false, false),
             Some(Mechanism::Plain)
         );
         assert_eq!(
@@ -638,9 +805,58 @@ mod choose_tests {
                 &info(&[Mechanism::Login]),
                 &["PLAIN", "LOGIN"],
                 false,
+                false,
                 false
             ),
             Some(Mechanism::Login)
+        );
+    }
+
+    fn token_info(mechs: &[Mechanism]) -> AuthInfo {
+        AuthInfo {
+            secret: AuthSecret::TokenSource("hub".into()),
+            ..info(mechs)
+        }
+    }
+
+    #[test]
+    fn a_token_source_entry_uses_only_bearer_mechanisms_and_prefers_oauthbearer() {
+        let offered = ["PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "SCRAM-SHA-256"];
+        assert_eq!(
+            choose_mechanism(&token_info(&[]), &offered, true, false, false),
+            Some(Mechanism::OAuthBearer)
+        );
+        assert_eq!(
+            choose_mechanism(&token_info(&[]), &["PLAIN", "XOAUTH2"], true, false, false),
+            Some(Mechanism::XOAuth2)
+        );
+        assert_eq!(
+            choose_mechanism(&token_info(&[]), &["PLAIN", "LOGIN"], true, false, false),
+            None
+        );
+        // A password entry never picks a bearer mechanism, even when it is
+        // all the hop offers.
+        assert_eq!(
+            choose_mechanism(&info(&[]), &["XOAUTH2", "OAUTHBEARER"], true, false, false),
+            None
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_go_in_the_clear_only_to_a_no_tls_hop_that_lists_them() {
+        let x = [Mechanism::XOAuth2];
+        assert_eq!(
+            choose_mechanism(&token_info(&x), &["XOAUTH2"], false, false, false),
+            None,
+            "a stripped STARTTLS must not leak the token"
+        );
+        assert_eq!(
+            choose_mechanism(&token_info(&[]), &["XOAUTH2"], false, false, true),
+            None
+        );
+        assert_eq!(
+            choose_mechanism(&token_info(&x), &["XOAUTH2"], false, false, true),
+            Some(Mechanism::XOAuth2)
         );
     }
 
@@ -648,11 +864,11 @@ mod choose_tests {
     fn plus_needs_channel_binding() {
         let offered = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
         assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, false),
+            choose_mechanism(&info(&[]), &offered, true, false, false),
             Some(Mechanism::ScramSha256)
         );
         assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, true),
+            choose_mechanism(&info(&[]), &offered, true, true, false),
             Some(Mechanism::ScramSha256Plus)
         );
     }
