@@ -33,8 +33,8 @@ fn require_python_modules() {
 /// A certificate for 127.0.0.1 and localhost that is also the CA the relay
 /// trusts for the token endpoint.
 fn loopback_certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let cert = dir.join("endpoint-cert.pem");
     let key = dir.join("endpoint-key.pem");
     std::fs::write(&cert, made.cert.pem()).unwrap();
@@ -62,7 +62,12 @@ fn start_endpoint(dir: &Path, port: u16, expires_in: u64) -> Endpoint {
     ]);
     let mut cmd = Command::new("python3");
     cmd.arg(support("token_endpoint.py"))
-        .args(["--port", &port.to_string(), "--expires-in", &expires_in.to_string()])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--expires-in",
+            &expires_in.to_string(),
+        ])
         .arg("--cert")
         .arg(&cert)
         .arg("--key")
@@ -238,9 +243,11 @@ fn submit(stack: &Stack, to: &str) {
 fn deliver(stack: &Stack, hub: &Hub, to: &str) {
     let before = hub.messages().len();
     submit(stack, to);
-    wait_for(&format!("delivery to {to}"), Duration::from_secs(60), || {
-        hub.messages().len() > before
-    });
+    wait_for(
+        &format!("delivery to {to}"),
+        Duration::from_secs(60),
+        || hub.messages().len() > before,
+    );
 }
 
 /// Neither a token the endpoint issued, nor a refresh token, nor the
@@ -271,8 +278,13 @@ fn setup(name: &str, expires_in: u64, only: Option<&str>) -> (PathBuf, Redis, En
 
 #[test]
 fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliveries() {
-    let (dir, redis, endpoint, hub) = setup("oauth-cc", 3600, None);
-    let stack = relay_stack(&dir, &redis, hub.addr, oauth_toml(&dir, endpoint.port, "hub"));
+    let (dir, redis, endpoint, hub) = setup("relay-oauth-cc", 3600, None);
+    let stack = relay_stack(
+        &dir,
+        &redis,
+        hub.addr,
+        oauth_toml(&dir, endpoint.port, "hub"),
+    );
     for i in 0..3 {
         deliver(&stack, &hub, &format!("friend{i}@outside.example"));
     }
@@ -284,7 +296,10 @@ fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliver
         assert_eq!(a["mech"], "OAUTHBEARER", "{a}");
         assert_eq!(a["ok"], true, "{a}");
         assert_eq!(a["user"], "relay@hub.example", "{a}");
-        assert_eq!(a["token_sha"], auths[0]["token_sha"], "the same cached token");
+        assert_eq!(
+            a["token_sha"], auths[0]["token_sha"],
+            "the same cached token"
+        );
     }
     for m in hub.messages() {
         assert_eq!(m["auth"], "OAUTHBEARER:relay@hub.example", "{m}");
@@ -299,8 +314,13 @@ fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliver
 
 #[test]
 fn concurrent_deliveries_share_one_token_fetch() {
-    let (dir, redis, endpoint, hub) = setup("oauth-single-flight", 3600, None);
-    let stack = relay_stack(&dir, &redis, hub.addr, oauth_toml(&dir, endpoint.port, "hub"));
+    let (dir, redis, endpoint, hub) = setup("relay-oauth-single-flight", 3600, None);
+    let stack = relay_stack(
+        &dir,
+        &redis,
+        hub.addr,
+        oauth_toml(&dir, endpoint.port, "hub"),
+    );
     // Eight submissions at once: eight deliveries start together on an
     // empty cache.
     let threads: Vec<_> = (0..8)
@@ -327,8 +347,13 @@ fn concurrent_deliveries_share_one_token_fetch() {
 
 #[test]
 fn a_short_lived_token_is_renewed_before_it_expires() {
-    let (dir, redis, endpoint, hub) = setup("oauth-renew", 6, None);
-    let stack = relay_stack(&dir, &redis, hub.addr, oauth_toml(&dir, endpoint.port, "hub"));
+    let (dir, redis, endpoint, hub) = setup("relay-oauth-renew", 6, None);
+    let stack = relay_stack(
+        &dir,
+        &redis,
+        hub.addr,
+        oauth_toml(&dir, endpoint.port, "hub"),
+    );
     deliver(&stack, &hub, "a@outside.example");
     assert_eq!(endpoint.issued(), 1);
     // In the token's last fifth (6 s lifetime: renewed after 4.8 s) the
@@ -346,8 +371,13 @@ fn a_short_lived_token_is_renewed_before_it_expires() {
 
 #[test]
 fn a_token_the_hub_refuses_is_fetched_anew_and_auth_retried_once() {
-    let (dir, redis, endpoint, hub) = setup("oauth-refused", 3600, Some("XOAUTH2"));
-    let mut stack = relay_stack(&dir, &redis, hub.addr, oauth_toml(&dir, endpoint.port, "hub"));
+    let (dir, redis, endpoint, hub) = setup("relay-oauth-refused", 3600, Some("XOAUTH2"));
+    let mut stack = relay_stack(
+        &dir,
+        &redis,
+        hub.addr,
+        oauth_toml(&dir, endpoint.port, "hub"),
+    );
     // OAUTHBEARER's round trip too, against a second hub offering only it.
     let hub2 = start_hub(&dir, "hub2", endpoint.port, Some("OAUTHBEARER"));
     for (round, (hub, mech, dummy)) in [(&hub, "XOAUTH2", ""), (&hub2, "OAUTHBEARER", "AQ==")]
@@ -379,15 +409,10 @@ fn a_token_the_hub_refuses_is_fetched_anew_and_auth_retried_once() {
         // The error round trip as the mechanism says: XOAUTH2's empty
         // answer, OAUTHBEARER's %x01 (RFC 7628 §3.2.3), base64 on the wire
         // (aiosmtpd decodes it: "" and "\u0001").
-        let answered: Vec<_> = auths
-            .iter()
-            .filter_map(|a| a.get("error_reply"))
-            .collect();
-        let expected = String::from_utf8(base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            dummy,
+        let answered: Vec<_> = auths.iter().filter_map(|a| a.get("error_reply")).collect();
+        let expected = String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, dummy).unwrap(),
         )
-        .unwrap())
         .unwrap();
         assert_eq!(answered, [&json!(expected)], "{auths:?}");
         assert_eq!(tried[1]["token_sha"], tried[0]["token_sha"]);
@@ -408,7 +433,7 @@ fn a_token_the_hub_refuses_is_fetched_anew_and_auth_retried_once() {
 #[test]
 fn token_endpoint_down_defers_the_mail_until_it_is_back() {
     require_python_modules();
-    let dir = scratch("oauth-down");
+    let dir = scratch("relay-oauth-down");
     let redis = Redis::start(&dir);
     loopback_certificate(&dir);
     // The endpoint's port, with nothing listening yet.
@@ -431,9 +456,11 @@ fn token_endpoint_down_defers_the_mail_until_it_is_back() {
     assert!(hub.auths().is_empty(), "no AUTH without a token");
     // The endpoint comes up; the next retry (1-2 s here) delivers.
     let endpoint = start_endpoint(&dir, port, 3600);
-    wait_for("delivery after the endpoint is back", Duration::from_secs(30), || {
-        !hub.messages().is_empty()
-    });
+    wait_for(
+        "delivery after the endpoint is back",
+        Duration::from_secs(30),
+        || !hub.messages().is_empty(),
+    );
     assert_eq!(endpoint.issued(), 1);
     assert_no_secret_in(&stack.logs(), &endpoint);
     drop(endpoint.proc);
@@ -463,10 +490,18 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 #[test]
 fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
     use std::os::unix::fs::PermissionsExt as _;
-    let (dir, redis, endpoint, hub) = setup("oauth-refresh", 3600, None);
-    let mut stack = relay_stack(&dir, &redis, hub.addr, oauth_toml(&dir, endpoint.port, "gw"));
+    let (dir, redis, endpoint, hub) = setup("relay-oauth-refresh", 3600, None);
+    let mut stack = relay_stack(
+        &dir,
+        &redis,
+        hub.addr,
+        oauth_toml(&dir, endpoint.port, "gw"),
+    );
     assert!(
-        stack.queue.log_text().contains("token_source=gw: no refresh token stored yet"),
+        stack
+            .queue
+            .log_text()
+            .contains("token_source=gw: no refresh token stored yet"),
         "{}",
         stack.queue.log_text()
     );
@@ -481,7 +516,10 @@ fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
         &format!("{first}\n"),
     );
     assert!(ok, "{out} {err}");
-    assert!(out.contains("refresh token for token source gw stored sealed"), "{out}");
+    assert!(
+        out.contains("refresh token for token source gw stored sealed"),
+        "{out}"
+    );
     let file = dir.join("data/oauth/gw.token");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&file), 0o600);
@@ -499,7 +537,10 @@ fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
         .collect();
     assert_eq!(rotated.len(), 1, "the endpoint rotated the refresh token");
     assert!(
-        stack.queue.log_text().contains("token_source=gw, rotated refresh token stored"),
+        stack
+            .queue
+            .log_text()
+            .contains("token_source=gw, rotated refresh token stored"),
         "{}",
         stack.queue.log_text()
     );
@@ -507,7 +548,11 @@ fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
     // Neither refresh token in the clear anywhere under the data directory.
     for (path, bytes) in files_under(&dir.join("data")) {
         for t in [&first, &rotated[0]] {
-            assert!(!contains(&bytes, t), "refresh token in clear in {}", path.display());
+            assert!(
+                !contains(&bytes, t),
+                "refresh token in clear in {}",
+                path.display()
+            );
         }
     }
     // A new relay-queue process holds no token: it must refresh with the
@@ -516,14 +561,23 @@ fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
     deliver(&stack, &hub, "two@outside.example");
     let state = endpoint.state();
     assert_eq!(state["by_grant"]["refresh_token"], 2, "{state}");
-    assert!(hub.auths().iter().all(|a| a["ok"] == true), "{:?}", hub.auths());
+    assert!(
+        hub.auths().iter().all(|a| a["ok"] == true),
+        "{:?}",
+        hub.auths()
+    );
     assert_no_secret_in(&stack.logs(), &endpoint);
 }
 
 #[test]
 fn authinfo_test_exits_zero_when_the_hub_accepts_and_non_zero_with_its_reply_when_not() {
-    let (dir, redis, endpoint, hub) = setup("oauth-cli-test", 3600, Some("XOAUTH2"));
-    let stack = relay_stack(&dir, &redis, hub.addr, oauth_toml(&dir, endpoint.port, "hub"));
+    let (dir, redis, endpoint, hub) = setup("relay-oauth-cli-test", 3600, Some("XOAUTH2"));
+    let stack = relay_stack(
+        &dir,
+        &redis,
+        hub.addr,
+        oauth_toml(&dir, endpoint.port, "hub"),
+    );
     let (ok, out, err) = stack.authrelay(&["authinfo", "test", "127.0.0.1"], "");
     assert!(ok, "{out} {err}");
     assert!(
@@ -547,7 +601,11 @@ fn authinfo_test_exits_zero_when_the_hub_accepts_and_non_zero_with_its_reply_whe
     // other failure): the hub's offer in the message, non-zero.
     let plain_only = start_hub(&dir, "plainhub", endpoint.port, Some("NONE"));
     let (ok, _, err) = stack.authrelay(
-        &["authinfo", "test", &format!("127.0.0.1:{}", plain_only.addr.port())],
+        &[
+            "authinfo",
+            "test",
+            &format!("127.0.0.1:{}", plain_only.addr.port()),
+        ],
         "",
     );
     assert!(!ok);
@@ -569,12 +627,19 @@ fn authinfo_test_exits_zero_when_the_hub_accepts_and_non_zero_with_its_reply_whe
         let (ok, out, err) = run_authrelay(
             &stack.config,
             &env,
-            &["authinfo", "test", &format!("localhost:{}", plain_only.addr.port())],
+            &[
+                "authinfo",
+                "test",
+                &format!("localhost:{}", plain_only.addr.port()),
+            ],
             "",
         );
         assert_eq!(ok, expect_ok, "{out} {err}");
         if expect_ok {
-            assert!(out.contains("mech=PLAIN: authenticated with password"), "{out}");
+            assert!(
+                out.contains("mech=PLAIN: authenticated with password"),
+                "{out}"
+            );
         } else {
             assert!(err.contains("535"), "{err}");
             assert!(!err.contains(password));
