@@ -505,6 +505,12 @@ fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
         "{}",
         stack.queue.log_text()
     );
+    let check = |needle: &str| {
+        let (ok, out, err) = stack.authrelay(&["config", "check"], "");
+        assert!(ok, "{err}");
+        assert!(out.contains(needle), "{needle}:\n{out}");
+    };
+    check("gw: refresh-token (NO refresh token stored");
     // As if a user consented once: the first refresh token, given to the
     // operator, stored with the admin command (stdin, not argv).
     let first = endpoint.call("POST", "/_test/seed?client=gw")["refresh_token"]
@@ -520,6 +526,7 @@ fn a_rotated_refresh_token_is_stored_sealed_and_used_after_a_restart() {
         out.contains("refresh token for token source gw stored sealed"),
         "{out}"
     );
+    check("gw: refresh-token (refresh token stored)");
     let file = dir.join("data/oauth/gw.token");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&file), 0o600);

@@ -132,3 +132,87 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    /// Loads `toml` (with `SECRET` replaced by a real secret file's path).
+    fn load(name: &str, toml: &str) -> Result<Config, crate::ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "authrelay-token-source-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, toml.replace("SECRET", &secret.display().to_string())).unwrap();
+        Config::load_with_env(Some(&path), std::iter::empty())
+    }
+
+    const SOURCE: &str = r#"
+[relay_queue.token_sources.m365]
+grant = "client-credentials"
+token_url = "https://login.example/token"
+client_id = "app"
+client_secret_file = "SECRET"
+"#;
+
+    #[test]
+    fn a_token_source_and_the_entry_naming_it_are_accepted() {
+        let cfg = load(
+            "ok",
+            &format!(
+                "{SOURCE}\n[[relay_queue.authinfo]]\nhost = \"smtp.office365.com\"\nuser = \"relay@contoso.com\"\ntoken_source = \"m365\"\nmechanisms = \"XOAUTH2\"\n"
+            ),
+        )
+        .unwrap();
+        let map = cfg.authinfo().unwrap();
+        assert_eq!(
+            map.lookup("smtp.office365.com").unwrap().token_source(),
+            Some("m365")
+        );
+    }
+
+    #[test]
+    fn a_plain_http_token_url_is_refused_naming_the_key() {
+        let err = load("http", &SOURCE.replace("https://", "http://")).unwrap_err();
+        assert_eq!(err.key, "relay_queue.token_sources.m365.token_url");
+        assert!(err.reason.contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn client_credentials_without_a_secret_file_is_refused() {
+        let err = load(
+            "nosecret",
+            &SOURCE.replace("client_secret_file = \"SECRET\"\n", ""),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "relay_queue.token_sources.m365.client_secret_file");
+        let err = load("missing", &SOURCE.replace("SECRET", "/nonexistent/secret")).unwrap_err();
+        assert_eq!(err.reason, "no such file");
+    }
+
+    #[test]
+    fn an_entry_with_both_password_and_token_source_or_an_unknown_source_is_refused() {
+        let err = load(
+            "unknown",
+            "[[relay_queue.authinfo]]\nhost = \"h\"\nuser = \"u\"\ntoken_source = \"nope\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "relay_queue.token_sources");
+        assert!(
+            err.reason.contains("[relay_queue.token_sources.nope]"),
+            "{err}"
+        );
+        let err = load(
+            "both",
+            &format!(
+                "{SOURCE}\n[[relay_queue.authinfo]]\nhost = \"h\"\nuser = \"u\"\ntoken_source = \"m365\"\npassword_file = \"SECRET\"\n"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "relay_queue.authinfo[0].token_source");
+    }
+}

@@ -224,6 +224,25 @@ fn config_check(cfg: &Config) {
         l.max_failures_per_user,
         l.block_delay.as_millis()
     );
+    if !cfg.relay_queue.token_sources.is_empty() {
+        let store = relay_queue::oauth::RefreshTokenStore::new(cfg);
+        println!();
+        println!("# OAuth2 token sources (AuthInfo O:NAME)");
+        for (name, s) in &cfg.relay_queue.token_sources {
+            let grant = match s.grant {
+                authrelay_config::OAuthGrant::ClientCredentials => "client-credentials".to_owned(),
+                authrelay_config::OAuthGrant::RefreshToken => format!(
+                    "refresh-token ({})",
+                    if store.exists(name) {
+                        "refresh token stored"
+                    } else {
+                        "NO refresh token stored: `authrelay authinfo token set HOST`"
+                    }
+                ),
+            };
+            println!("{name}: {grant}, endpoint {}", s.token_url);
+        }
+    }
     println!();
     println!("# Compiled with");
     println!(
