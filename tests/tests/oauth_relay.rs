@@ -215,6 +215,16 @@ token_source = "{source}"
 }
 
 fn relay_stack(dir: &Path, redis: &Redis, hub: std::net::SocketAddr, extra: String) -> Stack {
+    relay_stack_env(dir, redis, hub, extra, Vec::new())
+}
+
+fn relay_stack_env(
+    dir: &Path,
+    redis: &Redis,
+    hub: std::net::SocketAddr,
+    extra: String,
+    env: Vec<(String, String)>,
+) -> Stack {
     let stack = Stack::start(
         dir,
         redis,
@@ -222,6 +232,7 @@ fn relay_stack(dir: &Path, redis: &Redis, hub: std::net::SocketAddr, extra: Stri
             hostname: "mailrelay.foo.com".into(),
             smarthost: Some(hub),
             extra_toml: extra,
+            env,
             ..Default::default()
         },
     );
@@ -279,11 +290,17 @@ fn setup(name: &str, expires_in: u64, only: Option<&str>) -> (PathBuf, Redis, En
 #[test]
 fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliveries() {
     let (dir, redis, endpoint, hub) = setup("relay-oauth-cc", 3600, None);
-    let stack = relay_stack(
+    // Every log line relay-queue and the libraries on the token's way
+    // (reqwest, hyper, rustls) can write, for the grep at the end.
+    let stack = relay_stack_env(
         &dir,
         &redis,
         hub.addr,
         oauth_toml(&dir, endpoint.port, "hub"),
+        vec![(
+            "RUST_LOG".into(),
+            "info,relay_queue=trace,reqwest=trace,hyper=trace,hyper_util=trace,rustls=trace".into(),
+        )],
     );
     for i in 0..3 {
         deliver(&stack, &hub, &format!("friend{i}@outside.example"));
