@@ -290,6 +290,7 @@ fn setup(name: &str, expires_in: u64, only: Option<&str>) -> (PathBuf, Redis, En
 #[test]
 fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliveries() {
     let (dir, redis, endpoint, hub) = setup("relay-oauth-cc", 3600, None);
+    let receiver = authrelay_e2e::otlp::Receiver::start();
     // Every log line relay-queue and the libraries on the token's way
     // (reqwest, hyper, rustls) can write, for the grep at the end.
     let stack = relay_stack_env(
@@ -297,10 +298,16 @@ fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliver
         &redis,
         hub.addr,
         oauth_toml(&dir, endpoint.port, "hub"),
-        vec![(
-            "RUST_LOG".into(),
-            "info,relay_queue=trace,reqwest=trace,hyper=trace,hyper_util=trace,rustls=trace".into(),
-        )],
+        vec![
+            (
+                "RUST_LOG".into(),
+                "info,relay_queue=trace,reqwest=trace,hyper=trace,hyper_util=trace,rustls=trace"
+                    .into(),
+            ),
+            // And every span, exported to a collector.
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+        ],
     );
     for i in 0..3 {
         deliver(&stack, &hub, &format!("friend{i}@outside.example"));
@@ -327,6 +334,16 @@ fn client_credentials_token_relays_the_mail_and_is_fetched_once_for_many_deliver
         "{log}"
     );
     assert_no_secret_in(&stack.logs(), &endpoint);
+    wait_for("the AUTH client spans", Duration::from_secs(30), || {
+        receiver
+            .spans()
+            .iter()
+            .filter(|s| s.span.name == "smtp AUTH client")
+            .filter(|s| s.attr("sasl.mechanism").as_deref() == Some("OAUTHBEARER"))
+            .count()
+            >= 3
+    });
+    assert_no_secret_in(&receiver.dump(), &endpoint);
 }
 
 #[test]
