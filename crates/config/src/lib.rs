@@ -17,8 +17,9 @@
 
 pub mod authinfo;
 mod lists;
-pub mod token_source;
 mod validate;
+
+pub mod token_source;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,10 +28,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, AuthSecret, Password};
+pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, Password};
 pub use lists::WordList;
-pub use token_source::{ClientAuthMethod, OAuthGrant, TokenSourceConfig};
 pub use validate::{ConfigError, parse_host_port, parse_network};
+
+pub use authinfo::AuthSecret;
+pub use token_source::{ClientAuthMethod, OAuthGrant, TokenSourceConfig};
 
 /// Environment variables with this prefix override file keys; `__` separates
 /// levels: `AUTHRELAY__REDIS__URL=redis://…` sets `redis.url`.
