@@ -3,7 +3,8 @@ we did not write) with STARTTLS, AUTH only under TLS, and each bearer token
 checked against the authorization server's RFC 7662 introspection endpoint
 over HTTPS, as a resource server does. A refused token is answered as the
 mechanisms say: a 334 challenge with the error JSON (Google's for XOAUTH2,
-RFC 7628 §3.2.2 for OAUTHBEARER), then 535 5.7.8 after the client's reply.
+RFC 7628 §3.2.2 for OAUTHBEARER), then 535 5.7.8 after the client's reply;
+with --no-error-json, 535 5.7.3 at once (Microsoft 365).
 PLAIN/LOGIN work too, for a password entry (HUB_PASSWORD for --user).
 
 usage: oauth_hub.py DIR --cert C --key K --introspect URL --ca CA [--user U]
@@ -26,6 +27,7 @@ class Hub(Sink):
         self.introspect_url, self.secret = introspect, secret
         self.ctx = ssl.create_default_context(cafile=ca)
         self.lock = threading.Lock()
+        self.no_error_json = False
 
     def record(self, **event):
         with self.lock, open(os.path.join(self.out, "auth.jsonl"), "a") as f:
@@ -52,6 +54,10 @@ class Hub(Sink):
                     token_sha=hashlib.sha256((token or "").encode()).hexdigest()[:16])
         if ok:
             return AuthResult(success=True, auth_data=f"{mech}:{user}")
+        if self.no_error_json:
+            # Microsoft 365 answers a bad token with 535 at once, no JSON.
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.3 Authentication unsuccessful")
         reply = await server.challenge_auth(json.dumps(error_json))
         self.record(mech=mech, error_reply=None if reply is MISSING else reply.decode("latin-1"))
         if reply is MISSING:
@@ -83,9 +89,12 @@ def main():
     ap.add_argument("--ca", required=True)
     ap.add_argument("--user")
     ap.add_argument("--only", help="offer only these bearer mechanisms (space-separated)")
+    ap.add_argument("--no-error-json", action="store_true",
+                    help="refuse a token with 535 5.7.3 at once, as Microsoft 365 does")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     hub = Hub(a.out, a.introspect, a.ca, os.environ["HUB_INTROSPECT_SECRET"])
+    hub.no_error_json = a.no_error_json
     if a.only:
         for m in ("XOAUTH2", "OAUTHBEARER"):
             if m not in a.only.split():

@@ -592,7 +592,11 @@ async fn authenticate(
             };
             let lease = source.token().await.map_err(token_failed)?;
             match exchange(c, host, info, mech, lease.token.expose().to_owned()).await? {
-                Verdict::Refused { reply, oauth } => {
+                // The token was refused: the error JSON said so, or the hub
+                // answered 535 without one (Microsoft 365's "5.7.3
+                // Authentication unsuccessful"). A 454 or another code
+                // without the JSON is the hub's own trouble, not the token's.
+                Verdict::Refused { reply, oauth } if oauth.is_some() || reply.code == 535 => {
                     // RFC 7628 §3.2.2 / Google: the token expired or was
                     // revoked. One more try with a new one; a second
                     // refusal is the operator's to look at.
