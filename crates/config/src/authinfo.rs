@@ -333,6 +333,14 @@ impl AuthInfoMap {
         Ok(())
     }
 
+    /// The token source of the default entry (`AuthInfo:` with no host), if any.
+    pub fn lookup_default_token_source(&self) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.host.is_empty())
+            .and_then(|e| e.token_source())
+    }
+
     /// The entry for `host`, else the default (`AuthInfo:` with no host).
     pub fn lookup(&self, host: &str) -> Option<&AuthInfo> {
         let host = normalise_host(host);

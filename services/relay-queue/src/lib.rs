@@ -94,6 +94,15 @@ impl Queue {
                 "token_source={name}: no refresh token stored yet; mail for its hops waits until `authrelay authinfo token set HOST` stores one"
             );
         }
+        if let Some(name) = authinfo.lookup_default_token_source()
+            && cfg.relay_queue.smarthost.is_empty()
+        {
+            // A bearer token is good at the issuer's every resource server:
+            // handing it to whichever MX host offers XOAUTH2 leaks it.
+            tracing::warn!(
+                "the default AuthInfo entry names token source {name} and there is no smarthost: every MX host without its own entry that offers XOAUTH2/OAUTHBEARER gets its access tokens; give the hub its own entry instead"
+            );
+        }
         for (key, host) in next_hops_without_authinfo(&cfg, &authinfo) {
             tracing::warn!(
                 "{key}: next hop {host} matches no AuthInfo entry: mail to it goes out without AUTH"
