@@ -42,6 +42,14 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages aiosmtpd 2>/dev/null \
     || apt_install python3-aiosmtpd
 fi
+# tests/tests/oauth_relay.rs: a real OAuth2 authorization server (Authlib
+# in a Flask app) issuing the tokens the relay sends its hub.
+if ! python3 -c 'import authlib, flask' 2>/dev/null; then
+  say "installing authlib and flask (the OAuth2 token endpoint of the relay tests)"
+  python3 -m pip install --quiet authlib flask 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages authlib flask 2>/dev/null \
+    || apt_install python3-authlib python3-flask
+fi
 if ! python3 -c 'import dnslib' 2>/dev/null; then
   say "installing dnslib (the MX routing tests' DNS server)"
   python3 -m pip install --quiet dnslib 2>/dev/null \

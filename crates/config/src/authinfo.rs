@@ -14,6 +14,14 @@
 //! host is the entry for every host without its own. The TOML form
 //! (`[[relay_queue.authinfo]]`) says the same with the password in a file, as
 //! a Kubernetes Secret is mounted.
+//!
+//! Ours adds `O`, an OAuth2 token source (`[relay_queue.token_sources.NAME]`)
+//! in place of `P`: the entry then authenticates with XOAUTH2 or OAUTHBEARER
+//! and a fresh access token from that source.
+//!
+//! ```text
+//! AuthInfo:smtp.office365.com "U:relay@contoso.com" "O:m365" "M:XOAUTH2"
+//! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -44,6 +52,16 @@ impl fmt::Debug for Password {
     }
 }
 
+/// What an entry proves itself with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthSecret {
+    /// `P`: for the password mechanisms.
+    Password(Password),
+    /// `O`: the name of a `[relay_queue.token_sources.NAME]`, for XOAUTH2
+    /// and OAUTHBEARER.
+    TokenSource(String),
+}
+
 /// How to authenticate to one next hop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthInfo {
@@ -53,13 +71,47 @@ pub struct AuthInfo {
     pub authzid: Option<String>,
     /// `I` (or `U` when `I` is absent): who we authenticate as.
     pub authid: String,
-    /// `P`.
-    pub password: Password,
+    /// `P` or `O`.
+    pub secret: AuthSecret,
     /// `R`: the DIGEST-MD5 realm, and the `@REALM` of the login for the others.
     pub realm: Option<String>,
-    /// `M`: mechanisms we may use with this hop; empty = any we know. Listing
-    /// PLAIN or LOGIN here is also what allows them without TLS.
+    /// `M`: mechanisms we may use with this hop; empty = any we know that
+    /// fits the secret. Listing PLAIN or LOGIN here is also what allows
+    /// them without TLS; XOAUTH2 and OAUTHBEARER, never.
     pub mechanisms: Vec<Mechanism>,
+}
+
+impl AuthInfo {
+    /// The token source this entry authenticates with, if any.
+    pub fn token_source(&self) -> Option<&str> {
+        match &self.secret {
+            AuthSecret::TokenSource(name) => Some(name),
+            AuthSecret::Password(_) => None,
+        }
+    }
+}
+
+/// `M` must fit the secret: a bearer mechanism needs a token source, a
+/// password mechanism a password.
+fn check_mechanisms_fit(
+    secret: &AuthSecret,
+    mechanisms: &[Mechanism],
+    field: &str,
+) -> Result<(), FieldError> {
+    let token = matches!(secret, AuthSecret::TokenSource(_));
+    match mechanisms.iter().find(|m| m.uses_bearer_token() != token) {
+        Some(m) if token => Err(field_err(
+            field,
+            format!(
+                "{m} needs a password; an entry with a token source (O) uses XOAUTH2 or OAUTHBEARER"
+            ),
+        )),
+        Some(m) => Err(field_err(
+            field,
+            format!("{m} needs a token source (O:NAME), not a password"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Why an AuthInfo entry was refused; each names where and which field.
@@ -210,33 +262,83 @@ impl AuthInfoMap {
             }
             let (authzid, authid) = identities(&e.user, &e.authid)
                 .map_err(|f| err(if e.user.is_empty() { "authid" } else { "user" }, f.reason))?;
-            let text = std::fs::read_to_string(&e.password_file).map_err(|why| {
-                err(
-                    "password_file",
-                    format!("{}: {why}", e.password_file.display()),
-                )
-            })?;
-            // A Secret mounted as a file, or `echo secret > file`, ends in a newline
-            // that is not part of the password.
-            let password = text.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                return Err(err(
-                    "password_file",
-                    format!("{} is empty", e.password_file.display()),
-                ));
-            }
+            let secret = match (&e.password_file, e.token_source.is_empty()) {
+                (Some(_), false) => {
+                    return Err(err(
+                        "token_source",
+                        "give password_file or token_source, not both".into(),
+                    ));
+                }
+                (None, true) => {
+                    return Err(err(
+                        "password_file",
+                        "required (or token_source for XOAUTH2/OAUTHBEARER)".into(),
+                    ));
+                }
+                (None, false) => AuthSecret::TokenSource(e.token_source.clone()),
+                (Some(file), true) => {
+                    let text = std::fs::read_to_string(file).map_err(|why| {
+                        err("password_file", format!("{}: {why}", file.display()))
+                    })?;
+                    // A Secret mounted as a file, or `echo secret > file`, ends in a
+                    // newline that is not part of the password.
+                    let password = text.trim_end_matches(['\r', '\n']);
+                    if password.is_empty() {
+                        return Err(err("password_file", format!("{} is empty", file.display())));
+                    }
+                    AuthSecret::Password(Password::new(password))
+                }
+            };
             let mechanisms = parse_mechanisms(e.mechanisms.iter(), "mechanisms")
+                .map_err(|f| err("mechanisms", f.reason))?;
+            check_mechanisms_fit(&secret, &mechanisms, "mechanisms")
                 .map_err(|f| err("mechanisms", f.reason))?;
             self.entries.push(AuthInfo {
                 host,
                 authzid,
                 authid,
-                password: Password::new(password),
+                secret,
                 realm: Some(e.realm.clone()).filter(|r| !r.is_empty()),
                 mechanisms,
             });
         }
         Ok(())
+    }
+
+    /// Every entry's token source must be configured: a typo is refused at
+    /// start, not found when the first message waits for it.
+    pub fn check_token_sources(
+        &self,
+        sources: &std::collections::BTreeMap<String, crate::TokenSourceConfig>,
+    ) -> Result<(), ConfigError> {
+        for e in &self.entries {
+            if let Some(name) = e.token_source()
+                && !sources.contains_key(name)
+            {
+                let host = if e.host.is_empty() {
+                    "(default)"
+                } else {
+                    &e.host
+                };
+                return Err(ConfigError::new(
+                    "relay_queue.token_sources",
+                    name,
+                    format!(
+                        "the AuthInfo entry for {host} names token source {name:?}, \
+                         but there is no [relay_queue.token_sources.{name}] section"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The token source of the default entry (`AuthInfo:` with no host), if any.
+    pub fn lookup_default_token_source(&self) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.host.is_empty())
+            .and_then(|e| e.token_source())
     }
 
     /// The entry for `host`, else the default (`AuthInfo:` with no host).
@@ -284,8 +386,8 @@ fn parse_line(line: &str) -> Result<AuthInfo, FieldError> {
         .filter(|p| p.eq_ignore_ascii_case("AuthInfo:"))
         .map(|_| &key[9..])
         .ok_or_else(|| field_err("AuthInfo:", "the line must start with AuthInfo:HOST"))?;
-    let mut fields: [Option<String>; 5] = Default::default();
-    const LETTERS: [char; 5] = ['U', 'I', 'P', 'R', 'M'];
+    let mut fields: [Option<String>; 6] = Default::default();
+    const LETTERS: [char; 6] = ['U', 'I', 'P', 'R', 'M', 'O'];
     loop {
         rest = rest.trim_start();
         if rest.is_empty() {
@@ -314,7 +416,7 @@ fn parse_line(line: &str) -> Result<AuthInfo, FieldError> {
                     } else {
                         "?".to_owned()
                     },
-                    "unknown field (known: U I P R M)",
+                    "unknown field (known: U I P R M O)",
                 )
             })?;
         let name = LETTERS[slot].to_string();
@@ -342,18 +444,40 @@ fn parse_line(line: &str) -> Result<AuthInfo, FieldError> {
         }
         fields[slot] = Some(value);
     }
-    let [u, i, p, r, m] = fields;
+    let [u, i, p, r, m, o] = fields;
     let (authzid, authid) = identities(u.as_deref().unwrap_or(""), i.as_deref().unwrap_or(""))?;
-    let password = p.ok_or_else(|| field_err("P", "missing (the password is required)"))?;
+    let secret = match (p, o) {
+        (Some(_), Some(_)) => {
+            return Err(field_err(
+                "O",
+                "give P (a password) or O (a token source), not both",
+            ));
+        }
+        (Some(p), None) => AuthSecret::Password(Password::new(p)),
+        (None, Some(o)) if crate::token_source::valid_name(&o) => AuthSecret::TokenSource(o),
+        (None, Some(_)) => {
+            return Err(field_err(
+                "O",
+                "a token source name is letters, digits, '-' and '_'",
+            ));
+        }
+        (None, None) => {
+            return Err(field_err(
+                "P",
+                "missing (a password, or O:NAME for an OAuth2 token source, is required)",
+            ));
+        }
+    };
     let mechanisms = match m {
         Some(m) => parse_mechanisms(m.split_whitespace(), "M")?,
         None => Vec::new(),
     };
+    check_mechanisms_fit(&secret, &mechanisms, "M")?;
     Ok(AuthInfo {
         host: normalise_host(host),
         authzid,
         authid,
-        password: Password::new(password),
+        secret,
         realm: r,
         mechanisms,
     })
@@ -383,7 +507,7 @@ mod tests {
         let e = map.lookup("mailhub.foo.com").unwrap();
         assert_eq!(e.authid, "mailrelay");
         assert_eq!(e.authzid, None, "U equal to I is no separate authzid");
-        assert_eq!(e.password.expose(), "secret");
+        assert_eq!(e.secret, AuthSecret::Password(Password::new("secret")));
         assert_eq!(e.realm.as_deref(), Some("foo"));
         assert_eq!(e.mechanisms, [Mechanism::DigestMd5]);
         assert!(map.lookup("other.example").is_none());
@@ -404,7 +528,7 @@ mod tests {
         // "P=c2VjcmV0" is "secret" in base64 (sendmail cf/README).
         let map = parse(r#"AuthInfo:h "U:u" "P=c2VjcmV0" "M:CRAM-MD5 SCRAM-SHA-256""#).unwrap();
         let e = map.lookup("h").unwrap();
-        assert_eq!(e.password.expose(), "secret");
+        assert_eq!(e.secret, AuthSecret::Password(Password::new("secret")));
         assert_eq!(e.mechanisms, [Mechanism::CramMd5, Mechanism::ScramSha256]);
     }
 
@@ -432,6 +556,10 @@ mod tests {
             (r#"AuthInfo:h U:u "P:x""#, "AuthInfo:"),
             (r#"Auth:h "U:u" "P:x""#, "AuthInfo:"),
             (r#"AuthInfo:h "U:" "P:x""#, "U"),
+            (r#"AuthInfo:h "U:u" "P:x" "O:hub""#, "O"),
+            (r#"AuthInfo:h "U:u" "O:../etc""#, "O"),
+            (r#"AuthInfo:h "U:u" "O:hub" "M:PLAIN""#, "M"),
+            (r#"AuthInfo:h "U:u" "P:x" "M:XOAUTH2""#, "M"),
         ];
         for (line, field) in cases {
             let err = parse(&format!("# header\n{SEED}\n{line}\n")).unwrap_err();
@@ -439,6 +567,36 @@ mod tests {
             assert_eq!(field_of(err), (3, field.to_owned()), "{line}");
             assert!(text.starts_with("authinfo line 3: field "), "{text}");
         }
+    }
+
+    #[test]
+    fn o_names_a_token_source_instead_of_a_password() {
+        let map =
+            parse(r#"AuthInfo:smtp.office365.com "U:relay@contoso.com" "O:m365" "M:XOAUTH2""#)
+                .unwrap();
+        let e = map.lookup("smtp.office365.com").unwrap();
+        assert_eq!(e.token_source(), Some("m365"));
+        assert_eq!(e.authid, "relay@contoso.com");
+        assert_eq!(e.mechanisms, [Mechanism::XOAuth2]);
+        let mut sources = std::collections::BTreeMap::new();
+        let err = map.check_token_sources(&sources).unwrap_err();
+        assert!(
+            err.to_string().contains("[relay_queue.token_sources.m365]"),
+            "{err}"
+        );
+        sources.insert(
+            "m365".to_owned(),
+            crate::TokenSourceConfig {
+                grant: crate::OAuthGrant::ClientCredentials,
+                token_url: "https://login.example/token".into(),
+                client_id: "id".into(),
+                client_secret_file: None,
+                scope: String::new(),
+                client_auth: Default::default(),
+                ca_file: None,
+            },
+        );
+        map.check_token_sources(&sources).unwrap();
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod lists;
 pub mod oauth;
 mod validate;
 
+pub mod token_source;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,9 @@ pub use authinfo::{AuthInfo, AuthInfoError, AuthInfoMap, Password};
 pub use lists::WordList;
 pub use oauth::{Issuer, OAuthConfig};
 pub use validate::{ConfigError, parse_host_port, parse_network};
+
+pub use authinfo::AuthSecret;
+pub use token_source::{ClientAuthMethod, OAuthGrant, TokenSourceConfig};
 
 /// Environment variables with this prefix override file keys; `__` separates
 /// levels: `AUTHRELAY__REDIS__URL=redis://…` sets `redis.url`.
@@ -694,6 +699,14 @@ pub struct RelayQueueConfig {
     /// `background` delivers as soon as a message is queued; `queue-only`
     /// (sendmail's DeliveryMode=q) only spools until `queue flush` or ETRN.
     pub delivery_mode: DeliveryMode,
+    /// OAuth2 token sources AuthInfo entries name (`O:NAME`) for XOAUTH2 and
+    /// OAUTHBEARER to the next hop.
+    pub token_sources: BTreeMap<String, TokenSourceConfig>,
+    /// Where refresh tokens are kept, sealed; default `data_dir/oauth`.
+    pub token_store_dir: Option<PathBuf>,
+    /// Key (64 hex digits) sealing the stored refresh tokens; unset = one
+    /// generated on first use into `data_dir/keys/relay-queue-oauth.key`.
+    pub token_key_file: Option<PathBuf>,
 }
 
 /// When queued messages are delivered (sendmail's `DeliveryMode`).
@@ -719,7 +732,12 @@ pub struct AuthInfoEntry {
     /// Authentication id (`I`); defaults to `user`.
     #[serde(default)]
     pub authid: String,
-    pub password_file: PathBuf,
+    /// `P`, from a file. This or `token_source`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `O`: a `[relay_queue.token_sources.NAME]`, for XOAUTH2/OAUTHBEARER.
+    #[serde(default)]
+    pub token_source: String,
     /// `R`: DIGEST-MD5 realm, and the `@REALM` of the login for the other mechanisms.
     #[serde(default)]
     pub realm: String,
@@ -766,6 +784,9 @@ impl Default for RelayQueueConfig {
             dns_servers: WordList::default(),
             mx_port: 25,
             delivery_mode: DeliveryMode::Background,
+            token_sources: BTreeMap::new(),
+            token_store_dir: None,
+            token_key_file: None,
         }
     }
 }
@@ -845,6 +866,14 @@ impl Config {
         };
         map.add_entries(&self.relay_queue.authinfo)?;
         Ok(map)
+    }
+
+    /// Where `authrelay authinfo token set` and relay-queue keep refresh tokens.
+    pub fn token_store_dir(&self) -> PathBuf {
+        self.relay_queue
+            .token_store_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("oauth"))
     }
 
     /// Outbound TLS policy for next hop `host`.

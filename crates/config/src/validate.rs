@@ -396,7 +396,10 @@ impl Config {
         }
         // A malformed AuthInfo line stops every start and `config check`,
         // naming the line and the field, rather than failing AUTH at 3 a.m.
-        self.authinfo().map_err(|e| e.to_config_error())?;
+        crate::token_source::validate(&rq.token_sources)?;
+        self.authinfo()
+            .map_err(|e| e.to_config_error())?
+            .check_token_sources(&rq.token_sources)?;
         if let Some(ca) = &rq.tls_ca_file
             && !ca.is_file()
         {

@@ -9,6 +9,8 @@
 //! - `authrelay queue list|flush|delete|hold|release`: the queue.
 //! - `authrelay config check`: the effective configuration and what is
 //!   offered — the role of `sendmail -d0.1 -bt`.
+//! - `authrelay authinfo test|token set`: try the next hop's AUTH, store an
+//!   OAuth2 refresh token.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use authrelay_proto::queue::v1 as qpb;
 use authrelay_proto::queue::v1::relay_queue_client::RelayQueueClient;
 use clap::{Parser, Subcommand};
 
+mod authinfo;
 mod import;
 mod serve;
 
@@ -47,6 +50,9 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The outbound AuthInfo map: test AUTH to a next hop, store OAuth2 refresh tokens.
+    #[command(subcommand)]
+    Authinfo(authinfo::AuthInfoCommand),
     /// Live SMTP sessions of every frontend; `sessions end ID` closes one with 421.
     Sessions {
         #[command(subcommand)]
@@ -161,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(u) => user(cfg, u).await,
         Command::Queue(q) => queue(cfg, q).await,
         Command::Sessions { action, json } => sessions(cfg, action, json).await,
+        Command::Authinfo(a) => authinfo::run(cfg, a).await,
         Command::Config(ConfigCommand::Check) => {
             config_check(&cfg);
             Ok(())
@@ -247,6 +254,25 @@ fn config_check(cfg: &Config) {
         l.max_failures_per_user,
         l.block_delay.as_millis()
     );
+    if !cfg.relay_queue.token_sources.is_empty() {
+        let store = relay_queue::oauth::RefreshTokenStore::new(cfg);
+        println!();
+        println!("# OAuth2 token sources (AuthInfo O:NAME)");
+        for (name, s) in &cfg.relay_queue.token_sources {
+            let grant = match s.grant {
+                authrelay_config::OAuthGrant::ClientCredentials => "client-credentials".to_owned(),
+                authrelay_config::OAuthGrant::RefreshToken => format!(
+                    "refresh-token ({})",
+                    if store.exists(name) {
+                        "refresh token stored"
+                    } else {
+                        "NO refresh token stored: `authrelay authinfo token set HOST`"
+                    }
+                ),
+            };
+            println!("{name}: {grant}, endpoint {}", s.token_url);
+        }
+    }
     println!();
     println!("# Compiled with");
     println!(

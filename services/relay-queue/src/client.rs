@@ -5,16 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authrelay_config::{AuthInfo, OutboundTls};
-use authrelay_sasl::{
-    ChannelBinding, ChannelBindingType, ClientCredentials, ClientExchange, ClientStep, Mechanism,
-};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use authrelay_sasl::{ChannelBinding, ChannelBindingType, Mechanism};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::oauth::TokenSource;
 use crate::spool::{Envelope, Recipient};
 use crate::tls::OutboundTlsConfigs;
+
+mod auth;
+use auth::authenticate;
+pub use auth::choose_mechanism;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpReply {
@@ -67,6 +68,8 @@ pub struct Hop<'a> {
     pub timeout: Duration,
     pub tls: OutboundTls,
     pub authinfo: Option<&'a AuthInfo>,
+    /// The token source the AuthInfo entry names, for XOAUTH2/OAUTHBEARER.
+    pub tokens: Option<&'a TokenSource>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -213,32 +216,6 @@ impl Extensions {
     }
 }
 
-/// The mechanism to use with a hop: the strongest that it offers and the
-/// AuthInfo entry allows. PLAIN and LOGIN send the password itself, so in the
-/// clear only when the entry names them; `-PLUS` only with channel binding.
-pub fn choose_mechanism(
-    info: &AuthInfo,
-    offered: &[&str],
-    tls: bool,
-    channel_binding: bool,
-) -> Option<Mechanism> {
-    let allowed: Vec<Mechanism> = if info.mechanisms.is_empty() {
-        Mechanism::ALL
-            .into_iter()
-            .filter(|m| *m != Mechanism::External)
-            .collect()
-    } else {
-        info.mechanisms.clone()
-    };
-    allowed
-        .into_iter()
-        .filter(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
-        .filter(|m| tls || !m.is_plaintext() || info.mechanisms.contains(m))
-        .filter(|m| channel_binding || !m.needs_channel_binding())
-        .filter(|m| *m != Mechanism::External)
-        .max_by_key(|m| m.strength())
-}
-
 /// Deliver `body` for `rcpts` to the hop. A connection-level failure is an
 /// error (every recipient shares it); otherwise one outcome per recipient.
 pub async fn deliver(
@@ -276,14 +253,12 @@ async fn ehlo(c: &mut Conn, helo: &str) -> Result<Option<Extensions>, ClientErro
     Ok(None)
 }
 
-async fn session(
+/// Connect, read the greeting, EHLO, and STARTTLS as `policy` says.
+async fn open(
     hop: &Hop<'_>,
     policy: OutboundTls,
     tls: &OutboundTlsConfigs,
-    env: &Envelope,
-    rcpts: &[&Recipient],
-    body: &[u8],
-) -> Result<Vec<RcptOutcome>, ClientError> {
+) -> Result<(Conn, Extensions), ClientError> {
     let (host, port) = (hop.host, hop.port);
     let connect = async {
         match hop.addr {
@@ -344,7 +319,88 @@ async fn session(
         // RFC 3207 §4.2: forget everything learnt before TLS and ask again.
         ext = ehlo(&mut c, hop.helo).await?;
     }
-    let ext = ext.unwrap_or(Extensions(Vec::new()));
+    Ok((c, ext.unwrap_or(Extensions(Vec::new()))))
+}
+
+/// AUTH as the hop's AuthInfo entry says, in an `AUTH client` span; `None`
+/// when there is no entry or the hop does not offer AUTH.
+async fn auth_step(
+    c: &mut Conn,
+    hop: &Hop<'_>,
+    ext: &Extensions,
+) -> Option<Result<Mechanism, ClientError>> {
+    let (host, port) = (hop.host, hop.port);
+    let info = hop.authinfo?;
+    let offered = ext.params("AUTH")?;
+    let span = tracing::info_span!(
+        "AUTH client",
+        otel.name = "smtp AUTH client",
+        otel.kind = "client",
+        server.address = %host,
+        server.port = port,
+        sasl.mechanism = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let clear_hop = hop.tls == OutboundTls::None;
+    let result = tracing::Instrument::instrument(
+        authenticate(c, host, info, hop.tokens, &offered, clear_hop),
+        span.clone(),
+    )
+    .await;
+    span.record(
+        "outcome",
+        if result.is_ok() { "success" } else { "failure" },
+    );
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    Some(result)
+}
+
+/// What `authrelay authinfo test` reports.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// Whether STARTTLS was done.
+    pub tls: bool,
+    /// What the hop offered for AUTH (empty: no AUTH offered).
+    pub offered: Vec<String>,
+    /// The mechanism that succeeded; `None` when there was nothing to do.
+    pub mechanism: Option<Mechanism>,
+}
+
+/// Connect to the hop, STARTTLS, AUTH as its entry says, QUIT — no mail.
+pub async fn probe(hop: &Hop<'_>, tls: &OutboundTlsConfigs) -> Result<ProbeReport, ClientError> {
+    let (mut c, ext) = match open(hop, hop.tls, tls).await {
+        Err(ClientError::Tls(why)) => {
+            return Err(ClientError::Temporary(format!("TLS handshake: {why}")));
+        }
+        other => other?,
+    };
+    let offered: Vec<String> = ext
+        .params("AUTH")
+        .unwrap_or_default()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let result = auth_step(&mut c, hop, &ext).await.transpose();
+    let _ = c.send("QUIT").await;
+    Ok(ProbeReport {
+        tls: c.tls,
+        offered,
+        mechanism: result?,
+    })
+}
+
+async fn session(
+    hop: &Hop<'_>,
+    policy: OutboundTls,
+    tls: &OutboundTlsConfigs,
+    env: &Envelope,
+    rcpts: &[&Recipient],
+    body: &[u8],
+) -> Result<Vec<RcptOutcome>, ClientError> {
+    let (mut c, ext) = open(hop, policy, tls).await?;
     if ext.has("XTRACE") {
         // Our own extension, between authrelay instances only: the next hop
         // continues this trace (its AUTH and transaction spans). A refusal
@@ -354,31 +410,7 @@ async fn session(
             c.send(&format!("XTRACE {traceparent}")).await?;
         }
     }
-    if let Some(info) = hop.authinfo
-        && let Some(offered) = ext.params("AUTH")
-    {
-        let span = tracing::info_span!(
-            "AUTH client",
-            otel.name = "smtp AUTH client",
-            otel.kind = "client",
-            server.address = %host,
-            server.port = port,
-            sasl.mechanism = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let result = tracing::Instrument::instrument(
-            authenticate(&mut c, host, info, &offered),
-            span.clone(),
-        )
-        .await;
-        span.record(
-            "outcome",
-            if result.is_ok() { "success" } else { "failure" },
-        );
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
+    if let Some(result) = auth_step(&mut c, hop, &ext).await {
         result?;
     }
     let has = |name: &str| ext.has(name);
@@ -459,111 +491,6 @@ async fn session(
     Ok(outcomes)
 }
 
-/// RFC 4954 AUTH as a client, with the shared SASL client mechanisms. Any
-/// failure is temporary for the message: a wrong password is fixed by the
-/// operator, not by bouncing the mail.
-async fn authenticate(
-    c: &mut Conn,
-    host: &str,
-    info: &AuthInfo,
-    offered: &[&str],
-) -> Result<(), ClientError> {
-    let Some(mech) = choose_mechanism(info, offered, c.tls, c.channel_binding.is_some()) else {
-        let allowed: Vec<&str> = info.mechanisms.iter().map(|m| m.name()).collect();
-        let why = format!(
-            "no usable mechanism (offered: {}; allowed: {}{})",
-            offered.join(" "),
-            if allowed.is_empty() {
-                "any".to_owned()
-            } else {
-                allowed.join(" ")
-            },
-            if c.tls {
-                ""
-            } else {
-                "; PLAIN/LOGIN need TLS unless listed in M"
-            }
-        );
-        tracing::warn!("AUTH=client, relay={host}, {why}");
-        return Err(ClientError::Temporary(format!("AUTH to {host}: {why}")));
-    };
-    tracing::Span::current().record("sasl.mechanism", mech.name());
-    // Our server (and Cyrus with a realm) names users NAME@REALM; DIGEST-MD5
-    // carries the realm in its own field instead.
-    let authcid = match &info.realm {
-        Some(realm) if mech != Mechanism::DigestMd5 && !info.authid.contains('@') => {
-            format!("{}@{realm}", info.authid)
-        }
-        _ => info.authid.clone(),
-    };
-    let creds = ClientCredentials {
-        authcid,
-        authzid: info.authzid.clone(),
-        password: info.password.expose().to_owned(),
-        realm: info.realm.clone(),
-        service: "smtp".to_owned(),
-        host: host.to_owned(),
-        // Binding only for -PLUS: offering it to a plain SCRAM exchange would
-        // send "y", which a server that advertised -PLUS takes as a downgrade.
-        channel_binding: c
-            .channel_binding
-            .clone()
-            .filter(|_| mech.needs_channel_binding()),
-    };
-    let fail = |why: String| {
-        tracing::warn!("AUTH=client, relay={host}, mech={mech}, failure: {why}");
-        ClientError::Temporary(format!("AUTH {mech} to {host} failed: {why}"))
-    };
-    let mut exchange = ClientExchange::new(mech, creds).map_err(|e| fail(e.to_string()))?;
-    let mut line = format!("AUTH {mech}");
-    if let Some(initial) = exchange.initial_response() {
-        // RFC 4954 §4: "=" is an empty initial response.
-        line.push(' ');
-        line.push_str(&if initial.is_empty() {
-            "=".to_owned()
-        } else {
-            B64.encode(initial)
-        });
-    }
-    // Bounded: every mechanism here finishes in at most three round trips.
-    for _ in 0..6 {
-        let reply = c.send(&line).await?;
-        match reply.code {
-            334 => {
-                let challenge = reply.lines.first().map(|l| l.trim()).unwrap_or("");
-                let Ok(challenge) = B64.decode(challenge) else {
-                    let _ = c.send("*").await;
-                    return Err(fail("challenge is not base64".into()));
-                };
-                match exchange.step(&challenge) {
-                    Ok(ClientStep::Respond(bytes)) => line = B64.encode(bytes),
-                    Ok(ClientStep::Done) => line = String::new(),
-                    Err(e) => {
-                        // RFC 4954 §4: "*" cancels the exchange.
-                        let _ = c.send("*").await;
-                        return Err(fail(e.to_string()));
-                    }
-                }
-            }
-            235 => {
-                if !exchange.is_finished() {
-                    exchange
-                        .verify_final(&[])
-                        .map_err(|e| fail(e.to_string()))?;
-                }
-                tracing::info!(
-                    target: "auth",
-                    "AUTH=client, relay={host}, mech={mech}, bits={}",
-                    mech.ssf()
-                );
-                return Ok(());
-            }
-            _ => return Err(fail(reply.text())),
-        }
-    }
-    Err(fail("too many challenges".into()))
-}
-
 /// RFC 3461 §4 xtext: "+" and "=" and anything outside 33-126 as +HH.
 pub fn xtext(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -591,69 +518,5 @@ mod tests {
     fn xtext_encodes_specials() {
         assert_eq!(xtext("test@foo.com"), "test@foo.com");
         assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
-    }
-}
-
-#[cfg(test)]
-mod choose_tests {
-    use super::*;
-    use authrelay_config::Password;
-
-    fn info(mechs: &[Mechanism]) -> AuthInfo {
-        AuthInfo {
-            host: "h".into(),
-            authzid: None,
-            authid: "u".into(),
-            password: Password::new("p"),
-            realm: None,
-            mechanisms: mechs.to_vec(),
-        }
-    }
-
-    #[test]
-    fn strongest_common_mechanism_wins() {
-        let offered = ["PLAIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-256"];
-        assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, false),
-            Some(Mechanism::ScramSha256)
-        );
-        assert_eq!(
-            choose_mechanism(&info(&[Mechanism::DigestMd5]), &offered, false, false),
-            Some(Mechanism::DigestMd5)
-        );
-    }
-
-    #[test]
-    fn plaintext_mechanisms_in_the_clear_only_when_listed() {
-        assert_eq!(
-            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], false, false),
-            None
-        );
-        assert_eq!(
-            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], true, false),
-            Some(Mechanism::Plain)
-        );
-        assert_eq!(
-            choose_mechanism(
-                &info(&[Mechanism::Login]),
-                &["PLAIN", "LOGIN"],
-                false,
-                false
-            ),
-            Some(Mechanism::Login)
-        );
-    }
-
-    #[test]
-    fn plus_needs_channel_binding() {
-        let offered = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
-        assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, false),
-            Some(Mechanism::ScramSha256)
-        );
-        assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, true),
-            Some(Mechanism::ScramSha256Plus)
-        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod dsn;
 pub mod mx;
+pub mod oauth;
 pub mod spool;
 pub mod tls;
 
@@ -53,6 +54,7 @@ pub struct Queue {
     wake: Notify,
     slots: Arc<Semaphore>,
     authinfo: AuthInfoMap,
+    tokens: oauth::TokenSources,
     tls: OutboundTlsConfigs,
     /// Next hops that did not answer: (host, port) → (until, why). Messages
     /// for them wait without connecting (`confTO_HOSTSTATUS`).
@@ -85,6 +87,21 @@ impl Queue {
         let tls = OutboundTlsConfigs::new(cfg.relay_queue.tls_ca_file.as_deref())?;
         if !authinfo.is_empty() {
             tracing::info!(entries = authinfo.len(), "AuthInfo map loaded");
+        }
+        let tokens = oauth::TokenSources::new(&cfg)?;
+        for name in tokens.missing_refresh_tokens() {
+            tracing::warn!(
+                "token_source={name}: no refresh token stored yet; mail for its hops waits until `authrelay authinfo token set HOST` stores one"
+            );
+        }
+        if let Some(name) = authinfo.lookup_default_token_source()
+            && cfg.relay_queue.smarthost.is_empty()
+        {
+            // A bearer token is good at the issuer's every resource server:
+            // handing it to whichever MX host offers XOAUTH2 leaks it.
+            tracing::warn!(
+                "the default AuthInfo entry names token source {name} and there is no smarthost: every MX host without its own entry that offers XOAUTH2/OAUTHBEARER gets its access tokens; give the hub its own entry instead"
+            );
         }
         for (key, host) in next_hops_without_authinfo(&cfg, &authinfo) {
             tracing::warn!(
@@ -133,6 +150,7 @@ impl Queue {
             wake: Notify::new(),
             slots,
             authinfo,
+            tokens,
             tls,
             host_status: Mutex::new(HashMap::new()),
             mx,
@@ -255,6 +273,7 @@ impl Queue {
         if let Some(ip) = addr {
             span.record("network.peer.address", tracing::field::display(ip));
         }
+        let authinfo = self.authinfo.lookup(host);
         let hop = Hop {
             host,
             port,
@@ -262,7 +281,11 @@ impl Queue {
             helo: self.cfg.helo_name(),
             timeout: self.cfg.relay_queue.connect_timeout,
             tls: self.cfg.outbound_tls(host),
-            authinfo: self.authinfo.lookup(host),
+            authinfo,
+            tokens: authinfo
+                .and_then(|a| a.token_source())
+                .and_then(|name| self.tokens.get(name))
+                .map(|s| &**s),
         };
         let result = client::deliver(&hop, &self.tls, env, rcpts, body)
             .instrument(span.clone())
