@@ -1,0 +1,549 @@
+//! Stolen-account limits: what an authenticated account may send, summed
+//! over every frontend in the shared store (`[limits.per_user]`, with
+//! per-account overrides from `authrelay user limit`).
+//!
+//! - MAIL FROM counts one message, RCPT TO one recipient, each in one
+//!   atomic round trip (see `authrelay_state::account`). Past a soft limit
+//!   the command gets a 4xx and only the attempt is counted.
+//! - Past the hard threshold (`suspend_factor` × a limit, on attempts) the
+//!   account is suspended in the store, the session is closed with 421,
+//!   every frontend is told (pub/sub) and closes that account's sessions,
+//!   and AUTH for it is refused `525 5.7.13` everywhere until
+//!   `authrelay user unlock`.
+//!
+//! Replies, and why these codes:
+//! - MAIL: `450 4.7.1` — 450 is RFC 5321's "action not taken, try again
+//!   later" for MAIL; X.7.1 (RFC 3463, "delivery not authorized") is the
+//!   policy refusal, what Postfix's `smtpd_client_message_rate_limit`
+//!   answers, and clients queue and retry.
+//! - RCPT: `452 4.7.1` — 452 on RCPT is what RFC 5321 §4.5.3.1.10 tells
+//!   clients to treat as "deliver to the recipients accepted so far, retry
+//!   the rest later"; X.7.1 again, not X.5.3: X.5.3 ("too many recipients")
+//!   is a per-message protocol limit that asks the client to split the
+//!   message and resend at once, which a rate limit would refuse again.
+//! - Closing on suspension: `421 4.7.1` (421 is the only reply that closes;
+//!   X.7.1 because what the account may send is refused by policy).
+//! - AUTH of a suspended account: `525 5.7.13` — RFC 5248's "user account
+//!   disabled", which "occurs after a successful authentication to a
+//!   disabled account" and tells the client, unlike 535, that retyping
+//!   the password will not help; given only to a client that proved the
+//!   password, so it tells a guesser nothing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authrelay_config::PerUserLimits;
+use authrelay_proto::frontend::v1 as pb;
+use authrelay_state::account::{self, CountOutcome, WindowLimit};
+use authrelay_state::{SharedState, StateError};
+
+use crate::reply::Reply;
+use crate::sessions::Registry;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86400);
+/// How often the cluster-wide suspension gauge is read again (besides on
+/// every suspension and unlock).
+const GAUGE_EVERY: Duration = Duration::from_secs(30);
+
+fn set_gauge(n: usize) {
+    authrelay_telemetry::metrics::METRICS
+        .accounts_suspended
+        .set(n as i64);
+}
+
+/// What is counted: a message (MAIL FROM) or a recipient (RCPT TO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    Message,
+    Recipient,
+}
+
+/// What a session does with a count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Answer this and go on.
+    Refuse(Reply),
+    /// Answer this and close the connection.
+    Close(Reply),
+}
+
+/// The reply for a count's outcome: the sans-IO part, tested on its own.
+pub fn verdict(counted: Counted, outcome: &CountOutcome, host: &str) -> Verdict {
+    match outcome {
+        CountOutcome::Accepted => Verdict::Pass,
+        CountOutcome::Refused { limit, .. } => Verdict::Refuse(match counted {
+            Counted::Message => Reply::new(
+                450,
+                "4.7.1",
+                format!("Too many messages from this account ({limit}), try again later"),
+            ),
+            Counted::Recipient => Reply::new(
+                452,
+                "4.7.1",
+                format!("Too many recipients from this account ({limit}), try again later"),
+            ),
+        }),
+        CountOutcome::SuspendedNow { .. } | CountOutcome::Suspended => {
+            Verdict::Close(suspended_close(host))
+        }
+    }
+}
+
+/// Sent to a session of an account that is (or just got) suspended.
+pub fn suspended_close(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.1",
+        format!("{host} Account suspended for sending too much mail, closing connection"),
+    )
+}
+
+/// AUTH answer for a suspended account (after its password was proved).
+pub fn suspended_auth() -> Reply {
+    Reply::new(
+        525,
+        "5.7.13",
+        "Account suspended for sending too much mail; contact your postmaster",
+    )
+}
+
+/// The store did not answer: fail closed, as AUTH does (DESIGN: a control
+/// that cannot be checked does not let mail through).
+fn unavailable() -> Reply {
+    Reply::new(451, "4.3.0", "Temporary failure, try again later")
+}
+
+/// The limits of one frontend: configuration, store, and the sessions it
+/// closes when an account is suspended.
+pub struct AccountLimits {
+    cfg: PerUserLimits,
+    state: SharedState,
+    registry: Arc<Registry>,
+    host: String,
+}
+
+/// An event on `lim:events`.
+fn event(what: &str, account: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(what.len() + 1 + account.len());
+    m.extend_from_slice(what.as_bytes());
+    m.push(0);
+    m.extend_from_slice(account.as_bytes());
+    m
+}
+
+impl AccountLimits {
+    pub fn new(
+        cfg: PerUserLimits,
+        state: SharedState,
+        registry: Arc<Registry>,
+        host: String,
+    ) -> Arc<Self> {
+        Arc::new(AccountLimits {
+            cfg,
+            state,
+            registry,
+            host,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    fn window(&self, name: &str) -> WindowLimit {
+        WindowLimit {
+            name: name.to_owned(),
+            window: if name.ends_with("_per_day") {
+                DAY
+            } else {
+                HOUR
+            },
+            limit: self.cfg.get(name).unwrap_or(0),
+        }
+    }
+
+    fn windows(&self, counted: Counted) -> Vec<WindowLimit> {
+        let prefix = match counted {
+            Counted::Message => "messages_",
+            Counted::Recipient => "recipients_",
+        };
+        PerUserLimits::NAMES
+            .iter()
+            .filter(|n| n.starts_with(prefix))
+            .map(|n| self.window(n))
+            .collect()
+    }
+
+    fn all_windows(&self) -> Vec<WindowLimit> {
+        PerUserLimits::NAMES
+            .iter()
+            .map(|n| self.window(n))
+            .collect()
+    }
+
+    /// Count one message or recipient of `account`, sent from `ip`.
+    pub async fn count(&self, counted: Counted, account: &str, ip: IpAddr) -> Verdict {
+        if !self.cfg.enabled {
+            return Verdict::Pass;
+        }
+        let windows = self.windows(counted);
+        let relay = format!("[{ip}] {}", self.registry.instance);
+        let req = account::CountRequest {
+            account,
+            windows: &windows,
+            amount: 1,
+            suspend_factor: self.cfg.suspend_factor,
+            relay: &relay,
+        };
+        let outcome = match self.state.count_account(&req).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(authid = %account, error = %e, "account limits unavailable: command refused");
+                return Verdict::Refuse(unavailable());
+            }
+        };
+        match &outcome {
+            CountOutcome::Accepted | CountOutcome::Suspended => {}
+            CountOutcome::Refused { limit, count, max } => {
+                authrelay_telemetry::metrics::limit_refusal(limit);
+                tracing::info!(
+                    "limit exceeded: authid={account}, relay=[{ip}], limit={limit}, used={count}/{max}"
+                );
+            }
+            CountOutcome::SuspendedNow {
+                limit,
+                attempts,
+                threshold,
+            } => {
+                authrelay_telemetry::metrics::account_suspended();
+                tracing::warn!(
+                    "account suspended: authid={account}, relay=[{ip}], limit={limit}, attempts={attempts}, threshold={threshold}"
+                );
+                self.announce("suspend", account).await;
+            }
+        }
+        verdict(counted, &outcome, &self.host)
+    }
+
+    /// Whether an account that just proved its password may log in.
+    pub async fn check_login(&self, account: &str) -> Result<(), (Reply, &'static str)> {
+        if !self.cfg.enabled {
+            return Ok(());
+        }
+        match self.state.suspension(account).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err((suspended_auth(), "account suspended")),
+            Err(e) => {
+                tracing::warn!(error = %e, "account limits unavailable at AUTH");
+                Err((
+                    crate::reply::r::auth_temporary(),
+                    "account limits unavailable",
+                ))
+            }
+        }
+    }
+
+    /// Tell every frontend (this one too) about a suspension or an unlock.
+    async fn announce(&self, what: &str, account: &str) {
+        if let Err(e) = self
+            .state
+            .publish(account::keys::EVENTS, &event(what, account))
+            .await
+        {
+            tracing::error!(authid = %account, error = %e, "account {what} not announced to the other frontends");
+        }
+    }
+
+    /// Close this frontend's sessions of accounts suspended anywhere, for
+    /// as long as the process runs. Resubscribes when the feed is lost, and
+    /// then closes the sessions of every account suspended meanwhile.
+    pub async fn run(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut sub = match self.state.subscribe(account::keys::EVENTS).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot follow account suspensions yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            delay = Duration::from_millis(100);
+            // Missed while not subscribed: catch up from the store.
+            if let Ok(all) = self.state.suspensions().await {
+                set_gauge(all.len());
+                for (account, _) in all {
+                    self.close_sessions(&account);
+                }
+            }
+            let mut tick = tokio::time::interval(GAUGE_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    msg = sub.next() => {
+                        let Some(msg) = msg else { break };
+                        if let Some(account) = msg.strip_prefix(b"suspend\0") {
+                            self.close_sessions(&String::from_utf8_lossy(account));
+                        }
+                        self.refresh_gauge().await;
+                    }
+                    _ = tick.tick() => self.refresh_gauge().await,
+                }
+            }
+            tracing::debug!("account suspension feed lost; subscribing again");
+        }
+    }
+
+    async fn refresh_gauge(&self) {
+        if let Ok(all) = self.state.suspensions().await {
+            set_gauge(all.len());
+        }
+    }
+
+    fn close_sessions(&self, account: &str) {
+        let n = self
+            .registry
+            .end_account(account, suspended_close(&self.host));
+        if n > 0 {
+            tracing::warn!("sessions closed: account suspended, authid={account}, sessions={n}");
+        }
+    }
+
+    async fn info(&self, account: &str) -> Result<pb::AccountInfo, StateError> {
+        let windows = self.all_windows();
+        let usage = self.state.account_usage(account, &windows).await?;
+        let overrides = self.state.account_overrides(account).await?;
+        let suspension = self.state.suspension(account).await?;
+        Ok(pb::AccountInfo {
+            account: account.to_owned(),
+            enabled: self.cfg.enabled,
+            windows: windows
+                .iter()
+                .zip(usage)
+                .map(|(w, u)| pb::AccountWindow {
+                    name: w.name.clone(),
+                    limit: u.limit,
+                    overridden: overrides.contains_key(&w.name),
+                    used: u.accepted,
+                    attempts: u.attempts,
+                    suspend_at: account::threshold(u.limit, self.cfg.suspend_factor).unwrap_or(0),
+                })
+                .collect(),
+            suspension: suspension.map(|s| suspension_pb(account, s)),
+        })
+    }
+}
+
+fn suspension_pb(account: &str, s: account::Suspension) -> pb::Suspension {
+    pb::Suspension {
+        account: account.to_owned(),
+        since: s.since,
+        relay: s.relay,
+        limit: s.limit,
+        attempts: s.attempts,
+        threshold: s.threshold,
+    }
+}
+
+fn unavailable_status(e: StateError) -> tonic::Status {
+    tonic::Status::unavailable(e.to_string())
+}
+
+/// An account name as AUTH reports it: NAME@REALM, no control characters
+/// (it becomes part of store keys and log lines).
+fn check_account(account: &str) -> Result<(), tonic::Status> {
+    if account.is_empty()
+        || account.len() > 512
+        || !account.contains('@')
+        || account.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(tonic::Status::invalid_argument(
+            "account must be NAME@REALM, without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The admin API (`authrelay user limit|unlock|show`).
+pub struct AccountLimitsService {
+    pub limits: Arc<AccountLimits>,
+}
+
+#[tonic::async_trait]
+impl pb::account_limits_server::AccountLimits for AccountLimitsService {
+    async fn show_account(
+        &self,
+        req: tonic::Request<pb::AccountRequest>,
+    ) -> Result<tonic::Response<pb::AccountInfo>, tonic::Status> {
+        let account = req.into_inner().account;
+        check_account(&account)?;
+        let info = self
+            .limits
+            .info(&account)
+            .await
+            .map_err(unavailable_status)?;
+        Ok(tonic::Response::new(info))
+    }
+
+    async fn set_account_limits(
+        &self,
+        req: tonic::Request<pb::SetAccountLimitsRequest>,
+    ) -> Result<tonic::Response<pb::AccountInfo>, tonic::Status> {
+        let r = req.into_inner();
+        check_account(&r.account)?;
+        let mut set = Vec::new();
+        for (name, value) in &r.set {
+            if !PerUserLimits::NAMES.contains(&name.as_str()) {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "unknown limit {name:?}; known: {}",
+                    PerUserLimits::NAMES.join(", ")
+                )));
+            }
+            if *value > 1_000_000_000 {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "{name}: at most 1000000000 (0 = no limit)"
+                )));
+            }
+            set.push((name.clone(), *value));
+        }
+        self.limits
+            .state
+            .set_account_overrides(&r.account, &set, &[], r.clear)
+            .await
+            .map_err(unavailable_status)?;
+        let shown: Vec<String> = set.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        tracing::info!(
+            "account limits changed: authid={}, {}{}",
+            r.account,
+            if r.clear { "cleared, " } else { "" },
+            if shown.is_empty() {
+                "no overrides set".to_owned()
+            } else {
+                shown.join(", ")
+            }
+        );
+        let info = self
+            .limits
+            .info(&r.account)
+            .await
+            .map_err(unavailable_status)?;
+        Ok(tonic::Response::new(info))
+    }
+
+    async fn unlock_account(
+        &self,
+        req: tonic::Request<pb::AccountRequest>,
+    ) -> Result<tonic::Response<pb::UnlockAccountResponse>, tonic::Status> {
+        let account = req.into_inner().account;
+        check_account(&account)?;
+        let counters = account::keys::live_counters(
+            &account,
+            &self.limits.all_windows(),
+            SharedState::now_ms(),
+        );
+        let was = self
+            .limits
+            .state
+            .unlock_account(&account, &counters)
+            .await
+            .map_err(unavailable_status)?;
+        self.limits.announce("unlock", &account).await;
+        tracing::warn!("account unlocked: authid={account}, was_suspended={was}, counts cleared");
+        Ok(tonic::Response::new(pb::UnlockAccountResponse {
+            was_suspended: was,
+        }))
+    }
+
+    async fn list_suspended(
+        &self,
+        _req: tonic::Request<pb::ListSuspendedRequest>,
+    ) -> Result<tonic::Response<pb::ListSuspendedResponse>, tonic::Status> {
+        let all = self
+            .limits
+            .state
+            .suspensions()
+            .await
+            .map_err(unavailable_status)?;
+        Ok(tonic::Response::new(pb::ListSuspendedResponse {
+            suspensions: all.into_iter().map(|(a, s)| suspension_pb(&a, s)).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(v: &Verdict) -> String {
+        match v {
+            Verdict::Pass => "pass".into(),
+            Verdict::Refuse(r) => format!("refuse {}", String::from_utf8_lossy(&r.to_bytes())),
+            Verdict::Close(r) => format!("close {}", String::from_utf8_lossy(&r.to_bytes())),
+        }
+    }
+
+    #[test]
+    fn mail_past_the_message_limit_is_450_4_7_1() {
+        let o = CountOutcome::Refused {
+            limit: "messages_per_hour".into(),
+            count: 10,
+            max: 10,
+        };
+        assert_eq!(
+            wire(&verdict(Counted::Message, &o, "mx")),
+            "refuse 450 4.7.1 Too many messages from this account (messages_per_hour), try again later\r\n"
+        );
+    }
+
+    #[test]
+    fn rcpt_past_the_recipient_limit_is_452_4_7_1() {
+        let o = CountOutcome::Refused {
+            limit: "recipients_per_day".into(),
+            count: 10,
+            max: 10,
+        };
+        assert!(wire(&verdict(Counted::Recipient, &o, "mx")).starts_with("refuse 452 4.7.1 "));
+    }
+
+    #[test]
+    fn crossing_the_hard_threshold_closes_with_421() {
+        let o = CountOutcome::SuspendedNow {
+            limit: "messages_per_hour".into(),
+            attempts: 31,
+            threshold: 30,
+        };
+        assert!(wire(&verdict(Counted::Message, &o, "mx")).starts_with("close 421 4.7.1 mx "));
+        assert!(
+            wire(&verdict(Counted::Recipient, &CountOutcome::Suspended, "mx"))
+                .starts_with("close 421 4.7.1 ")
+        );
+    }
+
+    #[test]
+    fn within_limits_passes() {
+        assert_eq!(
+            verdict(Counted::Message, &CountOutcome::Accepted, "mx"),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn a_suspended_account_authenticating_gets_525_5_7_13() {
+        assert_eq!(
+            String::from_utf8_lossy(&suspended_auth().to_bytes()),
+            "525 5.7.13 Account suspended for sending too much mail; contact your postmaster\r\n"
+        );
+    }
+
+    #[test]
+    fn account_names_are_checked_before_they_become_keys() {
+        assert!(check_account("alice@example.com").is_ok());
+        for bad in ["", "alice", "a b@r", "a\r\n@r"] {
+            assert!(check_account(bad).is_err(), "{bad:?}");
+        }
+    }
+}
