@@ -317,6 +317,40 @@ fn config_check(cfg: &Config) {
             println!("{name}: {grant}, endpoint {}", s.token_url);
         }
     }
+    let u = &cfg.limits.per_user;
+    println!();
+    println!("# Account limits (per authenticated user, all frontends together)");
+    if u.enabled {
+        let n = |v: u64| {
+            if v == 0 {
+                "none".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        println!(
+            "messages per hour {}, per day {}; recipients per hour {}, per day {}",
+            n(u.messages_per_hour),
+            n(u.messages_per_day),
+            n(u.recipients_per_hour),
+            n(u.recipients_per_day)
+        );
+        if u.suspend_factor == 0 {
+            println!("never suspended (suspend_factor = 0)");
+        } else {
+            println!(
+                "suspended at {}x a limit in attempts, until `authrelay user unlock`",
+                u.suspend_factor
+            );
+        }
+        if cfg.redis.url.is_empty() {
+            println!(
+                "# kept in the in-process store: counts, overrides and suspensions end with the process"
+            );
+        }
+    } else {
+        println!("off (limits.per_user.enabled = false)");
+    }
     println!();
     println!("# Compiled with");
     println!(
