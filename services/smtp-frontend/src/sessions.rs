@@ -282,3 +282,26 @@ impl pb::sessions_server::Sessions for SessionsService {
         Ok(tonic::Response::new(pb::EndSessionResponse { found }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ending_an_account_ends_only_its_sessions_and_says_why() {
+        let registry = Registry::new(SharedState::in_process());
+        let peer: std::net::SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let a = registry.register("A", peer, "submission", 10).unwrap();
+        let b = registry.register("B", peer, "submission", 10).unwrap();
+        let c = registry.register("C", peer, "submission", 10).unwrap();
+        registry.set_account("A", "alice@r");
+        registry.set_account("B", "bob@r");
+        registry.set_account("C", "alice@r");
+        let why = crate::reply::Reply::new(421, "4.7.1", "suspended");
+        assert_eq!(registry.end_account("alice@r", why.clone()), 2);
+        assert_eq!(a.ending.lock().unwrap().as_ref(), Some(&why));
+        assert_eq!(c.ending.lock().unwrap().as_ref(), Some(&why));
+        assert!(b.ending.lock().unwrap().is_none());
+        assert_eq!(registry.end_account("nobody@r", why), 0);
+    }
+}
