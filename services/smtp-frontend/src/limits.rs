@@ -31,6 +31,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use authrelay_config::PerUserLimits;
@@ -43,9 +44,10 @@ use crate::sessions::Registry;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
-/// How often the cluster-wide suspension gauge is read again (besides on
-/// every suspension and unlock).
-const GAUGE_EVERY: Duration = Duration::from_secs(30);
+/// How often every suspension is read again from the store (besides on
+/// every suspension and unlock announced): the local copy AUTH reads and
+/// the cluster-wide gauge never lag longer, even if an announcement is lost.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 fn set_gauge(n: usize) {
     authrelay_telemetry::metrics::METRICS
@@ -123,6 +125,14 @@ pub struct AccountLimits {
     state: SharedState,
     registry: Arc<Registry>,
     host: String,
+    /// The suspended accounts, as the feed and the store last said: AUTH
+    /// reads it instead of asking Redis (no round trip on the auth path).
+    /// Trusted only while `fresh`: subscribed, and the last full read
+    /// succeeded; otherwise AUTH asks the store. A suspension this frontend
+    /// has not heard of yet still stops the session at its first MAIL,
+    /// which the store decides atomically.
+    suspended: std::sync::RwLock<std::collections::HashSet<String>>,
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 /// An event on `lim:events`.
@@ -146,6 +156,8 @@ impl AccountLimits {
             state,
             registry,
             host,
+            suspended: Default::default(),
+            fresh: Default::default(),
         })
     }
 
@@ -222,6 +234,7 @@ impl AccountLimits {
                 tracing::warn!(
                     "account suspended: authid={account}, relay=[{ip}], limit={limit}, attempts={attempts}, threshold={threshold}"
                 );
+                self.remember(account, true);
                 self.announce("suspend", account).await;
             }
         }
@@ -232,6 +245,18 @@ impl AccountLimits {
     pub async fn check_login(&self, account: &str) -> Result<(), (Reply, &'static str)> {
         if !self.cfg.enabled {
             return Ok(());
+        }
+        if self.fresh.load(Ordering::Acquire) {
+            let known = self
+                .suspended
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(account);
+            return if known {
+                Err((suspended_auth(), "account suspended"))
+            } else {
+                Ok(())
+            };
         }
         match self.state.suspension(account).await {
             Ok(None) => Ok(()),
@@ -274,33 +299,65 @@ impl AccountLimits {
             };
             delay = Duration::from_millis(100);
             // Missed while not subscribed: catch up from the store.
-            if let Ok(all) = self.state.suspensions().await {
-                set_gauge(all.len());
-                for (account, _) in all {
+            if self.refresh().await {
+                let all: Vec<String> = self
+                    .suspended
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                for account in all {
                     self.close_sessions(&account);
                 }
             }
-            let mut tick = tokio::time::interval(GAUGE_EVERY);
+            let mut tick = tokio::time::interval(REFRESH_EVERY);
             tick.tick().await;
             loop {
                 tokio::select! {
                     msg = sub.next() => {
                         let Some(msg) = msg else { break };
                         if let Some(account) = msg.strip_prefix(b"suspend\0") {
-                            self.close_sessions(&String::from_utf8_lossy(account));
+                            let account = String::from_utf8_lossy(account);
+                            self.remember(&account, true);
+                            self.close_sessions(&account);
+                        } else if let Some(account) = msg.strip_prefix(b"unlock\0") {
+                            self.remember(&String::from_utf8_lossy(account), false);
                         }
-                        self.refresh_gauge().await;
+                        self.refresh().await;
                     }
-                    _ = tick.tick() => self.refresh_gauge().await,
+                    _ = tick.tick() => { self.refresh().await; }
                 }
             }
+            self.fresh.store(false, Ordering::Release);
             tracing::debug!("account suspension feed lost; subscribing again");
         }
     }
 
-    async fn refresh_gauge(&self) {
-        if let Ok(all) = self.state.suspensions().await {
-            set_gauge(all.len());
+    /// Read every suspension from the store; whether that worked (else
+    /// AUTH asks the store itself until a read works again).
+    async fn refresh(&self) -> bool {
+        match self.state.suspensions().await {
+            Ok(all) => {
+                set_gauge(all.len());
+                *self.suspended.write().unwrap_or_else(|p| p.into_inner()) =
+                    all.into_iter().map(|(a, _)| a).collect();
+                self.fresh.store(true, Ordering::Release);
+                true
+            }
+            Err(_) => {
+                self.fresh.store(false, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    fn remember(&self, account: &str, suspended: bool) {
+        let mut set = self.suspended.write().unwrap_or_else(|p| p.into_inner());
+        if suspended {
+            set.insert(account.to_owned());
+        } else {
+            set.remove(account);
         }
     }
 
@@ -451,6 +508,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
             .unlock_account(&account, &counters)
             .await
             .map_err(unavailable_status)?;
+        self.limits.remember(&account, false);
         self.limits.announce("unlock", &account).await;
         tracing::warn!("account unlocked: authid={account}, was_suspended={was}, counts cleared");
         Ok(tonic::Response::new(pb::UnlockAccountResponse {
