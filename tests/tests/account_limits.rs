@@ -473,6 +473,39 @@ fn limits_work_in_authrelay_serve_without_redis() {
     assert_eq!(held.next().1, 421, "the held session is closed too");
     let r = run(port, erin, json!([]));
     assert_eq!(r[0].1, 525, "{r:?}\n{}", serve.log_text());
+    let (ok, _, err) = run_authrelay(
+        &config,
+        &[],
+        &["user", "limit", "erin", "--recipients-per-day", "7"],
+        "",
+    );
+    assert!(ok, "{err}");
+
+    // A restart of the process keeps the suspension and the override: they
+    // are saved in the data directory, readable by the owner only.
+    serve.signal("TERM");
+    assert!(serve.wait_exit(Duration::from_secs(15)).is_some());
+    let saved = dir.join("data/account-limits.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", saved.display());
+    }
+    let mut cmd = Command::new(bin("authrelay"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("RUST_LOG", "info");
+    let mut serve = Proc::spawn("authrelay serve", cmd, dir.join("serve2.log"));
+    let port = serve.addr("smtp submission").port();
+    let r = run(port, erin, json!([]));
+    assert_eq!(r[0].1, 525, "{r:?}\n{}", serve.log_text());
+    let (ok, out, err) = run_authrelay(&config, &[], &["user", "show", "erin"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("recipients_per_day: 7 (this user's)") && out.contains("suspended: since"),
+        "{out}"
+    );
 
     let (ok, out, err) = run_authrelay(&config, &[], &["user", "unlock", "erin"], "");
     assert!(ok, "{err}");

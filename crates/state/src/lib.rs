@@ -513,6 +513,31 @@ impl SharedState {
             .collect())
     }
 
+    /// Record a suspension as it was (restoring saved state).
+    pub async fn restore_suspension(&self, account: &str, s: &account::Suspension) -> Result<()> {
+        let record = serde_json::to_vec(s).map_err(|e| StateError::Config(e.to_string()))?;
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(account::keys::SUSPENDED);
+                let field = account.to_owned();
+                r.run("HSET", async move {
+                    c.hset::<_, _, _, ()>(k, field, record).await
+                })
+                .await
+            }
+            SharedState::Memory(m) => {
+                m.hupdate(
+                    account::keys::SUSPENDED,
+                    &[(account.to_owned(), record)],
+                    &[],
+                    false,
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Lift a suspension and forget the account's counts (the counters
     /// `counters`), atomically; true when it was suspended.
     pub async fn unlock_account(&self, account: &str, counters: &[String]) -> Result<bool> {

@@ -138,6 +138,7 @@ impl MemoryState {
             .iter()
             .filter(|(k, (_, exp))| k.starts_with(prefix) && *exp > now)
             .map(|(k, _)| k.clone())
+            .chain(g.hashes.keys().filter(|k| k.starts_with(prefix)).cloned())
             .collect()
     }
 

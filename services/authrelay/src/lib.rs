@@ -345,7 +345,8 @@ fn config_check(cfg: &Config) {
         }
         if cfg.redis.url.is_empty() {
             println!(
-                "# kept in the in-process store: counts, overrides and suspensions end with the process"
+                "# counted in the process; overrides and suspensions saved in {}",
+                cfg.data_dir.join("account-limits.json").display()
             );
         }
     } else {

@@ -149,7 +149,14 @@ pub async fn serve(
         state.clone(),
         registry.clone(),
         cfg.hostname.clone(),
+        // Without Redis (`authrelay serve`), a file in the data directory
+        // keeps overrides and suspensions across restarts.
+        (state.kind() == "in-process").then(|| cfg.data_dir.join("account-limits.json")),
     );
+    account_limits
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("account limits: {e:#}"))?;
     tokio::spawn(account_limits.clone().run());
     let shared = Arc::new(Shared {
         registry: registry.clone(),

@@ -133,6 +133,18 @@ pub struct AccountLimits {
     /// which the store decides atomically.
     suspended: std::sync::RwLock<std::collections::HashSet<String>>,
     fresh: std::sync::atomic::AtomicBool,
+    /// `authrelay serve` without Redis: the file overrides and suspensions
+    /// are saved to, so they outlive the process as they outlive a frontend
+    /// in a deployment (where Redis keeps them).
+    saved_at: Option<std::path::PathBuf>,
+    saving: tokio::sync::Mutex<()>,
+}
+
+/// What `saved_at` holds.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    suspensions: std::collections::BTreeMap<String, account::Suspension>,
+    overrides: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
 
 /// An event on `lim:events`.
@@ -150,6 +162,7 @@ impl AccountLimits {
         state: SharedState,
         registry: Arc<Registry>,
         host: String,
+        saved_at: Option<std::path::PathBuf>,
     ) -> Arc<Self> {
         Arc::new(AccountLimits {
             cfg,
@@ -158,7 +171,66 @@ impl AccountLimits {
             host,
             suspended: Default::default(),
             fresh: Default::default(),
+            saved_at,
+            saving: Default::default(),
         })
+    }
+
+    /// Load what an earlier process saved (in-process store only).
+    pub async fn restore(&self) -> Result<(), anyhow::Error> {
+        let Some(path) = &self.saved_at else {
+            return Ok(());
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        };
+        authrelay_telemetry::private_fs::private_file(path)?;
+        let saved: Saved = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (account, s) in &saved.suspensions {
+            self.state.restore_suspension(account, s).await?;
+        }
+        for (account, o) in saved.overrides {
+            let set: Vec<(String, u64)> = o.into_iter().collect();
+            self.state
+                .set_account_overrides(&account, &set, &[], true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Write overrides and suspensions to `saved_at` (in-process store
+    /// only): a temporary file, synced, renamed over the old one.
+    async fn save(&self) {
+        let Some(path) = &self.saved_at else { return };
+        let _one_at_a_time = self.saving.lock().await;
+        let result = async {
+            let mut saved = Saved {
+                suspensions: self.state.suspensions().await?.into_iter().collect(),
+                ..Saved::default()
+            };
+            let prefix = account::keys::overrides("");
+            for key in self.state.keys(&prefix).await? {
+                let account = &key[prefix.len()..];
+                let o = self.state.account_overrides(account).await?;
+                if !o.is_empty() {
+                    saved.overrides.insert(account.to_owned(), o);
+                }
+            }
+            let tmp = path.with_extension("json.new");
+            let mut f = authrelay_telemetry::private_fs::open_private_file(&tmp)?;
+            use std::io::Write as _;
+            f.write_all(&serde_json::to_vec_pretty(&saved)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(file = %path.display(), error = %e, "account limits not saved: a restart would forget the latest change");
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -236,6 +308,7 @@ impl AccountLimits {
                 );
                 self.remember(account, true);
                 self.announce("suspend", account).await;
+                self.save().await;
             }
         }
         verdict(counted, &outcome, &self.host)
@@ -472,6 +545,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
             .set_account_overrides(&r.account, &set, &[], r.clear)
             .await
             .map_err(unavailable_status)?;
+        self.limits.save().await;
         let shown: Vec<String> = set.iter().map(|(n, v)| format!("{n}={v}")).collect();
         tracing::info!(
             "account limits changed: authid={}, {}{}",
@@ -510,6 +584,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
             .map_err(unavailable_status)?;
         self.limits.remember(&account, false);
         self.limits.announce("unlock", &account).await;
+        self.limits.save().await;
         tracing::warn!("account unlocked: authid={account}, was_suspended={was}, counts cleared");
         Ok(tonic::Response::new(pb::UnlockAccountResponse {
             was_suspended: was,
