@@ -113,9 +113,11 @@ pub fn bucket(now_ms: u64, window: Duration) -> (u64, f64) {
     (now_ms / w, 1.0 - elapsed as f64 / w as f64)
 }
 
-/// `current + previous × weight`, rounded down (as the Lua script does).
+/// `current + previous × weight`, rounded up (as the Lua script does): the
+/// estimate never undercounts, so a limit is never passed by rounding — and
+/// at a bucket boundary (weight just under 1) nothing is lost.
 pub fn estimate(current: u64, previous: u64, weight: f64) -> u64 {
-    current.saturating_add((previous as f64 * weight).floor() as u64)
+    current.saturating_add((previous as f64 * weight).ceil() as u64)
 }
 
 /// Store keys (without the deployment prefix).
@@ -177,7 +179,7 @@ for i = 1, nw do
   local o = redis.call('HGET', KEYS[2], ARGV[a + 1])
   local limit = tonumber(o or ARGV[a + 2])
   local function est(cur, prev)
-    return tonumber(redis.call('GET', KEYS[cur]) or '0') + math.floor(tonumber(redis.call('GET', KEYS[prev]) or '0') * weight)
+    return tonumber(redis.call('GET', KEYS[cur]) or '0') + math.ceil(tonumber(redis.call('GET', KEYS[prev]) or '0') * weight)
   end
   acc[i] = est(k + 1, k + 2)
   att[i] = est(k + 3, k + 4)
@@ -287,7 +289,10 @@ mod tests {
         assert!((w - 0.75).abs() < 1e-9);
         // 100 in the previous hour, a quarter of this one gone: 75 still count.
         assert_eq!(estimate(10, 100, w), 85);
-        assert_eq!(estimate(0, 3, 0.5), 1);
+        assert_eq!(estimate(0, 3, 0.5), 2);
+        // Just past a boundary the previous bucket still counts whole.
+        assert_eq!(estimate(0, 3, 0.999_999), 3);
+        assert_eq!(estimate(0, 0, 0.5), 0);
     }
 
     #[test]
