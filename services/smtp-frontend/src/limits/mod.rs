@@ -35,12 +35,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use authrelay_config::PerUserLimits;
-use authrelay_proto::frontend::v1 as pb;
+use authrelay_state::SharedState;
 use authrelay_state::account::{self, CountOutcome, WindowLimit};
-use authrelay_state::{SharedState, StateError};
 
 use crate::reply::Reply;
 use crate::sessions::Registry;
+
+mod admin;
+mod saved;
+pub use admin::AccountLimitsService;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86400);
@@ -140,13 +143,6 @@ pub struct AccountLimits {
     saving: tokio::sync::Mutex<()>,
 }
 
-/// What `saved_at` holds.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct Saved {
-    suspensions: std::collections::BTreeMap<String, account::Suspension>,
-    overrides: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
-}
-
 /// An event on `lim:events`.
 fn event(what: &str, account: &str) -> Vec<u8> {
     let mut m = Vec::with_capacity(what.len() + 1 + account.len());
@@ -174,63 +170,6 @@ impl AccountLimits {
             saved_at,
             saving: Default::default(),
         })
-    }
-
-    /// Load what an earlier process saved (in-process store only).
-    pub async fn restore(&self) -> Result<(), anyhow::Error> {
-        let Some(path) = &self.saved_at else {
-            return Ok(());
-        };
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => anyhow::bail!("{}: {e}", path.display()),
-        };
-        authrelay_telemetry::private_fs::private_file(path)?;
-        let saved: Saved = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        for (account, s) in &saved.suspensions {
-            self.state.restore_suspension(account, s).await?;
-        }
-        for (account, o) in saved.overrides {
-            let set: Vec<(String, u64)> = o.into_iter().collect();
-            self.state
-                .set_account_overrides(&account, &set, &[], true)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Write overrides and suspensions to `saved_at` (in-process store
-    /// only): a temporary file, synced, renamed over the old one.
-    async fn save(&self) {
-        let Some(path) = &self.saved_at else { return };
-        let _one_at_a_time = self.saving.lock().await;
-        let result = async {
-            let mut saved = Saved {
-                suspensions: self.state.suspensions().await?.into_iter().collect(),
-                ..Saved::default()
-            };
-            let prefix = account::keys::overrides("");
-            for key in self.state.keys(&prefix).await? {
-                let account = &key[prefix.len()..];
-                let o = self.state.account_overrides(account).await?;
-                if !o.is_empty() {
-                    saved.overrides.insert(account.to_owned(), o);
-                }
-            }
-            let tmp = path.with_extension("json.new");
-            let mut f = authrelay_telemetry::private_fs::open_private_file(&tmp)?;
-            use std::io::Write as _;
-            f.write_all(&serde_json::to_vec_pretty(&saved)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            Ok::<_, anyhow::Error>(())
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::error!(file = %path.display(), error = %e, "account limits not saved: a restart would forget the latest change");
-        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -442,169 +381,6 @@ impl AccountLimits {
             tracing::warn!("sessions closed: account suspended, authid={account}, sessions={n}");
         }
     }
-
-    async fn info(&self, account: &str) -> Result<pb::AccountInfo, StateError> {
-        let windows = self.all_windows();
-        let usage = self.state.account_usage(account, &windows).await?;
-        let overrides = self.state.account_overrides(account).await?;
-        let suspension = self.state.suspension(account).await?;
-        Ok(pb::AccountInfo {
-            account: account.to_owned(),
-            enabled: self.cfg.enabled,
-            windows: windows
-                .iter()
-                .zip(usage)
-                .map(|(w, u)| pb::AccountWindow {
-                    name: w.name.clone(),
-                    limit: u.limit,
-                    overridden: overrides.contains_key(&w.name),
-                    used: u.accepted,
-                    attempts: u.attempts,
-                    suspend_at: account::threshold(u.limit, self.cfg.suspend_factor).unwrap_or(0),
-                })
-                .collect(),
-            suspension: suspension.map(|s| suspension_pb(account, s)),
-        })
-    }
-}
-
-fn suspension_pb(account: &str, s: account::Suspension) -> pb::Suspension {
-    pb::Suspension {
-        account: account.to_owned(),
-        since: s.since,
-        relay: s.relay,
-        limit: s.limit,
-        attempts: s.attempts,
-        threshold: s.threshold,
-    }
-}
-
-fn unavailable_status(e: StateError) -> tonic::Status {
-    tonic::Status::unavailable(e.to_string())
-}
-
-/// An account name as AUTH reports it: NAME@REALM, no control characters
-/// (it becomes part of store keys and log lines).
-fn check_account(account: &str) -> Result<(), tonic::Status> {
-    if account.is_empty()
-        || account.len() > 512
-        || !account.contains('@')
-        || account.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(tonic::Status::invalid_argument(
-            "account must be NAME@REALM, without spaces or control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// The admin API (`authrelay user limit|unlock|show`).
-pub struct AccountLimitsService {
-    pub limits: Arc<AccountLimits>,
-}
-
-#[tonic::async_trait]
-impl pb::account_limits_server::AccountLimits for AccountLimitsService {
-    async fn show_account(
-        &self,
-        req: tonic::Request<pb::AccountRequest>,
-    ) -> Result<tonic::Response<pb::AccountInfo>, tonic::Status> {
-        let account = req.into_inner().account;
-        check_account(&account)?;
-        let info = self
-            .limits
-            .info(&account)
-            .await
-            .map_err(unavailable_status)?;
-        Ok(tonic::Response::new(info))
-    }
-
-    async fn set_account_limits(
-        &self,
-        req: tonic::Request<pb::SetAccountLimitsRequest>,
-    ) -> Result<tonic::Response<pb::AccountInfo>, tonic::Status> {
-        let r = req.into_inner();
-        check_account(&r.account)?;
-        let mut set = Vec::new();
-        for (name, value) in &r.set {
-            if !PerUserLimits::NAMES.contains(&name.as_str()) {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "unknown limit {name:?}; known: {}",
-                    PerUserLimits::NAMES.join(", ")
-                )));
-            }
-            if *value > 1_000_000_000 {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "{name}: at most 1000000000 (0 = no limit)"
-                )));
-            }
-            set.push((name.clone(), *value));
-        }
-        self.limits
-            .state
-            .set_account_overrides(&r.account, &set, &[], r.clear)
-            .await
-            .map_err(unavailable_status)?;
-        self.limits.save().await;
-        let shown: Vec<String> = set.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        tracing::info!(
-            "account limits changed: authid={}, {}{}",
-            r.account,
-            if r.clear { "cleared, " } else { "" },
-            if shown.is_empty() {
-                "no overrides set".to_owned()
-            } else {
-                shown.join(", ")
-            }
-        );
-        let info = self
-            .limits
-            .info(&r.account)
-            .await
-            .map_err(unavailable_status)?;
-        Ok(tonic::Response::new(info))
-    }
-
-    async fn unlock_account(
-        &self,
-        req: tonic::Request<pb::AccountRequest>,
-    ) -> Result<tonic::Response<pb::UnlockAccountResponse>, tonic::Status> {
-        let account = req.into_inner().account;
-        check_account(&account)?;
-        let counters = account::keys::live_counters(
-            &account,
-            &self.limits.all_windows(),
-            SharedState::now_ms(),
-        );
-        let was = self
-            .limits
-            .state
-            .unlock_account(&account, &counters)
-            .await
-            .map_err(unavailable_status)?;
-        self.limits.remember(&account, false);
-        self.limits.announce("unlock", &account).await;
-        self.limits.save().await;
-        tracing::warn!("account unlocked: authid={account}, was_suspended={was}, counts cleared");
-        Ok(tonic::Response::new(pb::UnlockAccountResponse {
-            was_suspended: was,
-        }))
-    }
-
-    async fn list_suspended(
-        &self,
-        _req: tonic::Request<pb::ListSuspendedRequest>,
-    ) -> Result<tonic::Response<pb::ListSuspendedResponse>, tonic::Status> {
-        let all = self
-            .limits
-            .state
-            .suspensions()
-            .await
-            .map_err(unavailable_status)?;
-        Ok(tonic::Response::new(pb::ListSuspendedResponse {
-            suspensions: all.into_iter().map(|(a, s)| suspension_pb(&a, s)).collect(),
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -670,13 +446,5 @@ mod tests {
             String::from_utf8_lossy(&suspended_auth().to_bytes()),
             "525 5.7.13 Account suspended for sending too much mail; contact your postmaster\r\n"
         );
-    }
-
-    #[test]
-    fn account_names_are_checked_before_they_become_keys() {
-        assert!(check_account("alice@example.com").is_ok());
-        for bad in ["", "alice", "a b@r", "a\r\n@r"] {
-            assert!(check_account(bad).is_err(), "{bad:?}");
-        }
     }
 }
