@@ -813,7 +813,8 @@ fn a_brute_force_limit_trips_on_failures_spread_over_all_frontends() {
 #[test]
 fn a_rolling_restart_of_every_frontend_under_load_loses_no_acknowledged_message() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = Cluster::start("cluster-rolling", "");
+    // One user sending without pause: no stolen-account limits here.
+    let mut c = Cluster::start("cluster-rolling", "[limits.per_user]\nenabled = false\n");
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let refused = Arc::new(AtomicUsize::new(0));

@@ -477,7 +477,7 @@ fn soak_authenticated_submissions_memory_is_flat_after_warm_up() {
     let concurrency = std::env::var("AUTHRELAY_SOAK_CONCURRENCY").unwrap_or_else(|_| "8".into());
     let (_d, _r, sink, stack) = stack(
         "soak",
-        "[frontend]\nconnection_rate = 0\nmax_connections_per_ip = 1000\n[sasl.limits]\nmax_failures_per_ip = 1000000\n",
+        "[frontend]\nconnection_rate = 0\nmax_connections_per_ip = 1000\n[sasl.limits]\nmax_failures_per_ip = 1000000\n[limits.per_user]\nenabled = false\n",
     );
     let pids = [
         ("smtp-frontend", stack.frontend.pid()),

@@ -147,6 +147,10 @@ fn every_rpc_of_every_service_refuses_a_caller_without_the_right_credentials() {
             "authrelay.frontend.v1.Sessions",
             stack.frontend.addr("grpc admin"),
         ),
+        (
+            "authrelay.frontend.v1.AccountLimits",
+            stack.frontend.addr("grpc admin"),
+        ),
     ];
     let admin = std::fs::read_to_string(token_file(&dir, "admin.token")).unwrap();
     let internal = std::fs::read_to_string(token_file(&dir, "internal.token")).unwrap();

@@ -64,6 +64,8 @@ pub struct Config {
     pub relay_queue: RelayQueueConfig,
     pub telemetry: TelemetryConfig,
     pub internal_tls: InternalTlsConfig,
+    /// Stolen-account limits (`[limits.per_user]`).
+    pub limits: LimitsConfig,
 }
 
 /// Service-to-service mutual TLS for the gRPC between the services.
@@ -148,7 +150,71 @@ impl Default for Config {
             relay_queue: RelayQueueConfig::default(),
             telemetry: TelemetryConfig::default(),
             internal_tls: InternalTlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
+    }
+}
+
+/// `[limits]`: what an authenticated account may send, summed over every
+/// frontend in the shared store.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub per_user: PerUserLimits,
+}
+
+/// `[limits.per_user]`: messages and recipients per hour and per day for
+/// each authenticated account (a stolen password's damage is bounded by
+/// them), with per-account overrides set by `authrelay user limit`.
+/// 0 = no limit for that window.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerUserLimits {
+    pub enabled: bool,
+    /// MAIL FROM commands per hour (sliding); past it MAIL gets `450 4.7.1`.
+    pub messages_per_hour: u64,
+    pub messages_per_day: u64,
+    /// Accepted RCPT TO per hour (sliding); past it RCPT gets `452 4.7.1`.
+    pub recipients_per_hour: u64,
+    pub recipients_per_day: u64,
+    /// The hard threshold: when the attempts in a window (refused ones
+    /// included) reach `suspend_factor` × that window's limit, the account
+    /// is suspended cluster-wide until `authrelay user unlock`. 0 = never.
+    pub suspend_factor: u64,
+}
+
+impl Default for PerUserLimits {
+    fn default() -> Self {
+        // Generous for a person or a small office's scanner, far below what
+        // a spammer with a stolen password sends in an hour.
+        PerUserLimits {
+            enabled: true,
+            messages_per_hour: 200,
+            messages_per_day: 1000,
+            recipients_per_hour: 500,
+            recipients_per_day: 2000,
+            suspend_factor: 3,
+        }
+    }
+}
+
+impl PerUserLimits {
+    /// Names of the limits, as in the config, the overrides and the logs.
+    pub const NAMES: [&'static str; 4] = [
+        "messages_per_hour",
+        "messages_per_day",
+        "recipients_per_hour",
+        "recipients_per_day",
+    ];
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        Some(match name {
+            "messages_per_hour" => self.messages_per_hour,
+            "messages_per_day" => self.messages_per_day,
+            "recipients_per_hour" => self.recipients_per_hour,
+            "recipients_per_day" => self.recipients_per_day,
+            _ => return None,
+        })
     }
 }
 

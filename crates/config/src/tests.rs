@@ -318,3 +318,23 @@ fn issuer_needs_https_and_an_audience() {
     .unwrap_err();
     assert_eq!(err.key, "sasl.oauth.issuers[0].audience");
 }
+
+#[test]
+fn per_user_limits_default_on_and_are_checked() {
+    let cfg = load_str("", &[]).unwrap();
+    assert!(cfg.limits.per_user.enabled);
+    assert_eq!(cfg.limits.per_user.get("messages_per_hour"), Some(200));
+    let cfg = load_str(
+        "[limits.per_user]\nmessages_per_hour = 5\nsuspend_factor = 0\n",
+        &[("AUTHRELAY__LIMITS__PER_USER__RECIPIENTS_PER_DAY", "7")],
+    )
+    .unwrap();
+    assert_eq!(cfg.limits.per_user.messages_per_hour, 5);
+    assert_eq!(cfg.limits.per_user.recipients_per_day, 7);
+    let err = load_str("[limits.per_user]\nsuspend_factor = 1\n", &[]).unwrap_err();
+    assert_eq!(err.key, "limits.per_user.suspend_factor");
+    let err = load_str("[limits.per_user]\nmessages_per_day = 2000000000\n", &[]).unwrap_err();
+    assert_eq!(err.key, "limits.per_user.messages_per_day");
+    let err = load_str("[limits.per_user]\nmessages_per_minute = 1\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("messages_per_minute"), "{err}");
+}

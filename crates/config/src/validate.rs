@@ -2,7 +2,7 @@ use std::fmt;
 
 use authrelay_sasl::Mechanism;
 
-use crate::{Config, CredentialBackend, ListenerRole};
+use crate::{Config, CredentialBackend, ListenerRole, PerUserLimits};
 
 /// A refused configuration: which key, which value, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +143,31 @@ impl Config {
                 "0s",
                 "must be at least one second when a limit is set",
             ));
+        }
+        let per_user = &self.limits.per_user;
+        if per_user.enabled && per_user.suspend_factor == 1 {
+            return Err(ConfigError::new(
+                "limits.per_user.suspend_factor",
+                "1",
+                "would suspend an account at its first refused message; use 2 or more (or 0 for never)",
+            ));
+        }
+        if per_user.suspend_factor > 1000 {
+            return Err(ConfigError::new(
+                "limits.per_user.suspend_factor",
+                per_user.suspend_factor.to_string(),
+                "must be at most 1000 (0 = never suspend)",
+            ));
+        }
+        for name in PerUserLimits::NAMES {
+            let v = per_user.get(name).unwrap_or(0);
+            if v > 1_000_000_000 {
+                return Err(ConfigError::new(
+                    format!("limits.per_user.{name}"),
+                    v.to_string(),
+                    "must be at most 1000000000 (0 = no limit)",
+                ));
+            }
         }
         let redis_schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
         if !self.redis.url.is_empty()

@@ -2,7 +2,8 @@
 //!
 //! Everything that must hold across replicas lives here: single-use claims
 //! of sealed SASL exchanges, brute-force counters, credential-change
-//! announcements (pub/sub), live SMTP session records and connection rates.
+//! announcements (pub/sub), live SMTP session records, connection rates and
+//! per-account sending limits with their suspensions ([`account`]).
 //! SASL exchange state itself travels sealed (sasl-auth), not here.
 //! In a deployment that is Redis; the all-in-one `authrelay serve` may use
 //! the in-process store instead, which has the same semantics for one process.
@@ -11,6 +12,7 @@
 //! [`StateError::Unavailable`] quickly, and callers fail closed on it
 //! (AUTH → `454 4.7.0`), never open.
 
+pub mod account;
 mod memory;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -406,6 +408,284 @@ impl SharedState {
             }
             SharedState::Memory(m) => Ok(m.keys(prefix)),
         }
+    }
+}
+
+/// The account-limit operations (see [`account`]).
+impl SharedState {
+    /// Count `req.amount` events for an account in one atomic round trip.
+    pub async fn count_account(
+        &self,
+        req: &account::CountRequest<'_>,
+    ) -> Result<account::CountOutcome> {
+        use account::{CountOutcome, keys};
+        let now_ms = now_micros() / 1000;
+        let since = (now_ms / 1000) as i64;
+        match self {
+            SharedState::Redis(r) => {
+                static SCRIPT: std::sync::LazyLock<redis::Script> =
+                    std::sync::LazyLock::new(|| redis::Script::new(account::COUNT_SCRIPT));
+                let mut inv = SCRIPT.prepare_invoke();
+                inv.key(r.key(keys::SUSPENDED))
+                    .key(r.key(&keys::overrides(req.account)))
+                    .arg(req.account)
+                    .arg(req.amount)
+                    .arg(req.suspend_factor)
+                    .arg(since)
+                    .arg(req.relay);
+                for w in req.windows {
+                    let (b, weight) = account::bucket(now_ms, w.window);
+                    let prev = b.saturating_sub(1);
+                    for (kind, bucket) in [("acc", b), ("acc", prev), ("att", b), ("att", prev)] {
+                        inv.key(r.key(&keys::counter(kind, req.account, &w.name, bucket)));
+                    }
+                    inv.arg(&w.name)
+                        .arg(w.limit)
+                        .arg(format!("{weight:.6}"))
+                        .arg((w.window * 2).as_millis() as u64);
+                }
+                let mut c = r.conn.clone();
+                let (status, index, count, limit): (u8, usize, u64, u64) = r
+                    .run("EVALSHA account limits", async move {
+                        inv.invoke_async(&mut c).await
+                    })
+                    .await?;
+                let name = || {
+                    index
+                        .checked_sub(1)
+                        .and_then(|i| req.windows.get(i))
+                        .map(|w| w.name.clone())
+                        .unwrap_or_default()
+                };
+                Ok(match status {
+                    0 => CountOutcome::Accepted,
+                    1 => CountOutcome::Refused {
+                        limit: name(),
+                        count,
+                        max: limit,
+                    },
+                    2 => CountOutcome::SuspendedNow {
+                        limit: name(),
+                        attempts: count,
+                        threshold: limit,
+                    },
+                    _ => CountOutcome::Suspended,
+                })
+            }
+            SharedState::Memory(m) => Ok(m.count_account(req, now_ms, since)),
+        }
+    }
+
+    /// The account's suspension, if it is suspended.
+    pub async fn suspension(&self, account: &str) -> Result<Option<account::Suspension>> {
+        let raw = match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(account::keys::SUSPENDED);
+                let field = account.to_owned();
+                r.run("HGET", async move {
+                    c.hget::<_, _, Option<Vec<u8>>>(k, field).await
+                })
+                .await?
+            }
+            SharedState::Memory(m) => m.hget(account::keys::SUSPENDED, account),
+        };
+        Ok(raw.map(|b| serde_json::from_slice(&b).unwrap_or_default()))
+    }
+
+    /// Every suspended account, sorted by name.
+    pub async fn suspensions(&self) -> Result<Vec<(String, account::Suspension)>> {
+        let all = match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(account::keys::SUSPENDED);
+                r.run("HGETALL", async move {
+                    c.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(k)
+                        .await
+                })
+                .await?
+            }
+            SharedState::Memory(m) => m.hget_all(account::keys::SUSPENDED),
+        };
+        Ok(all
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::from_slice(&v).unwrap_or_default()))
+            .collect())
+    }
+
+    /// Record a suspension as it was (restoring saved state).
+    pub async fn restore_suspension(&self, account: &str, s: &account::Suspension) -> Result<()> {
+        let record = serde_json::to_vec(s).map_err(|e| StateError::Config(e.to_string()))?;
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(account::keys::SUSPENDED);
+                let field = account.to_owned();
+                r.run("HSET", async move {
+                    c.hset::<_, _, _, ()>(k, field, record).await
+                })
+                .await
+            }
+            SharedState::Memory(m) => {
+                m.hupdate(
+                    account::keys::SUSPENDED,
+                    &[(account.to_owned(), record)],
+                    &[],
+                    false,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Lift a suspension and forget the account's counts (the counters
+    /// `counters`), atomically; true when it was suspended.
+    pub async fn unlock_account(&self, account: &str, counters: &[String]) -> Result<bool> {
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HDEL")
+                    .arg(r.key(account::keys::SUSPENDED))
+                    .arg(account);
+                if !counters.is_empty() {
+                    let mut del = redis::cmd("DEL");
+                    for k in counters {
+                        del.arg(r.key(k));
+                    }
+                    pipe.add_command(del).ignore();
+                }
+                r.run("HDEL+DEL", async move {
+                    pipe.query_async::<(u64,)>(&mut c).await
+                })
+                .await
+                .map(|(n,)| n > 0)
+            }
+            SharedState::Memory(m) => {
+                Ok(m.hdel_and_clear(account::keys::SUSPENDED, account, counters))
+            }
+        }
+    }
+
+    /// The account's overrides: limit name → value.
+    pub async fn account_overrides(
+        &self,
+        account: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        let key = account::keys::overrides(account);
+        let raw = match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(&key);
+                r.run("HGETALL", async move {
+                    c.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(k)
+                        .await
+                })
+                .await?
+            }
+            SharedState::Memory(m) => m.hget_all(&key),
+        };
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, std::str::from_utf8(&v).ok()?.parse().ok()?)))
+            .collect())
+    }
+
+    /// Set the overrides in `set`, remove those in `remove` (or all first,
+    /// with `clear`), atomically. They are kept until changed: no expiry.
+    pub async fn set_account_overrides(
+        &self,
+        account: &str,
+        set: &[(String, u64)],
+        remove: &[String],
+        clear: bool,
+    ) -> Result<()> {
+        let key = account::keys::overrides(account);
+        match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let k = r.key(&key);
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if clear {
+                    pipe.cmd("DEL").arg(&k).ignore();
+                }
+                for f in remove {
+                    pipe.cmd("HDEL").arg(&k).arg(f).ignore();
+                }
+                for (f, v) in set {
+                    pipe.cmd("HSET").arg(&k).arg(f).arg(*v).ignore();
+                }
+                r.run("HSET overrides", async move {
+                    pipe.query_async::<()>(&mut c).await
+                })
+                .await
+            }
+            SharedState::Memory(m) => {
+                let set: Vec<(String, Vec<u8>)> = set
+                    .iter()
+                    .map(|(f, v)| (f.clone(), v.to_string().into_bytes()))
+                    .collect();
+                m.hupdate(&key, &set, remove, clear);
+                Ok(())
+            }
+        }
+    }
+
+    /// What an account has used of each window (sliding estimates), with
+    /// the effective limits (overrides applied).
+    pub async fn account_usage(
+        &self,
+        account: &str,
+        windows: &[account::WindowLimit],
+    ) -> Result<Vec<account::WindowCounts>> {
+        use account::keys;
+        let now_ms = now_micros() / 1000;
+        let mut names = Vec::new();
+        for w in windows {
+            let (b, _) = account::bucket(now_ms, w.window);
+            let prev = b.saturating_sub(1);
+            for (kind, bucket) in [("acc", b), ("acc", prev), ("att", b), ("att", prev)] {
+                names.push(keys::counter(kind, account, &w.name, bucket));
+            }
+        }
+        let values: Vec<u64> = match self {
+            SharedState::Redis(r) => {
+                let mut c = r.conn.clone();
+                let ks: Vec<String> = names.iter().map(|k| r.key(k)).collect();
+                r.run("MGET", async move {
+                    redis::cmd("MGET")
+                        .arg(ks)
+                        .query_async::<Vec<Option<u64>>>(&mut c)
+                        .await
+                })
+                .await?
+                .into_iter()
+                .map(|v| v.unwrap_or(0))
+                .collect()
+            }
+            SharedState::Memory(m) => m.counters(&names),
+        };
+        let overrides = self.account_overrides(account).await?;
+        Ok(windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let (_, weight) = account::bucket(now_ms, w.window);
+                let v = &values[i * 4..i * 4 + 4];
+                account::WindowCounts {
+                    accepted: account::estimate(v[0], v[1], weight),
+                    attempts: account::estimate(v[2], v[3], weight),
+                    limit: overrides.get(&w.name).copied().unwrap_or(w.limit),
+                }
+            })
+            .collect())
+    }
+
+    /// The current time in ms, as the counters see it (for key names).
+    pub fn now_ms() -> u64 {
+        now_micros() / 1000
     }
 }
 

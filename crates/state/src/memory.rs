@@ -2,7 +2,7 @@
 //! all-in-one process. Expired entries are dropped lazily and by a sweep on
 //! every hundredth write, so memory stays bounded without a background task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ struct Inner {
     values: HashMap<String, (Vec<u8>, Instant)>,
     windows: HashMap<String, VecDeque<Instant>>,
     lists: HashMap<String, (Vec<Vec<u8>>, Instant)>,
+    /// Counters with an expiry (account limits).
+    counters: HashMap<String, (u64, Instant)>,
+    /// Hashes without expiry (suspensions, overrides): kept until deleted.
+    hashes: HashMap<String, BTreeMap<String, Vec<u8>>>,
     writes: u64,
 }
 
@@ -37,6 +41,7 @@ impl Inner {
             let now = Instant::now();
             self.values.retain(|_, (_, exp)| *exp > now);
             self.lists.retain(|_, (_, exp)| *exp > now);
+            self.counters.retain(|_, (_, exp)| *exp > now);
             self.windows.retain(|_, q| {
                 q.back()
                     .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(86400))
@@ -133,6 +138,152 @@ impl MemoryState {
             .iter()
             .filter(|(k, (_, exp))| k.starts_with(prefix) && *exp > now)
             .map(|(k, _)| k.clone())
+            .chain(g.hashes.keys().filter(|k| k.starts_with(prefix)).cloned())
             .collect()
+    }
+
+    fn counter(g: &Inner, key: &str, now: Instant) -> u64 {
+        g.counters
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map_or(0, |(n, _)| *n)
+    }
+
+    fn add(g: &mut Inner, key: String, amount: u64, ttl: Duration, now: Instant) {
+        let e = g.counters.entry(key).or_insert((0, now));
+        if e.1 <= now {
+            e.0 = 0;
+        }
+        e.0 += amount;
+        e.1 = now + ttl;
+    }
+
+    /// The account count under the lock: what the Redis script does.
+    pub fn count_account(
+        &self,
+        req: &crate::account::CountRequest<'_>,
+        now_ms: u64,
+        since: i64,
+    ) -> crate::account::CountOutcome {
+        use crate::account::{self as acct, CountOutcome, Decision, keys};
+        let mut g = self.lock();
+        g.sweep();
+        if g.hashes
+            .get(keys::SUSPENDED)
+            .is_some_and(|h| h.contains_key(req.account))
+        {
+            return CountOutcome::Suspended;
+        }
+        let now = Instant::now();
+        let overrides = g.hashes.get(&keys::overrides(req.account)).cloned();
+        let mut counts = Vec::with_capacity(req.windows.len());
+        let mut slots = Vec::with_capacity(req.windows.len());
+        for w in req.windows {
+            let (b, weight) = acct::bucket(now_ms, w.window);
+            let limit = overrides
+                .as_ref()
+                .and_then(|o| o.get(&w.name))
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .unwrap_or(w.limit);
+            let get = |kind: &str, b: u64| {
+                Self::counter(&g, &keys::counter(kind, req.account, &w.name, b), now)
+            };
+            counts.push(acct::WindowCounts {
+                accepted: acct::estimate(get("acc", b), get("acc", b.saturating_sub(1)), weight),
+                attempts: acct::estimate(get("att", b), get("att", b.saturating_sub(1)), weight),
+                limit,
+            });
+            slots.push((b, w.window * 2));
+        }
+        let decision = acct::decide(&counts, req.amount, req.suspend_factor);
+        for (w, (b, ttl)) in req.windows.iter().zip(&slots) {
+            let key = keys::counter("att", req.account, &w.name, *b);
+            Self::add(&mut g, key, req.amount, *ttl, now);
+            if decision == Decision::Accept {
+                let key = keys::counter("acc", req.account, &w.name, *b);
+                Self::add(&mut g, key, req.amount, *ttl, now);
+            }
+        }
+        match decision {
+            Decision::Accept => CountOutcome::Accepted,
+            Decision::Refuse(i) => CountOutcome::Refused {
+                limit: req.windows[i].name.clone(),
+                count: counts[i].accepted,
+                max: counts[i].limit,
+            },
+            Decision::Suspend(i) => {
+                let attempts = counts[i].attempts + req.amount;
+                let threshold = counts[i].limit * req.suspend_factor;
+                let record = acct::Suspension {
+                    since,
+                    relay: req.relay.to_owned(),
+                    limit: req.windows[i].name.clone(),
+                    attempts,
+                    threshold,
+                };
+                g.hashes
+                    .entry(keys::SUSPENDED.to_owned())
+                    .or_default()
+                    .insert(
+                        req.account.to_owned(),
+                        serde_json::to_vec(&record).unwrap_or_default(),
+                    );
+                CountOutcome::SuspendedNow {
+                    limit: req.windows[i].name.clone(),
+                    attempts,
+                    threshold,
+                }
+            }
+        }
+    }
+
+    pub fn counters(&self, keys: &[String]) -> Vec<u64> {
+        let g = self.lock();
+        let now = Instant::now();
+        keys.iter().map(|k| Self::counter(&g, k, now)).collect()
+    }
+
+    pub fn hget_all(&self, key: &str) -> BTreeMap<String, Vec<u8>> {
+        self.lock().hashes.get(key).cloned().unwrap_or_default()
+    }
+
+    pub fn hget(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        self.lock()
+            .hashes
+            .get(key)
+            .and_then(|h| h.get(field).cloned())
+    }
+
+    /// Set `set` and delete `del` in the hash under `key`, atomically.
+    pub fn hupdate(&self, key: &str, set: &[(String, Vec<u8>)], del: &[String], clear: bool) {
+        let mut g = self.lock();
+        let h = g.hashes.entry(key.to_owned()).or_default();
+        if clear {
+            h.clear();
+        }
+        for f in del {
+            h.remove(f);
+        }
+        for (f, v) in set {
+            h.insert(f.clone(), v.clone());
+        }
+        if h.is_empty() {
+            g.hashes.remove(key);
+        }
+    }
+
+    /// Remove `field` from the hash `key` and delete the counters `keys`,
+    /// atomically; whether the field was there.
+    pub fn hdel_and_clear(&self, key: &str, field: &str, keys: &[String]) -> bool {
+        let mut g = self.lock();
+        let was = g
+            .hashes
+            .get_mut(key)
+            .and_then(|h| h.remove(field))
+            .is_some();
+        for k in keys {
+            g.counters.remove(k);
+        }
+        was
     }
 }

@@ -153,3 +153,119 @@ async fn a_published_message_reaches_every_subscriber() {
         );
     }
 }
+
+fn hourly(name: &str, limit: u64) -> account::WindowLimit {
+    account::WindowLimit {
+        name: name.into(),
+        window: Duration::from_secs(3600),
+        limit,
+    }
+}
+
+async fn count(
+    s: &SharedState,
+    acct: &str,
+    w: &[account::WindowLimit],
+    n: u64,
+) -> account::CountOutcome {
+    s.count_account(&account::CountRequest {
+        account: acct,
+        windows: w,
+        amount: n,
+        suspend_factor: 3,
+        relay: "[192.0.2.1] fe-1",
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn account_counts_refuse_past_the_limit_then_suspend_at_the_threshold() {
+    use account::CountOutcome::*;
+    for s in stores().await {
+        let w = [
+            hourly("messages_per_hour", 2),
+            hourly("messages_per_day", 100),
+        ];
+        assert_eq!(count(&s, "a@r", &w, 1).await, Accepted, "{}", s.kind());
+        assert_eq!(count(&s, "a@r", &w, 1).await, Accepted, "{}", s.kind());
+        // Attempts 3..=6 are refused (only attempts counted); the 7th passes 2 × 3.
+        for _ in 3..=6 {
+            assert_eq!(
+                count(&s, "a@r", &w, 1).await,
+                Refused {
+                    limit: "messages_per_hour".into(),
+                    count: 2,
+                    max: 2
+                },
+                "{}",
+                s.kind()
+            );
+        }
+        assert_eq!(
+            count(&s, "a@r", &w, 1).await,
+            SuspendedNow {
+                limit: "messages_per_hour".into(),
+                attempts: 7,
+                threshold: 6
+            },
+            "{}",
+            s.kind()
+        );
+        assert_eq!(count(&s, "a@r", &w, 1).await, Suspended, "{}", s.kind());
+        let susp = s.suspension("a@r").await.unwrap().expect("suspended");
+        assert_eq!(susp.limit, "messages_per_hour");
+        assert_eq!((susp.attempts, susp.threshold), (7, 6));
+        assert_eq!(susp.relay, "[192.0.2.1] fe-1");
+        assert!(susp.since > 0);
+        assert_eq!(s.suspensions().await.unwrap().len(), 1, "{}", s.kind());
+        // Another account is untouched.
+        assert_eq!(count(&s, "b@r", &w, 1).await, Accepted, "{}", s.kind());
+        // Unlock lifts it and starts afresh.
+        let counters = account::keys::live_counters("a@r", &w, SharedState::now_ms());
+        assert!(s.unlock_account("a@r", &counters).await.unwrap());
+        assert!(!s.unlock_account("a@r", &counters).await.unwrap());
+        assert_eq!(s.suspension("a@r").await.unwrap(), None);
+        let usage = s.account_usage("a@r", &w).await.unwrap();
+        assert_eq!(usage[0].accepted + usage[0].attempts, 0, "{}", s.kind());
+        assert_eq!(count(&s, "a@r", &w, 1).await, Accepted, "{}", s.kind());
+    }
+}
+
+#[tokio::test]
+async fn account_overrides_win_over_the_configured_limit() {
+    use account::CountOutcome::*;
+    for s in stores().await {
+        let w = [hourly("recipients_per_hour", 1)];
+        s.set_account_overrides("o@r", &[("recipients_per_hour".into(), 3)], &[], false)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.account_overrides("o@r")
+                .await
+                .unwrap()
+                .get("recipients_per_hour"),
+            Some(&3)
+        );
+        assert_eq!(count(&s, "o@r", &w, 2).await, Accepted, "{}", s.kind());
+        assert_eq!(count(&s, "o@r", &w, 1).await, Accepted, "{}", s.kind());
+        assert!(
+            matches!(count(&s, "o@r", &w, 1).await, Refused { max: 3, .. }),
+            "{}",
+            s.kind()
+        );
+        let usage = s.account_usage("o@r", &w).await.unwrap();
+        assert_eq!(
+            (usage[0].accepted, usage[0].attempts, usage[0].limit),
+            (3, 4, 3)
+        );
+        s.set_account_overrides("o@r", &[], &[], true)
+            .await
+            .unwrap();
+        assert!(
+            s.account_overrides("o@r").await.unwrap().is_empty(),
+            "{}",
+            s.kind()
+        );
+    }
+}

@@ -95,6 +95,17 @@ pub struct Metrics {
     pub trace_export_failures: Counter,
     /// OAuth issuers' key sets fetched: outcome = ok | error.
     pub jwks_fetches: Family<JwksLabels, Counter>,
+    /// MAIL/RCPT refused by a per-account limit, by limit name.
+    pub limit_refusals: Family<LimitLabel, Counter>,
+    /// Accounts this frontend suspended (hard threshold crossed).
+    pub account_suspensions: Counter,
+    /// Accounts suspended now, cluster-wide (as this frontend last read it).
+    pub accounts_suspended: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -112,6 +123,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     sealed_refusals: Family::default(),
     trace_export_failures: Counter::default(),
     jwks_fetches: Family::default(),
+    limit_refusals: Family::default(),
+    account_suspensions: Counter::default(),
+    accounts_suspended: Gauge::default(),
 });
 
 /// Who owns a family: the services that update it.
@@ -228,12 +242,46 @@ fn registry() -> Registry {
         Box::new(m.redis_duration.clone()),
     );
     add!(
+        FRONTEND,
+        "account_limit_refusals",
+        "MAIL/RCPT refused by a per-account sending limit, by limit",
+        Box::new(m.limit_refusals.clone()),
+    );
+    add!(
+        FRONTEND,
+        "account_suspensions",
+        "Accounts suspended by this frontend for crossing a hard sending threshold (alert on any increase)",
+        Box::new(m.account_suspensions.clone()),
+    );
+    add!(
+        FRONTEND,
+        "accounts_suspended",
+        "Accounts suspended now, cluster-wide",
+        Box::new(m.accounts_suspended.clone()),
+    );
+    add!(
         EVERYONE,
         "trace_export_failures",
         "Span batches the OTLP exporter failed to deliver",
         Box::new(m.trace_export_failures.clone()),
     );
     registry
+}
+
+/// A MAIL or RCPT refused by the per-account limit `limit`.
+pub fn limit_refusal(limit: &str) {
+    METRICS
+        .limit_refusals
+        .get_or_create(&LimitLabel {
+            limit: limit.to_owned(),
+        })
+        .inc();
+}
+
+/// An account suspended here; the cluster-wide gauge follows at the next read.
+pub fn account_suspended() {
+    METRICS.account_suspensions.inc();
+    METRICS.accounts_suspended.inc();
 }
 
 /// One finished gRPC client call.

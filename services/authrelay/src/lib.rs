@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 
 mod authinfo;
 mod import;
+mod limits;
 mod serve;
 
 #[derive(Parser)]
@@ -94,6 +95,49 @@ enum UserCommand {
     /// Re-seal every stored secret under the current encryption key
     /// (credential_store.encryption_key_file), while serving.
     Reseal,
+    /// Set this user's own sending limits (overriding [limits.per_user]),
+    /// clear them, or show them.
+    Limit(LimitArgs),
+    /// Lift a suspension (the hard sending threshold was crossed) and
+    /// forget the user's counts, on every frontend.
+    Unlock {
+        #[arg(long, short = 'u')]
+        realm: Option<String>,
+        name: String,
+    },
+    /// A user's sending limits, what they used of them, and any suspension.
+    Show {
+        #[arg(long, short = 'u')]
+        realm: Option<String>,
+        #[arg(long)]
+        json: bool,
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    #[arg(long, short = 'u')]
+    realm: Option<String>,
+    /// MAIL FROM per hour (0 = no limit for this user).
+    #[arg(long)]
+    messages_per_hour: Option<u64>,
+    #[arg(long)]
+    messages_per_day: Option<u64>,
+    /// Accepted RCPT TO per hour (0 = no limit for this user).
+    #[arg(long)]
+    recipients_per_hour: Option<u64>,
+    #[arg(long)]
+    recipients_per_day: Option<u64>,
+    /// Drop this user's overrides first: back to [limits.per_user].
+    #[arg(long)]
+    clear: bool,
+    /// Only show (the default when nothing is set or cleared).
+    #[arg(long, conflicts_with_all = ["clear", "messages_per_hour", "messages_per_day", "recipients_per_hour", "recipients_per_day"])]
+    show: bool,
+    #[arg(long)]
+    json: bool,
+    name: String,
 }
 
 #[derive(clap::Args)]
@@ -273,6 +317,41 @@ fn config_check(cfg: &Config) {
             println!("{name}: {grant}, endpoint {}", s.token_url);
         }
     }
+    let u = &cfg.limits.per_user;
+    println!();
+    println!("# Account limits (per authenticated user, all frontends together)");
+    if u.enabled {
+        let n = |v: u64| {
+            if v == 0 {
+                "none".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
+        println!(
+            "messages per hour {}, per day {}; recipients per hour {}, per day {}",
+            n(u.messages_per_hour),
+            n(u.messages_per_day),
+            n(u.recipients_per_hour),
+            n(u.recipients_per_day)
+        );
+        if u.suspend_factor == 0 {
+            println!("never suspended (suspend_factor = 0)");
+        } else {
+            println!(
+                "suspended at {}x a limit in attempts, until `authrelay user unlock`",
+                u.suspend_factor
+            );
+        }
+        if cfg.redis.url.is_empty() {
+            println!(
+                "# counted in the process; overrides and suspensions saved in {}",
+                cfg.data_dir.join("account-limits.json").display()
+            );
+        }
+    } else {
+        println!("off (limits.per_user.enabled = false)");
+    }
     println!();
     println!("# Compiled with");
     println!(
@@ -363,6 +442,9 @@ async fn user(cfg: Config, cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add(a) => put_user(&cfg, &mut client, a, true).await,
         UserCommand::Passwd(a) => put_user(&cfg, &mut client, a, false).await,
         UserCommand::Import(a) => import::run(&cfg, &mut client, a).await,
+        UserCommand::Limit(a) => limits::limit(&cfg, a).await,
+        UserCommand::Unlock { realm, name } => limits::unlock(&cfg, realm, &name).await,
+        UserCommand::Show { realm, json, name } => limits::show(&cfg, realm, &name, json).await,
         UserCommand::Reseal => {
             let r = client
                 .reseal(admin_request(&cfg, cpb::ResealRequest {})?)
@@ -408,17 +490,33 @@ async fn user(cfg: Config, cmd: UserCommand) -> anyhow::Result<()> {
                 .map_err(|s| status_error("user list", &eps, s))?
                 .into_inner()
                 .users;
+            // Suspensions live with the frontends' shared state: a listing
+            // without them is still a listing, with a warning.
+            let suspended = limits::suspended(&cfg).await.unwrap_or_else(|e| {
+                eprintln!("authrelay: suspensions not shown: {e:#}");
+                Default::default()
+            });
             let mut out = std::io::stdout().lock();
             for u in users {
+                let s = suspended.get(&format!("{}@{}", u.name, u.realm));
                 if json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({"user": u.name, "realm": u.realm, "mechanisms": u.mechanisms})
-                    )?;
+                    let mut v = serde_json::json!({"user": u.name, "realm": u.realm, "mechanisms": u.mechanisms, "suspended": s.is_some()});
+                    if let Some(s) = s {
+                        v["suspension"] = limits::suspension_json(s);
+                    }
+                    writeln!(out, "{v}")?;
                 } else {
                     for m in &u.mechanisms {
                         writeln!(out, "user: {} realm: {} mech: {}", u.name, u.realm, m)?;
+                    }
+                    if let Some(s) = s {
+                        writeln!(
+                            out,
+                            "user: {} realm: {} suspended: {}",
+                            u.name,
+                            u.realm,
+                            limits::suspension_text(s)
+                        )?;
                     }
                 }
             }

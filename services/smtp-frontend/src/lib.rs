@@ -6,6 +6,7 @@
 //! no state beyond its open connections, so it scales horizontally.
 
 pub mod command;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod received;
@@ -44,6 +45,8 @@ pub struct Shared {
     /// transaction finish it first.
     pub draining: watch::Receiver<bool>,
     pub registry: Arc<sessions::Registry>,
+    /// Stolen-account limits (`[limits.per_user]`).
+    pub limits: Arc<limits::AccountLimits>,
 }
 
 /// Listeners bound and ready (bind first, so a port clash fails at start).
@@ -141,8 +144,23 @@ pub async fn serve(
     let grace = cfg.frontend.drain_grace;
     let registry = sessions::Registry::new(state.clone());
     tokio::spawn(registry.clone().run());
+    let account_limits = limits::AccountLimits::new(
+        cfg.limits.per_user.clone(),
+        state.clone(),
+        registry.clone(),
+        cfg.hostname.clone(),
+        // Without Redis (`authrelay serve`), a file in the data directory
+        // keeps overrides and suspensions across restarts.
+        (state.kind() == "in-process").then(|| cfg.data_dir.join("account-limits.json")),
+    );
+    account_limits
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("account limits: {e:#}"))?;
+    tokio::spawn(account_limits.clone().run());
     let shared = Arc::new(Shared {
         registry: registry.clone(),
+        limits: account_limits.clone(),
         policy: RelayPolicy::from_config(&cfg),
         sasl,
         queue,
@@ -202,6 +220,13 @@ pub async fn serve(
         .add_service(
             authrelay_proto::frontend::v1::sessions_server::SessionsServer::new(
                 sessions::SessionsService { registry },
+            ),
+        )
+        .add_service(
+            authrelay_proto::frontend::v1::account_limits_server::AccountLimitsServer::new(
+                limits::AccountLimitsService {
+                    limits: account_limits,
+                },
             ),
         )
         .serve_with_incoming_shutdown(

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Shared;
 use crate::command::{self, Command, Line, MailFrom, ParseError, RcptTo};
+use crate::limits::{Counted, Verdict};
 use crate::policy::Client;
 use crate::received;
 use crate::reply::{Reply, r};
@@ -92,6 +93,8 @@ struct TlsInfo {
 }
 
 struct AuthInfo {
+    /// The account that proved its credentials (limits count per account).
+    authcid: String,
     authzid: String,
     mechanism: String,
     bits: u32,
@@ -259,11 +262,20 @@ impl Session {
                 }
                 Err(ReadError::Ended) => {
                     let host = self.hostname().to_owned();
-                    self.reply(Reply::new(
-                        421,
-                        "4.7.0",
-                        format!("{host} Session ended by operator, closing connection"),
-                    ));
+                    // An account suspension says why; else the operator ended it.
+                    let why = self
+                        .registration
+                        .ending
+                        .lock()
+                        .ok()
+                        .and_then(|mut w| w.take());
+                    self.reply(why.unwrap_or_else(|| {
+                        Reply::new(
+                            421,
+                            "4.7.0",
+                            format!("{host} Session ended by operator, closing connection"),
+                        )
+                    }));
                     break;
                 }
             };
@@ -354,8 +366,8 @@ impl Session {
             Command::Helo(host) => self.ehlo(host, false),
             Command::StartTls => return self.starttls_command().await,
             Command::Auth { mechanism, initial } => return self.auth(&mechanism, initial).await,
-            Command::Mail(m) => self.mail(m),
-            Command::Rcpt(rc) => self.rcpt(rc),
+            Command::Mail(m) => return self.mail(m).await,
+            Command::Rcpt(rc) => return self.rcpt(rc).await,
             Command::Data => return self.data().await,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
@@ -798,6 +810,11 @@ impl Session {
                             return flow;
                         }
                     }
+                    if let Err((reply, why)) = self.shared.limits.check_login(&s.authcid).await {
+                        self.log_auth_failure(&s.mechanism, why, &s.authcid);
+                        self.reply(reply);
+                        return Flow::Continue;
+                    }
                     let authz = if s.authzid != s.authcid {
                         format!(", authzid={}", s.authzid)
                     } else {
@@ -815,7 +832,9 @@ impl Session {
                         r.auth_id = s.authzid.clone();
                         r.mechanism = s.mechanism.clone();
                     });
+                    self.shared.registry.set_account(&self.id, &s.authcid);
                     self.auth = Some(AuthInfo {
+                        authcid: s.authcid,
                         authzid: s.authzid,
                         mechanism: s.mechanism,
                         bits: s.bits,
@@ -862,60 +881,93 @@ impl Session {
         }
     }
 
-    fn mail(&mut self, m: MailFrom) {
+    async fn mail(&mut self, m: MailFrom) -> Flow {
         if self.helo.is_none() {
             self.reply(r::bad_sequence("Polite people say HELO first"));
-            return;
+            return Flow::Continue;
         }
         if self.tx.is_some() {
             self.reply(r::bad_sequence("Sender already specified"));
-            return;
+            return Flow::Continue;
         }
         if self.listener.requires_auth() && self.auth.is_none() {
             self.reply(r::auth_required());
-            return;
+            return Flow::Continue;
         }
         if m.size
             .is_some_and(|s| s > self.shared.cfg.frontend.max_message_size)
         {
             self.reply(r::too_big());
-            return;
+            return Flow::Continue;
         }
         if let Err(reply) = self.shared.policy.check_sender(&m.address) {
             self.reply(reply);
-            return;
+            return Flow::Continue;
+        }
+        // Last, so only a MAIL that would otherwise be accepted is counted.
+        if let Some(flow) = self.count_for_limits(Counted::Message).await {
+            return flow;
         }
         self.tx = Some(Transaction {
             from: m,
             rcpts: Vec::new(),
         });
         self.reply(Reply::new(250, "2.1.0", "Sender ok"));
+        Flow::Continue
     }
 
-    fn rcpt(&mut self, rc: RcptTo) {
+    /// Count a message or recipient against the account's limits (only
+    /// authenticated sessions have one). None: go on; else the command
+    /// was answered, and the flow says whether the session closes.
+    async fn count_for_limits(&mut self, counted: Counted) -> Option<Flow> {
+        let account = self.auth.as_ref()?.authcid.clone();
+        match self
+            .shared
+            .limits
+            .count(counted, &account, self.peer.ip())
+            .await
+        {
+            Verdict::Pass => None,
+            Verdict::Refuse(reply) => {
+                self.reply(reply);
+                Some(Flow::Continue)
+            }
+            Verdict::Close(reply) => {
+                self.reset_transaction();
+                self.reply(reply);
+                Some(Flow::Close)
+            }
+        }
+    }
+
+    async fn rcpt(&mut self, rc: RcptTo) -> Flow {
         let client = Client {
             ip: self.peer.ip(),
             trusted_auth: self.auth.as_ref().is_some_and(|a| a.trusted),
         };
         let max = self.shared.cfg.frontend.max_recipients;
-        let Some(tx) = self.tx.as_mut() else {
+        let Some(tx) = self.tx.as_ref() else {
             self.reply(r::bad_sequence("Need MAIL before RCPT"));
-            return;
+            return Flow::Continue;
         };
         if tx.rcpts.len() >= max {
             self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
-            return;
+            return Flow::Continue;
         }
-        match self.shared.policy.check_recipient(&rc.address, client) {
-            Ok(()) => {
-                tx.rcpts.push(rc);
-                self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
-            }
-            Err(reply) => {
-                tracing::info!(rcpt = %rc.address, code = reply.code, "recipient refused");
-                self.reply(reply);
-            }
+        if let Err(reply) = self.shared.policy.check_recipient(&rc.address, client) {
+            tracing::info!(rcpt = %rc.address, code = reply.code, "recipient refused");
+            self.reply(reply);
+            return Flow::Continue;
         }
+        // Only a recipient the policy accepts is counted.
+        if let Some(flow) = self.count_for_limits(Counted::Recipient).await {
+            return flow;
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts.push(rc);
+        }
+        self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
+        Flow::Continue
     }
 
     async fn etrn(&mut self, node: String) {

@@ -52,7 +52,14 @@ impl From<SessionRecord> for pb::SessionInfo {
 struct Live {
     record: SessionRecord,
     end: Arc<Notify>,
+    /// The authenticated account (authcid), for closing its sessions.
+    account: String,
+    ending: Ending,
 }
+
+/// The reply a session ends with when it is ended from outside (None:
+/// the operator's `sessions end`).
+pub type Ending = Arc<Mutex<Option<crate::reply::Reply>>>;
 
 pub struct Registry {
     pub instance: String,
@@ -67,6 +74,7 @@ pub struct Registration {
     id: String,
     ip: IpAddr,
     pub end: Arc<Notify>,
+    pub ending: Ending,
 }
 
 impl Drop for Registration {
@@ -122,6 +130,7 @@ impl Registry {
             *n += 1;
         }
         let end = Arc::new(Notify::new());
+        let ending = Ending::default();
         let record = SessionRecord {
             id: id.to_owned(),
             instance: self.instance.clone(),
@@ -135,6 +144,8 @@ impl Registry {
             Live {
                 record,
                 end: end.clone(),
+                account: String::new(),
+                ending: ending.clone(),
             },
         );
         Some(Registration {
@@ -142,6 +153,7 @@ impl Registry {
             id: id.to_owned(),
             ip: peer.ip(),
             end,
+            ending,
         })
     }
 
@@ -149,6 +161,26 @@ impl Registry {
         if let Some(l) = Self::lock(&self.live).get_mut(id) {
             f(&mut l.record);
         }
+    }
+
+    /// The account a session authenticated as (its authcid).
+    pub fn set_account(&self, id: &str, account: &str) {
+        if let Some(l) = Self::lock(&self.live).get_mut(id) {
+            l.account = account.to_owned();
+        }
+    }
+
+    /// End every session of `account` on this frontend with `reply`;
+    /// how many there were.
+    pub fn end_account(&self, account: &str, reply: crate::reply::Reply) -> usize {
+        let live = Self::lock(&self.live);
+        let mut n = 0;
+        for l in live.values().filter(|l| l.account == account) {
+            *Self::lock(&l.ending) = Some(reply.clone());
+            l.end.notify_one();
+            n += 1;
+        }
+        n
     }
 
     pub fn live_count(&self) -> usize {
@@ -248,5 +280,28 @@ impl pb::sessions_server::Sessions for SessionsService {
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         Ok(tonic::Response::new(pb::EndSessionResponse { found }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ending_an_account_ends_only_its_sessions_and_says_why() {
+        let registry = Registry::new(SharedState::in_process());
+        let peer: std::net::SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let a = registry.register("A", peer, "submission", 10).unwrap();
+        let b = registry.register("B", peer, "submission", 10).unwrap();
+        let c = registry.register("C", peer, "submission", 10).unwrap();
+        registry.set_account("A", "alice@r");
+        registry.set_account("B", "bob@r");
+        registry.set_account("C", "alice@r");
+        let why = crate::reply::Reply::new(421, "4.7.1", "suspended");
+        assert_eq!(registry.end_account("alice@r", why.clone()), 2);
+        assert_eq!(a.ending.lock().unwrap().as_ref(), Some(&why));
+        assert_eq!(c.ending.lock().unwrap().as_ref(), Some(&why));
+        assert!(b.ending.lock().unwrap().is_none());
+        assert_eq!(registry.end_account("nobody@r", why), 0);
     }
 }
