@@ -81,7 +81,16 @@ impl SharedState {
     /// Connects lazily: a Redis that is down at start makes operations fail
     /// (and readiness report not-ready) until it is back, with no restart.
     pub fn redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| StateError::Config(e.to_string()))?;
+        use redis::IntoConnectionInfo as _;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| StateError::Config(e.to_string()))?
+            // redis-rs leaves Nagle on. Requests from many sessions share
+            // one multiplexed connection, so a small write behind one still
+            // unacknowledged would wait for the ACK: a latency tail on
+            // every AUTH for nothing saved.
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| StateError::Config(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
