@@ -1,60 +1,34 @@
 //! The outbound SMTP client: one connection per next hop carrying all its
-//! recipients. Replies are parsed here (multi-line, RFC 5321 §4.2.1).
-
-use std::sync::Arc;
-use std::time::Duration;
+//! recipients. Replies are parsed by `smtp-proto` ([`reply`]); failures are
+//! [`DeliveryError`]s.
 
 use authrelay_config::{AuthInfo, OutboundTls};
-use authrelay_sasl::{ChannelBinding, ChannelBindingType, Mechanism};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use authrelay_sasl::Mechanism;
+use smtp_proto::{EXT_8BIT_MIME, EXT_AUTH, EXT_DSN, EXT_SMTP_UTF8, EXT_START_TLS};
 use tokio::net::TcpStream;
 
+use crate::error::DeliveryError;
 use crate::oauth::TokenSource;
 use crate::spool::{Envelope, Recipient};
 use crate::tls::OutboundTlsConfigs;
 
 mod auth;
+mod conn;
+pub mod reply;
+
 use auth::authenticate;
 pub use auth::choose_mechanism;
+use conn::Conn;
+use reply::{Extensions, Reply};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmtpReply {
-    pub code: u16,
-    pub lines: Vec<String>,
-}
-
-impl SmtpReply {
-    pub fn text(&self) -> String {
-        format!("{} {}", self.code, self.lines.join(" / "))
-    }
-    fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-}
-
-/// How one recipient fared.
+/// How the hop answered for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptOutcome {
-    Delivered(String),
-    /// 4xx or a connection problem: try again later.
-    Deferred(String),
-    /// 5xx: give up on this recipient.
-    Failed(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The hop could not be reached or did not greet us: every message for it
-    /// shares this, so the host status cache remembers it.
-    #[error("{0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Temporary(String),
-    #[error("{0}")]
-    Permanent(String),
-    /// The TLS handshake failed; opportunistic TLS retries in the clear.
-    #[error("TLS handshake: {0}")]
-    Tls(String),
+    /// Accepted with the message: the hop's reply to the data.
+    Delivered(Reply),
+    /// Refused at RCPT, or the data refused: [`Reply::verdict`] says
+    /// whether to try again.
+    Refused(Reply),
 }
 
 /// One next hop and how to talk to it.
@@ -65,112 +39,11 @@ pub struct Hop<'a> {
     /// `None` resolves `host` at connect time.
     pub addr: Option<std::net::IpAddr>,
     pub helo: &'a str,
-    pub timeout: Duration,
+    pub timeout: std::time::Duration,
     pub tls: OutboundTls,
     pub authinfo: Option<&'a AuthInfo>,
     /// The token source the AuthInfo entry names, for XOAUTH2/OAUTHBEARER.
     pub tokens: Option<&'a TokenSource>,
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-struct Conn {
-    io: BufReader<Box<dyn Io>>,
-    timeout: Duration,
-    tls: bool,
-    channel_binding: Option<ChannelBinding>,
-}
-
-impl Conn {
-    async fn read_reply(&mut self) -> Result<SmtpReply, ClientError> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(self.timeout, self.io.read_line(&mut line))
-                .await
-                .map_err(|_| ClientError::Temporary("timeout waiting for reply".into()))?
-                .map_err(|e| ClientError::Temporary(format!("read: {e}")))?;
-            if n == 0 {
-                return Err(ClientError::Temporary(
-                    "connection closed by next hop".into(),
-                ));
-            }
-            if line.len() > 4096 || lines.len() > 100 {
-                return Err(ClientError::Temporary("reply too long".into()));
-            }
-            let line = line.trim_end_matches(['\r', '\n']);
-            let code: u16 = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| ClientError::Temporary(format!("malformed reply {line:?}")))?;
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            lines.push(line.get(4..).unwrap_or("").to_owned());
-            if !more {
-                return Ok(SmtpReply { code, lines });
-            }
-        }
-    }
-
-    async fn send(&mut self, line: &str) -> Result<SmtpReply, ClientError> {
-        self.write(format!("{line}\r\n").as_bytes()).await?;
-        self.read_reply().await
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        let io = self.io.get_mut();
-        let write = async {
-            io.write_all(bytes).await?;
-            io.flush().await
-        };
-        tokio::time::timeout(self.timeout, write)
-            .await
-            .map_err(|_| ClientError::Temporary("timeout writing".into()))?
-            .map_err(|e| ClientError::Temporary(format!("write: {e}")))
-    }
-
-    /// RFC 3207: after `220` to STARTTLS, the TLS handshake; nothing the hop
-    /// sent before it may be kept.
-    async fn starttls(
-        self,
-        host: &str,
-        config: Arc<rustls::ClientConfig>,
-    ) -> Result<Conn, ClientError> {
-        if !self.io.buffer().is_empty() {
-            // Plain-text bytes pipelined before the handshake would be read as if
-            // they came over TLS (the CVE-2011-0411 class of injection).
-            return Err(ClientError::Temporary(
-                "next hop sent data before the TLS handshake".into(),
-            ));
-        }
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|_| ClientError::Tls(format!("{host:?} is not a valid TLS server name")))?;
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let stream =
-            tokio::time::timeout(self.timeout, connector.connect(name, self.io.into_inner()))
-                .await
-                .map_err(|_| ClientError::Tls("timed out".into()))?
-                .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let channel_binding =
-            crate::tls::tls_exporter(stream.get_ref().1).map(|data| ChannelBinding {
-                kind: ChannelBindingType::TlsExporter,
-                data,
-            });
-        Ok(Conn {
-            io: BufReader::new(Box::new(stream)),
-            timeout: self.timeout,
-            tls: true,
-            channel_binding,
-        })
-    }
-}
-
-fn classify(reply: &SmtpReply) -> ClientError {
-    if reply.code >= 500 {
-        ClientError::Permanent(reply.text())
-    } else {
-        ClientError::Temporary(reply.text())
-    }
 }
 
 /// RFC 5321 §4.5.2: a line starting with "." gets another; the body must end
@@ -192,30 +65,6 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The EHLO keywords of a reply (`AUTH DIGEST-MD5 CRAM-MD5` → "AUTH" with its params).
-struct Extensions(Vec<String>);
-
-impl Extensions {
-    fn from_ehlo(reply: &SmtpReply) -> Self {
-        // The first line is the greeting, not an extension (RFC 5321 §4.1.1.1).
-        Extensions(reply.lines.iter().skip(1).cloned().collect())
-    }
-
-    fn params(&self, ext: &str) -> Option<Vec<&str>> {
-        self.0.iter().find_map(|l| {
-            let mut words = l.split_whitespace();
-            words
-                .next()
-                .filter(|w| w.eq_ignore_ascii_case(ext))
-                .map(|_| words.collect())
-        })
-    }
-
-    fn has(&self, ext: &str) -> bool {
-        self.params(ext).is_some()
-    }
-}
-
 /// Deliver `body` for `rcpts` to the hop. A connection-level failure is an
 /// error (every recipient shares it); otherwise one outcome per recipient.
 pub async fn deliver(
@@ -224,11 +73,18 @@ pub async fn deliver(
     env: &Envelope,
     rcpts: &[&Recipient],
     body: &[u8],
-) -> Result<Vec<RcptOutcome>, ClientError> {
+) -> Result<Vec<RcptOutcome>, DeliveryError> {
     match session(hop, hop.tls, tls, env, rcpts, body).await {
         // RFC 7435: opportunistic TLS that cannot be had falls back to the
         // clear rather than leave the mail undelivered.
-        Err(ClientError::Tls(why)) if hop.tls == OutboundTls::Opportunistic => {
+        Err(e @ (DeliveryError::Tls(_) | DeliveryError::StartTlsRefused(_)))
+            if hop.tls == OutboundTls::Opportunistic =>
+        {
+            let why = match &e {
+                DeliveryError::Tls(t) => t.to_string(),
+                DeliveryError::StartTlsRefused(reply) => reply.to_string(),
+                other => other.to_string(),
+            };
             tracing::info!(
                 "relay={}:{}, STARTTLS failed ({why}); retrying without TLS",
                 hop.host,
@@ -236,21 +92,21 @@ pub async fn deliver(
             );
             session(hop, OutboundTls::None, tls, env, rcpts, body).await
         }
-        Err(ClientError::Tls(why)) => Err(ClientError::Temporary(format!("TLS handshake: {why}"))),
         other => other,
     }
 }
 
-async fn ehlo(c: &mut Conn, helo: &str) -> Result<Option<Extensions>, ClientError> {
-    let reply = c.send(&format!("EHLO {helo}")).await?;
+/// EHLO, or HELO when the hop does not know EHLO (RFC 5321 §4.1.4).
+async fn greet(c: &mut Conn, helo: &str) -> Result<Extensions, DeliveryError> {
+    let (reply, ext) = c.ehlo(helo).await?;
     if reply.is_positive() {
-        return Ok(Some(Extensions::from_ehlo(&reply)));
+        return Ok(ext);
     }
     let reply = c.send(&format!("HELO {helo}")).await?;
     if !reply.is_positive() {
-        return Err(classify(&reply));
+        return Err(DeliveryError::Reply(reply));
     }
-    Ok(None)
+    Ok(Extensions::default())
 }
 
 /// Connect, read the greeting, EHLO, and STARTTLS as `policy` says.
@@ -258,7 +114,7 @@ async fn open(
     hop: &Hop<'_>,
     policy: OutboundTls,
     tls: &OutboundTlsConfigs,
-) -> Result<(Conn, Extensions), ClientError> {
+) -> Result<(Conn, Extensions), DeliveryError> {
     let (host, port) = (hop.host, hop.port);
     let connect = async {
         match hop.addr {
@@ -268,33 +124,33 @@ async fn open(
     };
     let stream = tokio::time::timeout(hop.timeout, connect)
         .await
-        .map_err(|_| ClientError::Unreachable(format!("connect to {host}:{port} timed out")))?
-        .map_err(|e| ClientError::Unreachable(format!("connect to {host}:{port}: {e}")))?;
+        .map_err(|_| DeliveryError::ConnectTimeout {
+            host: host.to_owned(),
+            port,
+        })?
+        .map_err(|error| DeliveryError::Connect {
+            host: host.to_owned(),
+            port,
+            error,
+        })?;
     let _ = stream.set_nodelay(true);
-    let mut c = Conn {
-        io: BufReader::new(Box::new(stream)),
-        timeout: hop.timeout,
-        tls: false,
-        channel_binding: None,
-    };
-    let greeting = match c.read_reply().await {
-        Ok(g) => g,
-        Err(e) => return Err(ClientError::Unreachable(format!("no greeting: {e}"))),
-    };
+    let mut c = Conn::new(Box::new(stream), hop.timeout);
+    let greeting = c.read_reply().await.map_err(DeliveryError::NoGreeting)?;
     if !greeting.is_positive() {
-        return Err(classify(&greeting));
+        return Err(DeliveryError::Reply(greeting));
     }
-    let mut ext = ehlo(&mut c, hop.helo).await?;
-    let offers_tls = ext.as_ref().is_some_and(|e| e.has("STARTTLS"));
+    let mut ext = greet(&mut c, hop.helo).await?;
+    let offers_tls = ext.has(EXT_START_TLS);
     let use_tls = match policy {
         OutboundTls::None => false,
         OutboundTls::Opportunistic => offers_tls,
         OutboundTls::Required | OutboundTls::RequiredVerify => {
             if !offers_tls {
                 let _ = c.send("QUIT").await;
-                return Err(ClientError::Temporary(format!(
-                    "{host}:{port} does not offer STARTTLS and TLS is required"
-                )));
+                return Err(DeliveryError::TlsNotOffered {
+                    host: host.to_owned(),
+                    port,
+                });
             }
             true
         }
@@ -302,13 +158,7 @@ async fn open(
     if use_tls {
         let reply = c.send("STARTTLS").await?;
         if reply.code != 220 {
-            if policy == OutboundTls::Opportunistic {
-                return Err(ClientError::Tls(reply.text()));
-            }
-            return Err(ClientError::Temporary(format!(
-                "STARTTLS refused: {}",
-                reply.text()
-            )));
+            return Err(DeliveryError::StartTlsRefused(reply));
         }
         let config = if policy == OutboundTls::RequiredVerify {
             tls.verified.clone()
@@ -317,9 +167,9 @@ async fn open(
         };
         c = c.starttls(host, config).await?;
         // RFC 3207 §4.2: forget everything learnt before TLS and ask again.
-        ext = ehlo(&mut c, hop.helo).await?;
+        ext = greet(&mut c, hop.helo).await?;
     }
-    Ok((c, ext.unwrap_or(Extensions(Vec::new()))))
+    Ok((c, ext))
 }
 
 /// AUTH as the hop's AuthInfo entry says, in an `AUTH client` span; `None`
@@ -328,10 +178,12 @@ async fn auth_step(
     c: &mut Conn,
     hop: &Hop<'_>,
     ext: &Extensions,
-) -> Option<Result<Mechanism, ClientError>> {
+) -> Option<Result<Mechanism, DeliveryError>> {
     let (host, port) = (hop.host, hop.port);
     let info = hop.authinfo?;
-    let offered = ext.params("AUTH")?;
+    if !ext.has(EXT_AUTH) {
+        return None;
+    }
     let span = tracing::info_span!(
         "AUTH client",
         otel.name = "smtp AUTH client",
@@ -344,7 +196,7 @@ async fn auth_step(
     );
     let clear_hop = hop.tls == OutboundTls::None;
     let result = tracing::Instrument::instrument(
-        authenticate(c, host, info, hop.tokens, &offered, clear_hop),
+        authenticate(c, host, info, hop.tokens, ext, clear_hop),
         span.clone(),
     )
     .await;
@@ -370,19 +222,9 @@ pub struct ProbeReport {
 }
 
 /// Connect to the hop, STARTTLS, AUTH as its entry says, QUIT — no mail.
-pub async fn probe(hop: &Hop<'_>, tls: &OutboundTlsConfigs) -> Result<ProbeReport, ClientError> {
-    let (mut c, ext) = match open(hop, hop.tls, tls).await {
-        Err(ClientError::Tls(why)) => {
-            return Err(ClientError::Temporary(format!("TLS handshake: {why}")));
-        }
-        other => other?,
-    };
-    let offered: Vec<String> = ext
-        .params("AUTH")
-        .unwrap_or_default()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+pub async fn probe(hop: &Hop<'_>, tls: &OutboundTlsConfigs) -> Result<ProbeReport, DeliveryError> {
+    let (mut c, ext) = open(hop, hop.tls, tls).await?;
+    let offered = ext.auth_words().to_vec();
     let result = auth_step(&mut c, hop, &ext).await.transpose();
     let _ = c.send("QUIT").await;
     Ok(ProbeReport {
@@ -392,6 +234,41 @@ pub async fn probe(hop: &Hop<'_>, tls: &OutboundTlsConfigs) -> Result<ProbeRepor
     })
 }
 
+/// The MAIL command with the parameters the hop understands.
+fn mail_command(env: &Envelope, ext: &Extensions) -> String {
+    let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
+    if ext.has(EXT_8BIT_MIME) && !env.body.is_empty() && env.body != "7BIT" {
+        mail.push_str(&format!(" BODY={}", env.body));
+    }
+    if ext.has(EXT_SMTP_UTF8) && env.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if ext.has(EXT_DSN) {
+        if !env.ret.is_empty() {
+            mail.push_str(&format!(" RET={}", env.ret));
+        }
+        if !env.env_id.is_empty() {
+            mail.push_str(&format!(" ENVID={}", xtext(&env.env_id)));
+        }
+    }
+    mail
+}
+
+/// The RCPT command, with the DSN parameters when the hop takes them.
+fn rcpt_command(rcpt: &Recipient, ext: &Extensions) -> String {
+    let mut line = format!("RCPT TO:<{}>", rcpt.address);
+    if ext.has(EXT_DSN) {
+        if !rcpt.notify.is_empty() {
+            line.push_str(&format!(" NOTIFY={}", rcpt.notify.join(",")));
+        }
+        if !rcpt.orcpt.is_empty() {
+            // The spool keeps the decoded address (RFC 3461 §4.2).
+            line.push_str(&format!(" ORCPT=rfc822;{}", xtext(&rcpt.orcpt)));
+        }
+    }
+    line
+}
+
 async fn session(
     hop: &Hop<'_>,
     policy: OutboundTls,
@@ -399,9 +276,9 @@ async fn session(
     env: &Envelope,
     rcpts: &[&Recipient],
     body: &[u8],
-) -> Result<Vec<RcptOutcome>, ClientError> {
+) -> Result<Vec<RcptOutcome>, DeliveryError> {
     let (mut c, ext) = open(hop, policy, tls).await?;
-    if ext.has("XTRACE") {
+    if ext.has_xtrace() {
         // Our own extension, between authrelay instances only: the next hop
         // continues this trace (its AUTH and transaction spans). A refusal
         // changes nothing for the mail.
@@ -413,82 +290,51 @@ async fn session(
     if let Some(result) = auth_step(&mut c, hop, &ext).await {
         result?;
     }
-    let has = |name: &str| ext.has(name);
-    let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
-    if has("8BITMIME") && !env.body.is_empty() && env.body != "7BIT" {
-        mail.push_str(&format!(" BODY={}", env.body));
-    }
-    if has("SMTPUTF8") && env.smtputf8 {
-        mail.push_str(" SMTPUTF8");
-    }
-    if has("DSN") {
-        if !env.ret.is_empty() {
-            mail.push_str(&format!(" RET={}", env.ret));
-        }
-        if !env.env_id.is_empty() {
-            mail.push_str(&format!(" ENVID={}", xtext(&env.env_id)));
-        }
-    }
-    let mut rep = if has("AUTH") && !env.auth_param.is_empty() {
+    let mail = mail_command(env, &ext);
+    let with_auth = ext.has(EXT_AUTH) && !env.auth_param.is_empty();
+    let mut rep = if with_auth {
         c.send(&format!("{mail} AUTH={}", xtext(&env.auth_param)))
             .await?
     } else {
         c.send(&mail).await?
     };
-    if rep.code == 555 && has("AUTH") && !env.auth_param.is_empty() {
+    if rep.code == 555 && with_auth {
         // RFC 4954 §5 makes AUTH= optional; some servers that offer AUTH
         // (aiosmtpd) still refuse the parameter (RFC 5321 §4.1.1.11 555).
         rep = c.send(&mail).await?;
     }
     if !rep.is_positive() {
-        return Err(classify(&rep));
+        return Err(DeliveryError::Reply(rep));
     }
-    let mut outcomes = Vec::with_capacity(rcpts.len());
-    let mut accepted = 0;
+    // Each recipient's refusal, `None` when accepted.
+    let mut refusals = Vec::with_capacity(rcpts.len());
     for rcpt in rcpts {
-        let mut line = format!("RCPT TO:<{}>", rcpt.address);
-        if has("DSN") {
-            if !rcpt.notify.is_empty() {
-                line.push_str(&format!(" NOTIFY={}", rcpt.notify.join(",")));
-            }
-            if !rcpt.orcpt.is_empty() {
-                // The spool keeps the decoded address (RFC 3461 §4.2).
-                line.push_str(&format!(" ORCPT=rfc822;{}", xtext(&rcpt.orcpt)));
-            }
-        }
-        let rep = c.send(&line).await?;
-        outcomes.push(match rep.code {
-            200..=299 => {
-                accepted += 1;
-                RcptOutcome::Delivered(String::new())
-            }
-            500..=599 => RcptOutcome::Failed(rep.text()),
-            _ => RcptOutcome::Deferred(rep.text()),
-        });
+        let rep = c.send(&rcpt_command(rcpt, &ext)).await?;
+        refusals.push((!(200..300).contains(&rep.code)).then_some(rep));
     }
-    if accepted == 0 {
+    if refusals.iter().all(Option::is_some) {
         let _ = c.send("QUIT").await;
-        return Ok(outcomes);
+        return Ok(refusals
+            .into_iter()
+            .flatten()
+            .map(RcptOutcome::Refused)
+            .collect());
     }
     let rep = c.send("DATA").await?;
     if rep.code != 354 {
-        return Err(classify(&rep));
+        return Err(DeliveryError::Reply(rep));
     }
     c.write(&dot_stuff(body)).await?;
     let rep = c.read_reply().await?;
     let _ = c.send("QUIT").await;
-    for o in &mut outcomes {
-        if let RcptOutcome::Delivered(text) = o {
-            if rep.is_positive() {
-                *text = rep.text();
-            } else if rep.code >= 500 {
-                *o = RcptOutcome::Failed(rep.text());
-            } else {
-                *o = RcptOutcome::Deferred(rep.text());
-            }
-        }
-    }
-    Ok(outcomes)
+    Ok(refusals
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(refused) => RcptOutcome::Refused(refused),
+            None if rep.is_positive() => RcptOutcome::Delivered(rep.clone()),
+            None => RcptOutcome::Refused(rep.clone()),
+        })
+        .collect())
 }
 
 /// RFC 3461 §4 xtext: "+" and "=" and anything outside 33-126 as +HH.

@@ -2,6 +2,7 @@
 //! one `multipart/report` to the sender, honouring the DSN parameters the
 //! client gave (RFC 3461): `NOTIFY`, `RET`, `ENVID`, `ORCPT`.
 
+use crate::client::reply::EnhancedStatus;
 use crate::spool::{Envelope, Recipient};
 
 /// One recipient that failed for good.
@@ -14,7 +15,7 @@ pub struct FailedRecipient {
     /// `host` of the hop that answered, if one did.
     pub remote_mta: Option<String>,
     /// RFC 3463 status, e.g. `5.1.1`.
-    pub status: String,
+    pub status: EnhancedStatus,
 }
 
 /// Whether a failure of `rcpt` is reported to the sender: never to the null
@@ -29,26 +30,6 @@ pub fn wants_failure_report(env: &Envelope, rcpt: &Recipient) -> bool {
             .notify
             .iter()
             .any(|n| n.eq_ignore_ascii_case("FAILURE"))
-}
-
-/// The RFC 3463 status from a reply like `550 5.1.1 no such user`, else a
-/// generic one for its class.
-pub fn status_of(reply: &str) -> String {
-    let mut words = reply.split_whitespace();
-    let code = words.next().unwrap_or("");
-    let enhanced = words.next().unwrap_or("");
-    let looks_enhanced = enhanced.split('.').count() == 3
-        && enhanced
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if looks_enhanced && (enhanced.starts_with("5.") || enhanced.starts_with("4.")) {
-        return enhanced.to_owned();
-    }
-    if code.starts_with('4') {
-        "4.0.0".into()
-    } else {
-        "5.0.0".into()
-    }
 }
 
 /// The header block of a message (up to the first empty line).
@@ -217,13 +198,6 @@ mod tests {
     }
 
     #[test]
-    fn status_comes_from_the_enhanced_code() {
-        assert_eq!(status_of("550 5.1.1 no such user"), "5.1.1");
-        assert_eq!(status_of("554 transaction failed"), "5.0.0");
-        assert_eq!(status_of("452 4.2.2 full"), "4.2.2");
-    }
-
-    #[test]
     fn ret_hdrs_returns_headers_only_and_envid_is_reported() {
         let original = b"Subject: secret plans\r\nX-A: 1\r\n\r\nthe body text\r\n";
         let failed = [FailedRecipient {
@@ -231,7 +205,7 @@ mod tests {
             orcpt: "orig@y.example".into(),
             diagnostic: "550 5.1.1 no such user".into(),
             remote_mta: Some("mx.y.example".into()),
-            status: "5.1.1".into(),
+            status: EnhancedStatus::new(5, 1, 1),
         }];
         let b = bounce(
             "relay.example",

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dsn;
+pub mod error;
 pub mod mx;
 pub mod oauth;
 pub mod spool;
@@ -22,8 +23,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::client::{ClientError, Hop, RcptOutcome};
+use crate::client::reply::EnhancedStatus;
+use crate::client::{Hop, RcptOutcome};
 use crate::dsn::FailedRecipient;
+use crate::error::{DeliveryError, Retry};
 use crate::spool::{DeliveryState, Envelope, Recipient, Spool, SpoolError};
 use crate::tls::OutboundTlsConfigs;
 
@@ -252,7 +255,7 @@ impl Queue {
         env: &Envelope,
         rcpts: &[&Recipient],
         body: &[u8],
-    ) -> Result<Vec<RcptOutcome>, ClientError> {
+    ) -> Result<Vec<RcptOutcome>, DeliveryError> {
         let span = tracing::info_span!(
             "deliver",
             otel.name = "relay-queue deliver",
@@ -291,7 +294,7 @@ impl Queue {
             .instrument(span.clone())
             .await;
         match &result {
-            Err(ClientError::Unreachable(why)) => self.mark_down(host, port, why),
+            Err(e) if e.hop_unreachable() => self.mark_down(host, port, &e.to_string()),
             Ok(_) => {
                 Self::lock(&self.host_status).remove(&(host.to_owned(), port));
             }
@@ -300,7 +303,7 @@ impl Queue {
         let outcome = match &result {
             Ok(o) if o.iter().all(|o| matches!(o, RcptOutcome::Delivered(_))) => "sent",
             Ok(_) => "partial",
-            Err(ClientError::Permanent(_)) => "failed",
+            Err(e) if e.verdict().retry == Retry::Never => "failed",
             Err(_) => "deferred",
         };
         span.record("outcome", outcome);
@@ -318,17 +321,17 @@ impl Queue {
         env: &Envelope,
         rcpts: &[&Recipient],
         body: &[u8],
-    ) -> (String, Result<Vec<RcptOutcome>, ClientError>) {
+    ) -> (String, Result<Vec<RcptOutcome>, DeliveryError>) {
         match dest {
             Destination::Fixed(host, port) => {
                 let relay = format!("{host}:{port}");
                 if let Some(why) = self.host_down(host, *port) {
-                    return (
-                        relay,
-                        Err(ClientError::Temporary(format!(
-                            "host status: {host}:{port} did not answer recently ({why})"
-                        ))),
-                    );
+                    let err = DeliveryError::HostDown {
+                        host: host.clone(),
+                        port: *port,
+                        why,
+                    };
+                    return (relay, Err(err));
                 }
                 let r = self
                     .deliver_to(id, host, *port, None, env, rcpts, body)
@@ -339,14 +342,8 @@ impl Queue {
                 let candidates = match self.mx.candidates(domain).await {
                     Ok(c) => c,
                     Err(e) => {
-                        let text = e.to_string();
-                        tracing::info!("{id}: domain={domain}, {text}");
-                        let err = if e.is_permanent() {
-                            ClientError::Permanent(text)
-                        } else {
-                            ClientError::Temporary(text)
-                        };
-                        return (domain.clone(), Err(err));
+                        tracing::info!("{id}: domain={domain}, {e}");
+                        return (domain.clone(), Err(e.into()));
                     }
                 };
                 let port = self.cfg.relay_queue.mx_port;
@@ -362,20 +359,18 @@ impl Queue {
                         .deliver_to(id, &c.host, port, Some(c.addr), env, rcpts, body)
                         .await
                     {
-                        Err(ClientError::Unreachable(why)) => {
-                            tracing::info!("{id}: relay={relay}, {why}; trying the next MX host");
-                            tried.push(format!("{relay}: {why}"));
+                        Err(e) if e.hop_unreachable() => {
+                            tracing::info!("{id}: relay={relay}, {e}; trying the next MX host");
+                            tried.push(format!("{relay}: {e}"));
                         }
                         other => return (relay, other),
                     }
                 }
-                (
-                    domain.clone(),
-                    Err(ClientError::Temporary(format!(
-                        "no MX host of {domain} answered: {}",
-                        tried.join("; ")
-                    ))),
-                )
+                let err = DeliveryError::NoMxAnswered {
+                    domain: domain.clone(),
+                    tried,
+                };
+                (domain.clone(), Err(err))
             }
         }
     }
@@ -433,66 +428,69 @@ impl Queue {
             by_hop.entry(self.route(domain)).or_default().push(r);
         }
         let mut failed: Vec<FailedRecipient> = Vec::new();
-        let fail = |r: &Recipient, text: &str, host: &str| FailedRecipient {
-            address: r.address.clone(),
-            orcpt: r.orcpt.clone(),
-            diagnostic: text.to_owned(),
-            remote_mta: Some(host.to_owned()),
-            status: dsn::status_of(text),
-        };
+        let fail =
+            |r: &Recipient, text: String, status: EnhancedStatus, host: &str| FailedRecipient {
+                address: r.address.clone(),
+                orcpt: r.orcpt.clone(),
+                diagnostic: text,
+                remote_mta: Some(host.to_owned()),
+                status,
+            };
         for (dest, rcpts) in by_hop {
             let (host, result) = self.deliver_group(id, &dest, &env, &rcpts, &body).await;
             match result {
                 Ok(outcomes) => {
                     for (r, o) in rcpts.iter().zip(outcomes) {
                         match o {
-                            RcptOutcome::Delivered(text) => {
+                            RcptOutcome::Delivered(reply) => {
                                 count_delivery("sent", 1);
                                 tracing::info!(
-                                    "{id}: to=<{}>, relay={host}, stat=Sent ({text})",
+                                    "{id}: to=<{}>, relay={host}, stat=Sent ({reply})",
                                     r.address
                                 );
                                 state.delivered.push(r.address.clone());
                             }
-                            RcptOutcome::Deferred(text) => {
-                                count_delivery("deferred", 1);
-                                tracing::info!(
-                                    "{id}: to=<{}>, relay={host}, stat=Deferred ({text})",
-                                    r.address
-                                );
-                                errors.push(text);
-                            }
-                            RcptOutcome::Failed(text) => {
-                                count_delivery("failed", 1);
-                                tracing::info!(
-                                    "{id}: to=<{}>, relay={host}, stat=Failed ({text})",
-                                    r.address
-                                );
-                                failed.push(fail(r, &text, &host));
+                            RcptOutcome::Refused(reply) => {
+                                let verdict = reply.verdict();
+                                if verdict.retry == Retry::Later {
+                                    count_delivery("deferred", 1);
+                                    tracing::info!(
+                                        "{id}: to=<{}>, relay={host}, stat=Deferred ({reply})",
+                                        r.address
+                                    );
+                                    errors.push(reply.to_string());
+                                } else {
+                                    count_delivery("failed", 1);
+                                    tracing::info!(
+                                        "{id}: to=<{}>, relay={host}, stat=Failed ({reply})",
+                                        r.address
+                                    );
+                                    failed.push(fail(r, reply.to_string(), verdict.status, &host));
+                                }
                             }
                         }
                     }
                 }
-                Err(ClientError::Permanent(text)) => {
-                    count_delivery("failed", rcpts.len());
-                    for r in &rcpts {
-                        tracing::info!(
-                            "{id}: to=<{}>, relay={host}, stat=Failed ({text})",
-                            r.address
-                        );
-                        failed.push(fail(r, &text, &host));
-                    }
-                }
                 Err(e) => {
                     let text = e.to_string();
-                    count_delivery("deferred", rcpts.len());
+                    let verdict = e.verdict();
+                    let (stat, outcome) = match verdict.retry {
+                        Retry::Never => ("Failed", "failed"),
+                        Retry::Later => ("Deferred", "deferred"),
+                    };
+                    count_delivery(outcome, rcpts.len());
                     for r in &rcpts {
                         tracing::info!(
-                            "{id}: to=<{}>, relay={host}, stat=Deferred ({text})",
+                            "{id}: to=<{}>, relay={host}, stat={stat} ({text})",
                             r.address
                         );
+                        if verdict.retry == Retry::Never {
+                            failed.push(fail(r, text.clone(), verdict.status, &host));
+                        }
                     }
-                    errors.push(text);
+                    if verdict.retry == Retry::Later {
+                        errors.push(text);
+                    }
                 }
             }
         }
@@ -516,7 +514,7 @@ impl Queue {
                         orcpt: r.orcpt.clone(),
                         diagnostic: format!("queue lifetime exceeded; last error: {last}"),
                         remote_mta: None,
-                        status: "4.4.7".into(),
+                        status: EnhancedStatus::new(4, 4, 7),
                     });
                 }
             }

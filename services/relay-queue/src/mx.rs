@@ -34,12 +34,6 @@ pub enum RouteError {
     Temporary(String, String),
 }
 
-impl RouteError {
-    pub fn is_permanent(&self) -> bool {
-        !matches!(self, RouteError::Temporary(..))
-    }
-}
-
 pub struct MxResolver {
     resolver: TokioResolver,
 }
@@ -178,19 +172,6 @@ mod tests {
             resolver: builder.build().expect("a resolver with no servers builds"),
         };
         let err = mx.candidates("example.com").await.unwrap_err();
-        assert!(!err.is_permanent(), "{err}");
-    }
-
-    #[test]
-    fn null_mx_bounces_with_rfc7505_status_and_dns_failures_are_temporary() {
-        let null = RouteError::NullMx("null.example".into());
-        assert!(null.is_permanent());
-        assert_eq!(crate::dsn::status_of(&null.to_string()), "5.1.10");
-        let nx = RouteError::NoSuchDomain("gone.example: no such domain".into());
-        assert!(nx.is_permanent());
-        assert_eq!(crate::dsn::status_of(&nx.to_string()), "5.1.2");
-        let servfail = RouteError::Temporary("flaky.example".into(), "SERVFAIL".into());
-        assert!(!servfail.is_permanent());
-        assert_eq!(crate::dsn::status_of(&servfail.to_string()), "4.4.3");
+        assert!(matches!(err, RouteError::Temporary(..)), "{err}");
     }
 }

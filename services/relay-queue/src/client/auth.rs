@@ -8,10 +8,13 @@ use authrelay_sasl::{ClientCredentials, ClientExchange, ClientStep, Mechanism};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::{ClientError, Conn, SmtpReply};
+use super::Conn;
+use super::reply::{Extensions, Reply, auth_flag};
+use crate::error::{AuthError, DeliveryError, LinkError};
 use crate::oauth::{TokenError, TokenSource};
 
-/// The mechanism to use with a hop: the strongest that it offers and the
+/// The mechanism to use with a hop: the strongest that it offers (`offered`:
+/// smtp-proto's `AUTH_*` flags of its EHLO reply) and the
 /// AuthInfo entry allows. An entry with a token source uses XOAUTH2 or
 /// OAUTHBEARER (OAUTHBEARER, the standard, when both are offered), one with
 /// a password the others. PLAIN and LOGIN send the password itself, so in
@@ -20,7 +23,7 @@ use crate::oauth::{TokenError, TokenSource};
 /// entry names the mechanism; `-PLUS` only with channel binding.
 pub fn choose_mechanism(
     info: &AuthInfo,
-    offered: &[&str],
+    offered: u64,
     tls: bool,
     channel_binding: bool,
     clear_hop: bool,
@@ -38,7 +41,7 @@ pub fn choose_mechanism(
     allowed
         .into_iter()
         .filter(|m| m.uses_bearer_token() == token)
-        .filter(|m| offered.iter().any(|o| o.eq_ignore_ascii_case(m.name())))
+        .filter(|m| offered & auth_flag(*m) != 0)
         .filter(|m| {
             tls || if m.uses_bearer_token() {
                 clear_hop && listed(m)
@@ -60,15 +63,20 @@ pub(super) async fn authenticate(
     host: &str,
     info: &AuthInfo,
     tokens: Option<&TokenSource>,
-    offered: &[&str],
+    offered: &Extensions,
     clear_hop: bool,
-) -> Result<Mechanism, ClientError> {
-    let Some(mech) = choose_mechanism(info, offered, c.tls, c.channel_binding.is_some(), clear_hop)
-    else {
+) -> Result<Mechanism, DeliveryError> {
+    let Some(mech) = choose_mechanism(
+        info,
+        offered.auth_flags(),
+        c.tls,
+        c.channel_binding.is_some(),
+        clear_hop,
+    ) else {
         let allowed: Vec<&str> = info.mechanisms.iter().map(|m| m.name()).collect();
         let why = format!(
             "no usable mechanism (offered: {}; allowed: {}{})",
-            offered.join(" "),
+            offered.auth_words().join(" "),
             if allowed.is_empty() {
                 if info.token_source().is_some() {
                     "XOAUTH2 OAUTHBEARER".to_owned()
@@ -85,19 +93,30 @@ pub(super) async fn authenticate(
             }
         );
         tracing::warn!("AUTH=client, relay={host}, {why}");
-        return Err(ClientError::Temporary(format!("AUTH to {host}: {why}")));
+        return Err(AuthError::NoMechanism {
+            host: host.to_owned(),
+            why,
+        }
+        .into());
     };
     tracing::Span::current().record("sasl.mechanism", mech.name());
-    let fail = |why: String| {
-        tracing::warn!("AUTH=client, relay={host}, mech={mech}, failure: {why}");
-        ClientError::Temporary(format!("AUTH {mech} to {host} failed: {why}"))
+    let fail = |e: AuthError| {
+        tracing::warn!(
+            "AUTH=client, relay={host}, mech={mech}, failure: {}",
+            e.why()
+        );
+        DeliveryError::from(e)
     };
     let verdict = match (info.secret.clone(), tokens) {
         (AuthSecret::Password(pw), _) => {
             exchange(c, host, info, mech, pw.expose().to_owned()).await?
         }
         (AuthSecret::TokenSource(name), None) => {
-            return Err(fail(format!("token source {name:?} is not configured")));
+            return Err(fail(AuthError::NoTokenSource {
+                mech,
+                host: host.to_owned(),
+                name,
+            }));
         }
         (AuthSecret::TokenSource(_), Some(source)) => {
             let token_failed = |e: TokenError| {
@@ -105,10 +124,12 @@ pub(super) async fn authenticate(
                     "AUTH=client, relay={host}, mech={mech}, token_source={}, no token: {e}",
                     source.name
                 );
-                ClientError::Temporary(format!(
-                    "AUTH {mech} to {host}: no access token from token source {}: {e}",
-                    source.name
-                ))
+                DeliveryError::from(AuthError::Token {
+                    mech,
+                    host: host.to_owned(),
+                    source_name: source.name.clone(),
+                    error: e,
+                })
             };
             let lease = source.token().await.map_err(token_failed)?;
             match exchange(c, host, info, mech, lease.token.expose().to_owned()).await? {
@@ -116,14 +137,14 @@ pub(super) async fn authenticate(
                 // answered 535 without one (Microsoft 365's "5.7.3
                 // Authentication unsuccessful"). A 454 or another code
                 // without the JSON is the hub's own trouble, not the token's.
-                Verdict::Refused { reply, oauth } if oauth.is_some() || reply.code == 535 => {
+                Outcome::Refused { reply, oauth } if oauth.is_some() || reply.code == 535 => {
                     // RFC 7628 §3.2.2 / Google: the token expired or was
                     // revoked. One more try with a new one; a second
                     // refusal is the operator's to look at.
                     tracing::info!(
                         "AUTH=client, relay={host}, mech={mech}, token_source={}, token refused ({}{}); fetching a new token and retrying once",
                         source.name,
-                        reply.text(),
+                        reply,
                         oauth.map(|s| format!(", status={s}")).unwrap_or_default()
                     );
                     source.invalidate(lease.generation).await;
@@ -135,7 +156,7 @@ pub(super) async fn authenticate(
         }
     };
     match verdict {
-        Verdict::Accepted => {
+        Outcome::Accepted => {
             tracing::info!(
                 target: "auth",
                 "AUTH=client, relay={host}, mech={mech}, bits={}",
@@ -143,21 +164,27 @@ pub(super) async fn authenticate(
             );
             Ok(mech)
         }
-        Verdict::Refused { reply, oauth } => Err(fail(match oauth {
-            Some(status) => format!("{} (token status {status})", reply.text()),
-            None => reply.text(),
+        Outcome::Refused { reply, oauth } => Err(fail(AuthError::Refused {
+            mech,
+            host: host.to_owned(),
+            reply,
+            token_status: oauth,
         })),
-        Verdict::Broken(why) => Err(fail(why)),
+        Outcome::Broken(why) => Err(fail(AuthError::Exchange {
+            mech,
+            host: host.to_owned(),
+            why,
+        })),
     }
 }
 
 /// How one SASL exchange ended, the connection still usable.
-enum Verdict {
+enum Outcome {
     Accepted,
     /// The hub said no; for the bearer mechanisms, `oauth` is the status of
     /// the error JSON it sent first, if any.
     Refused {
-        reply: SmtpReply,
+        reply: Reply,
         oauth: Option<String>,
     },
     /// Our side could not go on (a malformed challenge, a server proof that
@@ -173,7 +200,7 @@ async fn exchange(
     info: &AuthInfo,
     mech: Mechanism,
     secret: String,
-) -> Result<Verdict, ClientError> {
+) -> Result<Outcome, LinkError> {
     // Our server (and Cyrus with a realm) names users NAME@REALM; DIGEST-MD5
     // carries the realm in its own field instead.
     let authcid = match &info.realm {
@@ -198,7 +225,7 @@ async fn exchange(
     };
     let mut exchange = match ClientExchange::new(mech, creds) {
         Ok(x) => x,
-        Err(e) => return Ok(Verdict::Broken(e.to_string())),
+        Err(e) => return Ok(Outcome::Broken(e.to_string())),
     };
     let mut line = format!("AUTH {mech}");
     if let Some(initial) = exchange.initial_response() {
@@ -218,7 +245,7 @@ async fn exchange(
                 let challenge = reply.lines.first().map(|l| l.trim()).unwrap_or("");
                 let Ok(challenge) = B64.decode(challenge) else {
                     let _ = c.send("*").await;
-                    return Ok(Verdict::Broken("challenge is not base64".into()));
+                    return Ok(Outcome::Broken("challenge is not base64".into()));
                 };
                 match exchange.step(&challenge) {
                     Ok(ClientStep::Respond(bytes)) => line = B64.encode(bytes),
@@ -226,7 +253,7 @@ async fn exchange(
                     Err(e) => {
                         // RFC 4954 §4: "*" cancels the exchange.
                         let _ = c.send("*").await;
-                        return Ok(Verdict::Broken(e.to_string()));
+                        return Ok(Outcome::Broken(e.to_string()));
                     }
                 }
             }
@@ -234,25 +261,33 @@ async fn exchange(
                 if !exchange.is_finished()
                     && let Err(e) = exchange.verify_final(&[])
                 {
-                    return Ok(Verdict::Broken(e.to_string()));
+                    return Ok(Outcome::Broken(e.to_string()));
                 }
-                return Ok(Verdict::Accepted);
+                return Ok(Outcome::Accepted);
             }
             _ => {
-                return Ok(Verdict::Refused {
+                return Ok(Outcome::Refused {
                     oauth: exchange.oauth_error().map(|e| e.status.clone()),
                     reply,
                 });
             }
         }
     }
-    Ok(Verdict::Broken("too many challenges".into()))
+    Ok(Outcome::Broken("too many challenges".into()))
 }
 
 #[cfg(test)]
 mod choose_tests {
     use super::*;
     use authrelay_config::Password;
+
+    /// The flags of an EHLO `AUTH` line offering `names`.
+    fn offer(names: &[&str]) -> u64 {
+        names
+            .iter()
+            .map(|n| auth_flag(Mechanism::from_name(n).expect("a known mechanism")))
+            .fold(0, |a, b| a | b)
+    }
 
     fn info(mechs: &[Mechanism]) -> AuthInfo {
         AuthInfo {
@@ -269,13 +304,13 @@ mod choose_tests {
     fn strongest_common_mechanism_wins() {
         let offered = ["PLAIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-256"];
         assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, false, false),
+            choose_mechanism(&info(&[]), offer(&offered), true, false, false),
             Some(Mechanism::ScramSha256)
         );
         assert_eq!(
             choose_mechanism(
                 &info(&[Mechanism::DigestMd5]),
-                &offered,
+                offer(&offered),
                 false,
                 false,
                 false
@@ -287,17 +322,17 @@ mod choose_tests {
     #[test]
     fn plaintext_mechanisms_in_the_clear_only_when_listed() {
         assert_eq!(
-            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], false, false, false),
+            choose_mechanism(&info(&[]), offer(&["PLAIN", "LOGIN"]), false, false, false),
             None
         );
         assert_eq!(
-            choose_mechanism(&info(&[]), &["PLAIN", "LOGIN"], true, false, false),
+            choose_mechanism(&info(&[]), offer(&["PLAIN", "LOGIN"]), true, false, false),
             Some(Mechanism::Plain)
         );
         assert_eq!(
             choose_mechanism(
                 &info(&[Mechanism::Login]),
-                &["PLAIN", "LOGIN"],
+                offer(&["PLAIN", "LOGIN"]),
                 false,
                 false,
                 false
@@ -317,21 +352,39 @@ mod choose_tests {
     fn a_token_source_entry_uses_only_bearer_mechanisms_and_prefers_oauthbearer() {
         let offered = ["PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER", "SCRAM-SHA-256"];
         assert_eq!(
-            choose_mechanism(&token_info(&[]), &offered, true, false, false),
+            choose_mechanism(&token_info(&[]), offer(&offered), true, false, false),
             Some(Mechanism::OAuthBearer)
         );
         assert_eq!(
-            choose_mechanism(&token_info(&[]), &["PLAIN", "XOAUTH2"], true, false, false),
+            choose_mechanism(
+                &token_info(&[]),
+                offer(&["PLAIN", "XOAUTH2"]),
+                true,
+                false,
+                false
+            ),
             Some(Mechanism::XOAuth2)
         );
         assert_eq!(
-            choose_mechanism(&token_info(&[]), &["PLAIN", "LOGIN"], true, false, false),
+            choose_mechanism(
+                &token_info(&[]),
+                offer(&["PLAIN", "LOGIN"]),
+                true,
+                false,
+                false
+            ),
             None
         );
         // A password entry never picks a bearer mechanism, even when it is
         // all the hop offers.
         assert_eq!(
-            choose_mechanism(&info(&[]), &["XOAUTH2", "OAUTHBEARER"], true, false, false),
+            choose_mechanism(
+                &info(&[]),
+                offer(&["XOAUTH2", "OAUTHBEARER"]),
+                true,
+                false,
+                false
+            ),
             None
         );
     }
@@ -340,16 +393,16 @@ mod choose_tests {
     fn bearer_tokens_go_in_the_clear_only_to_a_no_tls_hop_that_lists_them() {
         let x = [Mechanism::XOAuth2];
         assert_eq!(
-            choose_mechanism(&token_info(&x), &["XOAUTH2"], false, false, false),
+            choose_mechanism(&token_info(&x), offer(&["XOAUTH2"]), false, false, false),
             None,
             "a stripped STARTTLS must not leak the token"
         );
         assert_eq!(
-            choose_mechanism(&token_info(&[]), &["XOAUTH2"], false, false, true),
+            choose_mechanism(&token_info(&[]), offer(&["XOAUTH2"]), false, false, true),
             None
         );
         assert_eq!(
-            choose_mechanism(&token_info(&x), &["XOAUTH2"], false, false, true),
+            choose_mechanism(&token_info(&x), offer(&["XOAUTH2"]), false, false, true),
             Some(Mechanism::XOAuth2)
         );
     }
@@ -358,11 +411,11 @@ mod choose_tests {
     fn plus_needs_channel_binding() {
         let offered = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
         assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, false, false),
+            choose_mechanism(&info(&[]), offer(&offered), true, false, false),
             Some(Mechanism::ScramSha256)
         );
         assert_eq!(
-            choose_mechanism(&info(&[]), &offered, true, true, false),
+            choose_mechanism(&info(&[]), offer(&offered), true, true, false),
             Some(Mechanism::ScramSha256Plus)
         );
     }
