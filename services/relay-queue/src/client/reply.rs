@@ -274,6 +274,20 @@ mod tests {
     }
 
     #[test]
+    fn every_cut_of_the_bytes_gives_the_same_replies() {
+        let wire: &[u8] = b"220 mx.example ESMTP\r\n250-mx.example\r\n250-AUTH PLAIN\r\n\
+                            250 8BITMIME\r\n550 5.1.1 no such user\r\n354 go ahead\r\n";
+        let whole = replies(&[wire]);
+        assert_eq!(whole.len(), 4);
+        for cut in 1..wire.len() {
+            let (a, b) = wire.split_at(cut);
+            assert_eq!(replies(&[a, b]), whole, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(replies(&bytes), whole, "one byte at a time");
+    }
+
+    #[test]
     fn enhanced_status_code_is_taken_apart_rfc2034() {
         let r = &replies(&[b"550 5.1.10 null MX\r\n"])[0];
         assert_eq!(r.enhanced, Some(EnhancedStatus::new(5, 1, 10)));
