@@ -29,6 +29,10 @@ pub enum StateError {
     Unavailable(String),
     #[error("session store configuration: {0}")]
     Config(String),
+    /// Redis refused our credentials (or wants some and we have none): a
+    /// configuration mistake that waiting will not fix.
+    #[error("Redis refused authrelay's credentials: {0}")]
+    Auth(String),
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -77,14 +81,80 @@ pub struct RedisState {
     timeout: Duration,
 }
 
+/// Who authrelay is to Redis. The password only ever goes into redis-rs'
+/// connection settings (whose `Debug` redacts it), never into an error.
+#[derive(Clone, Default)]
+pub struct RedisAuth {
+    /// ACL user; `None` is Redis' `default` user (plain `AUTH password`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 impl SharedState {
+    /// The store `[redis]` describes: in-process without `url`, else Redis
+    /// with `username` and the password from `password_file`. Tries Redis
+    /// once: credentials it refuses stop the start with a clear error (a
+    /// wrong password does not heal by waiting); a Redis that is merely
+    /// down or slow is left to the lazy connection and readiness.
+    pub async fn connect(cfg: &authrelay_config::RedisConfig) -> Result<Self> {
+        if cfg.url.is_empty() {
+            return Ok(Self::in_process());
+        }
+        let auth = RedisAuth {
+            username: (!cfg.username.is_empty()).then(|| cfg.username.clone()),
+            password: cfg.read_password().map_err(StateError::Config)?,
+        };
+        let state = Self::redis_with_auth(&cfg.url, &auth, &cfg.key_prefix, cfg.timeout)?;
+        if let SharedState::Redis(r) = &state {
+            let mut c = r.conn.clone();
+            let ping = redis::cmd("PING");
+            let ping = ping.query_async::<String>(&mut c);
+            if let Ok(Err(e)) = tokio::time::timeout(r.timeout, ping).await {
+                if let Some(why) = auth_refusal(&e, &auth) {
+                    return Err(StateError::Auth(why));
+                }
+                tracing::warn!(error = %e, "Redis not reachable at start; retrying on use");
+            }
+        }
+        Ok(state)
+    }
+
     /// Connects lazily: a Redis that is down at start makes operations fail
     /// (and readiness report not-ready) until it is back, with no restart.
     pub fn redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
+        Self::redis_with_auth(url, &RedisAuth::default(), prefix, timeout)
+    }
+
+    /// [`SharedState::redis`] logging in with `auth` on every connection
+    /// (commands and pub/sub alike: both come from the one `Client`).
+    pub fn redis_with_auth(
+        url: &str,
+        auth: &RedisAuth,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
         use redis::IntoConnectionInfo as _;
         let info = url
             .into_connection_info()
-            .map_err(|e| StateError::Config(e.to_string()))?
+            .map_err(|e| StateError::Config(e.to_string()))?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &auth.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &auth.password {
+            settings = settings.set_password(password);
+        }
+        let info = info
+            .set_redis_settings(settings)
             // redis-rs leaves Nagle on. Requests from many sessions share
             // one multiplexed connection, so a small write behind one still
             // unacknowledged would wait for the ACK: a latency tail on
@@ -739,6 +809,31 @@ impl RedisState {
                 self.timeout
             ))),
         }
+    }
+}
+
+/// Why Redis refused to let us in, when that is what `e` says: a wrong
+/// user or password, or a Redis that wants credentials we were not given.
+/// The message names the settings to fix, never the password.
+fn auth_refusal(e: &redis::RedisError, auth: &RedisAuth) -> Option<String> {
+    let user = auth.username.as_deref().unwrap_or("default");
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOPERM"))
+    {
+        Some(format!(
+            "user `{user}`: {e} (check redis.username, redis.password_file and the Redis ACL)"
+        ))
+    } else if e.code() == Some("NOAUTH") {
+        Some(format!(
+            "{e} (Redis requires a password: set redis.password_file{})",
+            if auth.password.is_some() {
+                ", and check the Redis ACL"
+            } else {
+                ""
+            }
+        ))
+    } else {
+        None
     }
 }
 

@@ -1,0 +1,289 @@
+//! Redis that requires authentication, as the Kubernetes manifests run it:
+//! `user default off` and an ACL user confined to authrelay's key prefix
+//! and channels (the rule of k8s/base/redis.yaml). The services log in
+//! with `redis.username` and `redis.password_file`; wrong credentials stop
+//! a start with an error that names the settings, never the password, and
+//! credentials Redis stops accepting later fail AUTH closed (454) until
+//! they work again — no restart.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use authrelay_e2e::*;
+use authrelay_sasl::Mechanism;
+
+const PASSWORD: &str = "redis-auth-Secret-5";
+const USER: &str = "test@mailserver.foo.com";
+/// The Redis password: it must never show up in a log or an error.
+const REDIS_PASSWORD: &str = "Redis-Pa55-never-in-a-log-7f3a";
+const WRONG_PASSWORD: &str = "Wrong-Pa55-never-in-a-log-91c2";
+/// Test-only administrator, to change authrelay's password under the stack.
+const ADMIN_PASSWORD: &str = "admin-of-this-test-only";
+
+fn sha256_hex(text: &str) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (installed by scripts/test.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The ACL of k8s/base/redis.yaml, plus an administrator for the test.
+fn aclfile(dir: &Path) -> PathBuf {
+    let path = dir.join("users.acl");
+    std::fs::write(
+        &path,
+        format!(
+            "user default off\n\
+             user authrelay on #{} ~authrelay:* &authrelay:* +@all -@dangerous\n\
+             user admin on >{ADMIN_PASSWORD} ~* &* +@all\n",
+            sha256_hex(REDIS_PASSWORD)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn secret_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{content}\n")).unwrap();
+    path
+}
+
+/// `redis-cli` as `user` (the password through the environment, not argv).
+fn redis_cli(redis: &Redis, user: Option<(&str, &str)>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-p", &redis.port.to_string()]);
+    if let Some((user, password)) = user {
+        cmd.args(["--user", user]).env("REDISCLI_AUTH", password);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("redis-cli (installed with redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn auth_once(addr: std::net::SocketAddr) -> u16 {
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.cmd("EHLO client.example").0, 250);
+    let code = auth_raw(&mut c, Mechanism::ScramSha256, USER, PASSWORD);
+    let _ = c.cmd("QUIT");
+    code
+}
+
+fn send_one(addr: std::net::SocketAddr, subject: &str) -> u16 {
+    let mut c = Raw::connect(addr);
+    c.cmd("EHLO client.example");
+    let code = auth_raw(&mut c, Mechanism::ScramSha256, USER, PASSWORD);
+    assert_eq!(code, 235, "AUTH");
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{USER}>")).0, 250);
+    assert_eq!(c.cmd("RCPT TO:<friend@outside.example>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.write(format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n").as_bytes());
+    let (code, _) = c.read();
+    let _ = c.cmd("QUIT");
+    code
+}
+
+fn assert_no_password(what: &str, text: &str) {
+    for secret in [REDIS_PASSWORD, WRONG_PASSWORD] {
+        assert!(
+            !text.contains(secret),
+            "{what} shows a Redis password:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn services_log_in_to_a_redis_that_requires_a_password_and_refuse_a_wrong_one() {
+    let dir = scratch("redis-auth");
+    let acl = aclfile(&dir);
+    let redis = Redis::start_with_aclfile(&dir, &acl);
+    // Nothing gets in without credentials.
+    let anonymous = redis_cli(&redis, None, &["SET", "authrelay:x", "1"]);
+    assert!(anonymous.contains("NOAUTH"), "{anonymous}");
+
+    let right = secret_file(&dir, "redis-password", REDIS_PASSWORD);
+    let wrong = secret_file(&dir, "wrong-password", WRONG_PASSWORD);
+    let sink = Sink::start(&dir);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            smarthost: Some(sink.addr),
+            extra_toml: format!(
+                "[redis]\nusername = \"authrelay\"\npassword_file = \"{}\"\n",
+                right.display()
+            ),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+
+    // AUTH (SCRAM: the exchange claims and brute-force counters in Redis)
+    // and a relayed message, through all four services.
+    assert_eq!(
+        send_one(stack.submission, "through an authenticated Redis"),
+        250
+    );
+    let got = sink.wait_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "{}", stack.logs());
+    // The services did write to Redis, under their prefix, as `authrelay`.
+    let keys = redis_cli(&redis, Some(("admin", ADMIN_PASSWORD)), &["--scan"]);
+    assert!(
+        keys.lines().any(|k| k.starts_with("authrelay:")),
+        "no authrelay keys in Redis: {keys:?}"
+    );
+    assert!(
+        keys.lines().all(|k| k.starts_with("authrelay:")),
+        "{keys:?}"
+    );
+
+    // A wrong password stops the start of every service that uses Redis
+    // (relay-queue does not), and of `authrelay serve`, with a clear error.
+    let env = |extra: &[(&str, String)]| {
+        let mut env = stack.endpoints.clone();
+        env.push((
+            "AUTHRELAY__REDIS__PASSWORD_FILE".into(),
+            wrong.display().to_string(),
+        ));
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        env
+    };
+    std::fs::create_dir_all(dir.join("wrong")).unwrap();
+    for name in [
+        "smtp-frontend",
+        "sasl-auth",
+        "credential-store",
+        "authrelay serve",
+    ] {
+        let mut proc = if name == "authrelay serve" {
+            let mut cmd = Command::new(bin("authrelay"));
+            cmd.arg("--config")
+                .arg(&stack.config)
+                .arg("serve")
+                .env("RUST_LOG", "info")
+                .envs(env(&[(
+                    "AUTHRELAY__DATA_DIR",
+                    dir.join("serve-data").display().to_string(),
+                )]));
+            Proc::spawn(name, cmd, dir.join("serve-wrong.log"))
+        } else {
+            spawn_service(
+                name,
+                &stack.config,
+                &dir.join("wrong"),
+                &env(&[("RUST_LOG", "info".into())]),
+            )
+        };
+        let status = proc.wait_exit(Duration::from_secs(20));
+        let log = proc.log_text();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{name} started with a wrong Redis password: {log}"
+        );
+        assert!(
+            log.contains("Redis refused authrelay's credentials")
+                && log.contains("user `authrelay`")
+                && log.contains("redis.password_file"),
+            "{name}: {log}"
+        );
+        assert_no_password(name, &log);
+    }
+
+    // `authrelay serve` with the right credentials starts and reaches Redis.
+    let mut cmd = Command::new(bin("authrelay"));
+    cmd.arg("--config")
+        .arg(&stack.config)
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .envs(stack.endpoints.clone())
+        .env("AUTHRELAY__DATA_DIR", dir.join("serve-data"));
+    let mut serve = Proc::spawn("authrelay serve", cmd, dir.join("serve.log"));
+    serve.wait_line("(smtp submission)");
+    assert!(
+        !serve.log_text().contains("not reachable"),
+        "{}",
+        serve.log_text()
+    );
+    serve.kill();
+
+    assert_no_password("the stack's logs", &stack.logs());
+}
+
+#[test]
+fn credentials_redis_stops_accepting_fail_auth_closed_until_they_work_again() {
+    let dir = scratch("redis-auth-rotate");
+    let acl = aclfile(&dir);
+    let redis = Redis::start_with_aclfile(&dir, &acl);
+    let right = secret_file(&dir, "redis-password", REDIS_PASSWORD);
+    let stack = Stack::start(
+        &dir,
+        &redis,
+        StackOptions {
+            extra_toml: format!(
+                "[redis]\nusername = \"authrelay\"\npassword_file = \"{}\"\n",
+                right.display()
+            ),
+            ..Default::default()
+        },
+    );
+    stack.add_user("test", "mailserver.foo.com", PASSWORD);
+    assert_eq!(auth_once(stack.submission), 235);
+
+    // The operator changes the password in Redis and drops the sessions
+    // before the services have the new one.
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let set = format!(">{WRONG_PASSWORD}");
+    let out = redis_cli(
+        &redis,
+        admin,
+        &["ACL", "SETUSER", "authrelay", "resetpass", &set],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let out = redis_cli(&redis, admin, &["CLIENT", "KILL", "USER", "authrelay"]);
+    assert!(out.trim().parse::<u32>().is_ok_and(|n| n > 0), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let code = auth_once(stack.submission);
+        if code == 454 {
+            break;
+        }
+        assert_eq!(code, 235, "while Redis refuses the credentials");
+        assert!(Instant::now() < deadline, "AUTH never failed closed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Redis takes the password again: AUTH works without a restart.
+    let set = format!(">{REDIS_PASSWORD}");
+    let out = redis_cli(
+        &redis,
+        admin,
+        &["ACL", "SETUSER", "authrelay", "resetpass", &set],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while auth_once(stack.submission) != 235 {
+        assert!(
+            Instant::now() < deadline,
+            "AUTH did not recover: {}",
+            stack.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_no_password("the stack's logs", &stack.logs());
+}
