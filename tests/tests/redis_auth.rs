@@ -268,6 +268,20 @@ fn credentials_redis_stops_accepting_fail_auth_closed_until_they_work_again() {
         assert!(Instant::now() < deadline, "AUTH never failed closed");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Not only the dropped connection: the reconnect is refused, and AUTH
+    // stays 454 (never 235, never open) for as long as that lasts.
+    while !stack.logs().contains("Password authentication failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no refused login in the logs: {}",
+            stack.logs()
+        );
+        assert_eq!(auth_once(stack.submission), 454);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..3 {
+        assert_eq!(auth_once(stack.submission), 454);
+    }
     // Redis takes the password again: AUTH works without a restart.
     let set = format!(">{REDIS_PASSWORD}");
     let out = redis_cli(

@@ -76,9 +76,52 @@ impl Subscription {
 #[derive(Clone)]
 pub struct RedisState {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: std::sync::Arc<Manager>,
     prefix: String,
     timeout: Duration,
+}
+
+/// The multiplexed connection, replaceable. redis-rs' ConnectionManager
+/// reconnects after I/O errors only: once Redis has refused a login it
+/// keeps answering with that refusal forever, even after the ACL is
+/// fixed. So a refused login swaps in a fresh manager, at most once a
+/// second (a storm of AUTHs must not become a storm of Redis logins).
+struct Manager {
+    current: std::sync::RwLock<(ConnectionManager, std::time::Instant)>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+impl Manager {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| StateError::Config(e.to_string()))?;
+        Ok(Manager {
+            current: std::sync::RwLock::new((conn, std::time::Instant::now())),
+            client,
+            config,
+        })
+    }
+
+    fn get(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    fn login_refused(&self) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.1.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *current = (fresh, std::time::Instant::now());
+        }
+    }
 }
 
 /// Who authrelay is to Redis. The password only ever goes into redis-rs'
@@ -115,7 +158,7 @@ impl SharedState {
         };
         let state = Self::redis_with_auth(&cfg.url, &auth, &cfg.key_prefix, cfg.timeout)?;
         if let SharedState::Redis(r) = &state {
-            let mut c = r.conn.clone();
+            let mut c = r.conn();
             let ping = redis::cmd("PING");
             let ping = ping.query_async::<String>(&mut c);
             if let Ok(Err(e)) = tokio::time::timeout(r.timeout, ping).await {
@@ -166,8 +209,7 @@ impl SharedState {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StateError::Config(e.to_string()))?;
+        let conn = std::sync::Arc::new(Manager::new(client.clone(), config)?);
         Ok(SharedState::Redis(RedisState {
             client,
             conn,
@@ -199,7 +241,7 @@ impl SharedState {
     pub async fn ping(&self) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 r.run("PING", async move {
                     redis::cmd("PING").query_async::<String>(&mut c).await
                 })
@@ -214,7 +256,7 @@ impl SharedState {
     pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let ms = ttl.as_millis().max(1) as u64;
                 r.run(
@@ -233,7 +275,7 @@ impl SharedState {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 r.run("GET", async move { c.get::<_, Option<Vec<u8>>>(k).await })
                     .await
@@ -246,7 +288,7 @@ impl SharedState {
     pub async fn claim(&self, key: &str, ttl: Duration) -> Result<bool> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let ms = ttl.as_millis().max(1) as u64;
                 r.run("SET NX", async move {
@@ -294,7 +336,7 @@ impl SharedState {
         }
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let from = now_micros().saturating_sub(window.as_micros() as u64);
                 let mut pipe = redis::pipe();
                 for k in keys {
@@ -347,7 +389,7 @@ impl SharedState {
     pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let ch = r.key(channel);
                 r.run("PUBLISH", async move {
                     c.publish::<_, _, ()>(ch, message).await
@@ -384,7 +426,7 @@ impl SharedState {
     async fn window_op(&self, key: &str, window: Duration, add: bool) -> Result<u64> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let now = now_micros();
                 let from = now.saturating_sub(window.as_micros() as u64);
@@ -419,7 +461,7 @@ impl SharedState {
     pub async fn push(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let mut pipe = redis::pipe();
                 pipe.atomic()
@@ -445,7 +487,7 @@ impl SharedState {
     pub async fn drain(&self, key: &str) -> Result<Vec<Vec<u8>>> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let mut pipe = redis::pipe();
                 pipe.atomic()
@@ -470,7 +512,7 @@ impl SharedState {
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let pattern = format!("{}*", r.key(prefix));
                 let strip = r.prefix.len();
                 let keys = r
@@ -523,7 +565,7 @@ impl SharedState {
                         .arg(format!("{weight:.6}"))
                         .arg((w.window * 2).as_millis() as u64);
                 }
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let (status, index, count, limit): (u8, usize, u64, u64) = r
                     .run("EVALSHA account limits", async move {
                         inv.invoke_async(&mut c).await
@@ -559,7 +601,7 @@ impl SharedState {
     pub async fn suspension(&self, account: &str) -> Result<Option<account::Suspension>> {
         let raw = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(account::keys::SUSPENDED);
                 let field = account.to_owned();
                 r.run("HGET", async move {
@@ -576,7 +618,7 @@ impl SharedState {
     pub async fn suspensions(&self) -> Result<Vec<(String, account::Suspension)>> {
         let all = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(account::keys::SUSPENDED);
                 r.run("HGETALL", async move {
                     c.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(k)
@@ -597,7 +639,7 @@ impl SharedState {
         let record = serde_json::to_vec(s).map_err(|e| StateError::Config(e.to_string()))?;
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(account::keys::SUSPENDED);
                 let field = account.to_owned();
                 r.run("HSET", async move {
@@ -622,7 +664,7 @@ impl SharedState {
     pub async fn unlock_account(&self, account: &str, counters: &[String]) -> Result<bool> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .cmd("HDEL")
@@ -655,7 +697,7 @@ impl SharedState {
         let key = account::keys::overrides(account);
         let raw = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(&key);
                 r.run("HGETALL", async move {
                     c.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(k)
@@ -683,7 +725,7 @@ impl SharedState {
         let key = account::keys::overrides(account);
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(&key);
                 let mut pipe = redis::pipe();
                 pipe.atomic();
@@ -731,7 +773,7 @@ impl SharedState {
         }
         let values: Vec<u64> = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let ks: Vec<String> = names.iter().map(|k| r.key(k)).collect();
                 r.run("MGET", async move {
                     redis::cmd("MGET")
@@ -785,6 +827,10 @@ impl RedisState {
 
     /// One store operation with its deadline, its span (OpenTelemetry
     /// database conventions) and its latency metric.
+    fn conn(&self) -> ConnectionManager {
+        self.conn.get()
+    }
+
     async fn run<T>(
         &self,
         op: &'static str,
@@ -803,7 +849,12 @@ impl RedisState {
         );
         match res {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
+            Ok(Err(e)) => {
+                if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                    self.conn.login_refused();
+                }
+                Err(StateError::Unavailable(e.to_string()))
+            }
             Err(_) => Err(StateError::Unavailable(format!(
                 "no answer within {:?}",
                 self.timeout
