@@ -1,14 +1,13 @@
 //! Redis that requires authentication, as the Kubernetes manifests run it:
 //! `user default off` and an ACL user confined to authrelay's key prefix
-//! and channels (the rule of k8s/base/redis.yaml). The services log in
+//! and channels (the ACL k8s/base/redis.yaml writes, made by its script). The services log in
 //! with `redis.username` and `redis.password_file`; wrong credentials stop
 //! a start with an error that names the settings, never the password, and
 //! credentials Redis stops accepting later fail AUTH closed (454) until
 //! they work again — no restart.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use authrelay_e2e::*;
@@ -22,39 +21,41 @@ const WRONG_PASSWORD: &str = "Wrong-Pa55-never-in-a-log-91c2";
 /// Test-only administrator, to change authrelay's password under the stack.
 const ADMIN_PASSWORD: &str = "admin-of-this-test-only";
 
-fn sha256_hex(text: &str) -> String {
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 (installed by scripts/test.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// The ACL of k8s/base/redis.yaml, plus an administrator for the test.
+/// The ACL k8s/base/redis.yaml gives Redis, made by that manifest's own
+/// start-up script from a password file, plus an administrator for the
+/// test: the rule tested here is the rule shipped.
 fn aclfile(dir: &Path) -> PathBuf {
-    let path = dir.join("users.acl");
-    std::fs::write(
-        &path,
-        format!(
-            "user default off\n\
-             user authrelay on #{} ~authrelay:* &authrelay:* +@all -@dangerous\n\
-             user admin on >{ADMIN_PASSWORD} ~* &* +@all\n",
-            sha256_hex(REDIS_PASSWORD)
-        ),
-    )
-    .unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/redis.yaml");
+    let yaml = std::fs::read_to_string(&manifest).unwrap();
+    // The script up to (not including) the `exec redis-server`.
+    let script: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "set -eu")
+        .take_while(|l| !l.contains("exec redis-server"))
+        .map(str::trim_start)
+        .collect();
+    assert!(
+        script.iter().any(|l| l.contains("users.acl")),
+        "no ACL script in {}",
+        manifest.display()
+    );
+    let secrets = dir.join("secrets");
+    let acl_dir = dir.join("redis-acl");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::create_dir_all(&acl_dir).unwrap();
+    secret_file(&secrets, "password", REDIS_PASSWORD);
+    let script = script
+        .join("\n")
+        .replace("/run/secrets/redis-auth", &secrets.display().to_string())
+        .replace("/run/redis-acl", &acl_dir.display().to_string());
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+    let path = acl_dir.join("users.acl");
+    let mut acl = std::fs::read_to_string(&path).unwrap();
+    assert!(acl.starts_with("user default off\n"), "{acl}");
+    assert!(!acl.contains(REDIS_PASSWORD), "{acl}");
+    acl.push_str(&format!("user admin on >{ADMIN_PASSWORD} ~* &* +@all\n"));
+    std::fs::write(&path, acl).unwrap();
     path
 }
 
