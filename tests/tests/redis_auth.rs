@@ -227,6 +227,42 @@ fn services_log_in_to_a_redis_that_requires_a_password_and_refuse_a_wrong_one() 
     assert_no_password("the stack's logs", &stack.logs());
 }
 
+/// sasl-auth's readiness (`grpc.health.v1`, what a probe reads), which
+/// follows Redis.
+fn sasl_auth_serving(stack: &Stack) -> bool {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let url = stack.endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect_lazy();
+        let status = HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: "authrelay.sasl.v1.SaslAuth".into(),
+            })
+            .await
+            .expect("sasl-auth answers health checks")
+            .into_inner()
+            .status();
+        status == ServingStatus::Serving
+    })
+}
+
+/// Poll `f` until it holds, for up to 30 s.
+fn eventually(what: &str, stack: &Stack, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: {}", stack.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn credentials_redis_stops_accepting_fail_auth_closed_until_they_work_again() {
     let dir = scratch("redis-auth-rotate");
@@ -246,6 +282,7 @@ fn credentials_redis_stops_accepting_fail_auth_closed_until_they_work_again() {
     );
     stack.add_user("test", "mailserver.foo.com", PASSWORD);
     assert_eq!(auth_once(stack.submission), 235);
+    eventually("sasl-auth not ready", &stack, || sasl_auth_serving(&stack));
 
     // The operator changes the password in Redis and drops the sessions
     // before the services have the new one.
@@ -283,6 +320,9 @@ fn credentials_redis_stops_accepting_fail_auth_closed_until_they_work_again() {
     for _ in 0..3 {
         assert_eq!(auth_once(stack.submission), 454);
     }
+    eventually("sasl-auth stays ready", &stack, || {
+        !sasl_auth_serving(&stack)
+    });
     // Redis takes the password again: AUTH works without a restart.
     let set = format!(">{REDIS_PASSWORD}");
     let out = redis_cli(
@@ -291,14 +331,11 @@ fn credentials_redis_stops_accepting_fail_auth_closed_until_they_work_again() {
         &["ACL", "SETUSER", "authrelay", "resetpass", &set],
     );
     assert!(out.contains("OK"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while auth_once(stack.submission) != 235 {
-        assert!(
-            Instant::now() < deadline,
-            "AUTH did not recover: {}",
-            stack.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("AUTH did not recover", &stack, || {
+        auth_once(stack.submission) == 235
+    });
+    eventually("sasl-auth not ready again", &stack, || {
+        sasl_auth_serving(&stack)
+    });
     assert_no_password("the stack's logs", &stack.logs());
 }
