@@ -207,6 +207,25 @@ fn services_log_in_to_a_redis_that_requires_a_password_and_refuse_a_wrong_one() 
         assert_no_password(name, &log);
     }
 
+    // No credentials at all: Redis says NOAUTH, and the error says what to set.
+    let text = std::fs::read_to_string(&stack.config).unwrap();
+    let anonymous: String = text
+        .lines()
+        .filter(|l| !l.starts_with("username = \"authrelay\"") && !l.starts_with("password_file ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(anonymous, text);
+    let config = dir.join("anonymous.toml");
+    std::fs::write(&config, anonymous).unwrap();
+    let mut sasl = spawn_service("sasl-auth", &config, &dir.join("wrong"), &stack.endpoints);
+    let status = sasl.wait_exit(Duration::from_secs(20));
+    let log = sasl.log_text();
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("NOAUTH") && log.contains("set redis.password_file"),
+        "{log}"
+    );
+
     // `authrelay serve` with the right credentials starts and reaches Redis.
     let mut cmd = Command::new(bin("authrelay"));
     cmd.arg("--config")
