@@ -154,6 +154,13 @@ fn services_log_in_to_a_redis_that_requires_a_password_and_refuse_a_wrong_one() 
         keys.lines().all(|k| k.starts_with("authrelay:")),
         "{keys:?}"
     );
+    // Pub/sub logs in too: sasl-auth listens to the credential change feed.
+    let channels = redis_cli(
+        &redis,
+        Some(("admin", ADMIN_PASSWORD)),
+        &["PUBSUB", "CHANNELS"],
+    );
+    assert!(channels.contains("authrelay:creds:changed"), "{channels:?}");
 
     // A wrong password stops the start of every service that uses Redis
     // (relay-queue does not), and of `authrelay serve`, with a clear error.
