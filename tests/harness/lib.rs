@@ -167,14 +167,21 @@ pub struct Redis {
     proc: Proc,
     pub port: u16,
     dir: PathBuf,
+    aclfile: Option<PathBuf>,
 }
 
 impl Redis {
     pub fn start(dir: &Path) -> Redis {
-        Self::start_on(dir, free_port())
+        Self::start_on(dir, free_port(), None)
     }
 
-    fn start_on(dir: &Path, port: u16) -> Redis {
+    /// A Redis that lets nobody in without credentials: its users are
+    /// those of `aclfile` (Redis ACL file syntax, e.g. `user default off`).
+    pub fn start_with_aclfile(dir: &Path, aclfile: &Path) -> Redis {
+        Self::start_on(dir, free_port(), Some(aclfile))
+    }
+
+    fn start_on(dir: &Path, port: u16, aclfile: Option<&Path>) -> Redis {
         let server = which("redis-server").unwrap_or_else(|| {
             panic!("redis-server is not on PATH: install it (`apt-get install redis-server`) or run scripts/test.sh, which does")
         });
@@ -195,11 +202,15 @@ impl Redis {
         .arg("--unixsocket")
         .arg(dir.join(format!("redis-{port}.sock")))
         .args(["--unixsocketperm", "600"]);
+        if let Some(acl) = aclfile {
+            cmd.arg("--aclfile").arg(acl);
+        }
         let proc = Proc::spawn("redis-server", cmd, dir.join(format!("redis-{port}.log")));
         let r = Redis {
             proc,
             port,
             dir: dir.to_owned(),
+            aclfile: aclfile.map(Path::to_owned),
         };
         r.wait_ready();
         r
@@ -209,8 +220,8 @@ impl Redis {
     /// Redis without persistence comes back.
     pub fn restart(&mut self) {
         self.proc.kill();
-        let dir = self.dir.clone();
-        *self = Self::start_on(&dir, self.port);
+        let (dir, acl) = (self.dir.clone(), self.aclfile.clone());
+        *self = Self::start_on(&dir, self.port, acl.as_deref());
     }
 
     fn wait_ready(&self) {
@@ -220,7 +231,8 @@ impl Redis {
                 let _ = s.write_all(b"PING\r\n");
                 let mut buf = [0u8; 16];
                 if s.read(&mut buf)
-                    .map(|n| buf[..n].starts_with(b"+PONG"))
+                    // NOAUTH: up, and wanting credentials (`start_with_aclfile`).
+                    .map(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
                     .unwrap_or(false)
                 {
                     return;

@@ -58,6 +58,8 @@ FILE_KEYS = {
     ("credential_store", "encryption_key_file"): {"credential-store"},
     ("credential_store", "encryption_old_key_files"): {"credential-store"},
     ("relay_queue", "authinfo_file"): {"relay-queue"},
+    # Where Redis is used (and checked to exist by the validation).
+    ("redis", "password_file"): {"smtp-frontend", "sasl-auth", "credential-store", "authrelay"},
     # Checked to exist by the validation every binary runs.
     ("relay_queue", "tls_ca_file"): set(AUTHRELAY_BINARIES),
     # Mutual TLS (prod-mtls): every binary presents its certificate.
@@ -76,6 +78,9 @@ def required_keys(binary, cfg):
         need.append(("internal", "token_file"))
     if binary == "sasl-auth":
         need.append(("sasl", "exchange_key_file"))
+    # Nothing listens unauthenticated: the Redis users log in.
+    if binary in {"smtp-frontend", "sasl-auth", "credential-store"} and lookup(cfg, ("redis", "url")):
+        need.append(("redis", "password_file"))
     if binary == "credential-store" and lookup(cfg, ("credential_store", "backend")) == "postgres":
         need.append(("credential_store", "encryption_key_file"))
     return need

@@ -526,6 +526,11 @@ fn every_secret_is_mounted_exactly_where_it_is_read() {
             &["key"],
         );
         put("relay-queue-authinfo", &["relay-queue"], &["authinfo"]);
+        put(
+            "redis-auth",
+            &["credential-store", "redis", "sasl-auth", "smtp-frontend"],
+            &["password"],
+        );
         if o != "dev" {
             put(
                 "credential-store-db",

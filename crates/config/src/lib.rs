@@ -229,6 +229,13 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Prefix for every key, so several deployments can share one Redis.
     pub key_prefix: String,
+    /// Redis ACL user to log in as. Empty: the `default` user (plain
+    /// `AUTH password`, as with `requirepass`).
+    pub username: String,
+    /// A file holding the Redis password (one line). Never the password
+    /// itself in the config, the environment or a URL: those end up in
+    /// ConfigMaps, process listings and logs; a file is a mounted Secret.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -237,7 +244,75 @@ impl Default for RedisConfig {
             url: String::new(),
             timeout: Duration::from_millis(500),
             key_prefix: "authrelay:".into(),
+            username: String::new(),
+            password_file: None,
         }
+    }
+}
+
+impl RedisConfig {
+    /// The password from `password_file` (trailing line break removed);
+    /// `None` without one. Errors name the file, never its content.
+    pub fn read_password(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("redis.password_file {}: {e}", path.display()))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(format!("redis.password_file {}: empty", path.display()));
+        }
+        Ok(Some(password.to_owned()))
+    }
+
+    /// Credentials go in `username` and `password_file` only. A password
+    /// in the URL is refused, not just warned about: the URL is a plain
+    /// config value (TOML, `AUTHRELAY__REDIS__URL`, a ConfigMap) that
+    /// start-up errors and `config check` print. The error never repeats
+    /// the URL, so the refused password does not land in a log either.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let authority = self.url.split_once("://").map_or("", |(_, rest)| {
+            rest.split(['/', '?']).next().unwrap_or_default()
+        });
+        let query = self.url.split_once('?').map_or("", |(_, q)| q);
+        let in_query = |name: &str| {
+            query
+                .split('&')
+                .any(|kv| kv.split('=').next() == Some(name))
+        };
+        if authority.contains('@') || in_query("pass") || in_query("user") {
+            return Err(ConfigError::new(
+                "redis.url",
+                "",
+                "must not carry credentials (user:password@ or ?user=/&pass=): \
+                 set redis.username and put the password in the file named by \
+                 redis.password_file",
+            ));
+        }
+        if let Some(path) = &self.password_file {
+            if self.url.is_empty() {
+                return Err(ConfigError::new(
+                    "redis.password_file",
+                    path.display().to_string(),
+                    "is set but redis.url is empty (the in-process store needs no password)",
+                ));
+            }
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "redis.password_file",
+                    path.display().to_string(),
+                    "no such file",
+                ));
+            }
+        } else if !self.username.is_empty() {
+            return Err(ConfigError::new(
+                "redis.username",
+                &self.username,
+                "needs redis.password_file (a Redis user without a password is not supported)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -338,3 +338,56 @@ fn per_user_limits_default_on_and_are_checked() {
     let err = load_str("[limits.per_user]\nmessages_per_minute = 1\n", &[]).unwrap_err();
     assert!(err.to_string().contains("messages_per_minute"), "{err}");
 }
+
+#[test]
+fn redis_url_with_credentials_is_refused_without_echoing_them() {
+    for url in [
+        "redis://:hunter2-secret@127.0.0.1:6379/",
+        "redis://authrelay:hunter2-secret@redis:6379/0",
+        "unix:///run/redis.sock?db=0&pass=hunter2-secret",
+        "ftp://x:hunter2-secret@redis/",
+    ] {
+        let err = load_str(&format!("[redis]\nurl = \"{url}\"\n"), &[]).unwrap_err();
+        assert_eq!(err.key, "redis.url", "{url}");
+        assert!(err.reason.contains("redis.password_file"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn redis_password_file_is_read_and_checked() {
+    let dir = std::env::temp_dir().join(format!("authrelay-redis-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("redis-password");
+    std::fs::write(&file, "s3cret-from-file\n").unwrap();
+    let toml = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:1/\"\nusername = \"authrelay\"\npassword_file = \"{}\"\n",
+        file.display()
+    );
+    let cfg = load_str(&toml, &[]).unwrap();
+    assert_eq!(cfg.redis.username, "authrelay");
+    assert_eq!(
+        cfg.redis.read_password().unwrap().as_deref(),
+        Some("s3cret-from-file")
+    );
+
+    std::fs::write(&file, "\n").unwrap();
+    let err = cfg.redis.read_password().unwrap_err();
+    assert!(err.contains("empty"), "{err}");
+
+    let missing = toml.replace("redis-password", "absent");
+    let err = load_str(&missing, &[]).unwrap_err();
+    assert_eq!(err.key, "redis.password_file");
+    assert!(err.reason.contains("no such file"), "{err}");
+
+    let no_url = toml.replace("url = \"redis://127.0.0.1:1/\"\n", "");
+    let err = load_str(&no_url, &[]).unwrap_err();
+    assert_eq!(err.key, "redis.password_file");
+
+    let err = load_str(
+        "[redis]\nurl = \"redis://127.0.0.1:1/\"\nusername = \"authrelay\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "redis.username");
+}

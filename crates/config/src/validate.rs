@@ -169,6 +169,7 @@ impl Config {
                 ));
             }
         }
+        self.redis.validate()?;
         let redis_schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
         if !self.redis.url.is_empty()
             && !redis_schemes.iter().any(|s| self.redis.url.starts_with(s))

@@ -29,6 +29,10 @@ pub enum StateError {
     Unavailable(String),
     #[error("session store configuration: {0}")]
     Config(String),
+    /// Redis refused our credentials (or wants some and we have none): a
+    /// configuration mistake that waiting will not fix.
+    #[error("Redis refused authrelay's credentials: {0}")]
+    Auth(String),
 }
 
 pub type Result<T> = std::result::Result<T, StateError>;
@@ -72,19 +76,128 @@ impl Subscription {
 #[derive(Clone)]
 pub struct RedisState {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: std::sync::Arc<Manager>,
     prefix: String,
     timeout: Duration,
 }
 
+/// The multiplexed connection, replaceable. redis-rs' ConnectionManager
+/// reconnects after I/O errors only: once Redis has refused a login it
+/// keeps answering with that refusal forever, even after the ACL is
+/// fixed. So a refused login swaps in a fresh manager, at most once a
+/// second (a storm of AUTHs must not become a storm of Redis logins).
+struct Manager {
+    current: std::sync::RwLock<(ConnectionManager, std::time::Instant)>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+impl Manager {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| StateError::Config(e.to_string()))?;
+        Ok(Manager {
+            current: std::sync::RwLock::new((conn, std::time::Instant::now())),
+            client,
+            config,
+        })
+    }
+
+    fn get(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    fn login_refused(&self) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.1.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *current = (fresh, std::time::Instant::now());
+        }
+    }
+}
+
+/// Who authrelay is to Redis. The password only ever goes into redis-rs'
+/// connection settings (whose `Debug` redacts it), never into an error.
+#[derive(Clone, Default)]
+pub struct RedisAuth {
+    /// ACL user; `None` is Redis' `default` user (plain `AUTH password`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 impl SharedState {
+    /// The store `[redis]` describes: in-process without `url`, else Redis
+    /// with `username` and the password from `password_file`. Tries Redis
+    /// once: credentials it refuses stop the start with a clear error (a
+    /// wrong password does not heal by waiting); a Redis that is merely
+    /// down or slow is left to the lazy connection and readiness.
+    pub async fn connect(cfg: &authrelay_config::RedisConfig) -> Result<Self> {
+        if cfg.url.is_empty() {
+            return Ok(Self::in_process());
+        }
+        let auth = RedisAuth {
+            username: (!cfg.username.is_empty()).then(|| cfg.username.clone()),
+            password: cfg.read_password().map_err(StateError::Config)?,
+        };
+        let state = Self::redis_with_auth(&cfg.url, &auth, &cfg.key_prefix, cfg.timeout)?;
+        if let SharedState::Redis(r) = &state {
+            let mut c = r.conn();
+            let ping = redis::cmd("PING");
+            let ping = ping.query_async::<String>(&mut c);
+            if let Ok(Err(e)) = tokio::time::timeout(r.timeout, ping).await {
+                if let Some(why) = auth_refusal(&e, &auth) {
+                    return Err(StateError::Auth(why));
+                }
+                tracing::warn!(error = %e, "Redis not reachable at start; retrying on use");
+            }
+        }
+        Ok(state)
+    }
+
     /// Connects lazily: a Redis that is down at start makes operations fail
     /// (and readiness report not-ready) until it is back, with no restart.
     pub fn redis(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
+        Self::redis_with_auth(url, &RedisAuth::default(), prefix, timeout)
+    }
+
+    /// [`SharedState::redis`] logging in with `auth` on every connection
+    /// (commands and pub/sub alike: both come from the one `Client`).
+    pub fn redis_with_auth(
+        url: &str,
+        auth: &RedisAuth,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
         use redis::IntoConnectionInfo as _;
         let info = url
             .into_connection_info()
-            .map_err(|e| StateError::Config(e.to_string()))?
+            .map_err(|e| StateError::Config(e.to_string()))?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &auth.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &auth.password {
+            settings = settings.set_password(password);
+        }
+        let info = info
+            .set_redis_settings(settings)
             // redis-rs leaves Nagle on. Requests from many sessions share
             // one multiplexed connection, so a small write behind one still
             // unacknowledged would wait for the ACK: a latency tail on
@@ -96,8 +209,7 @@ impl SharedState {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StateError::Config(e.to_string()))?;
+        let conn = std::sync::Arc::new(Manager::new(client.clone(), config)?);
         Ok(SharedState::Redis(RedisState {
             client,
             conn,
@@ -129,7 +241,7 @@ impl SharedState {
     pub async fn ping(&self) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 r.run("PING", async move {
                     redis::cmd("PING").query_async::<String>(&mut c).await
                 })
@@ -144,7 +256,7 @@ impl SharedState {
     pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let ms = ttl.as_millis().max(1) as u64;
                 r.run(
@@ -163,7 +275,7 @@ impl SharedState {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 r.run("GET", async move { c.get::<_, Option<Vec<u8>>>(k).await })
                     .await
@@ -176,7 +288,7 @@ impl SharedState {
     pub async fn claim(&self, key: &str, ttl: Duration) -> Result<bool> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let ms = ttl.as_millis().max(1) as u64;
                 r.run("SET NX", async move {
@@ -224,7 +336,7 @@ impl SharedState {
         }
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let from = now_micros().saturating_sub(window.as_micros() as u64);
                 let mut pipe = redis::pipe();
                 for k in keys {
@@ -277,7 +389,7 @@ impl SharedState {
     pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let ch = r.key(channel);
                 r.run("PUBLISH", async move {
                     c.publish::<_, _, ()>(ch, message).await
@@ -314,7 +426,7 @@ impl SharedState {
     async fn window_op(&self, key: &str, window: Duration, add: bool) -> Result<u64> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let now = now_micros();
                 let from = now.saturating_sub(window.as_micros() as u64);
@@ -349,7 +461,7 @@ impl SharedState {
     pub async fn push(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let mut pipe = redis::pipe();
                 pipe.atomic()
@@ -375,7 +487,7 @@ impl SharedState {
     pub async fn drain(&self, key: &str) -> Result<Vec<Vec<u8>>> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(key);
                 let mut pipe = redis::pipe();
                 pipe.atomic()
@@ -400,7 +512,7 @@ impl SharedState {
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let pattern = format!("{}*", r.key(prefix));
                 let strip = r.prefix.len();
                 let keys = r
@@ -453,7 +565,7 @@ impl SharedState {
                         .arg(format!("{weight:.6}"))
                         .arg((w.window * 2).as_millis() as u64);
                 }
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let (status, index, count, limit): (u8, usize, u64, u64) = r
                     .run("EVALSHA account limits", async move {
                         inv.invoke_async(&mut c).await
@@ -489,7 +601,7 @@ impl SharedState {
     pub async fn suspension(&self, account: &str) -> Result<Option<account::Suspension>> {
         let raw = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(account::keys::SUSPENDED);
                 let field = account.to_owned();
                 r.run("HGET", async move {
@@ -506,7 +618,7 @@ impl SharedState {
     pub async fn suspensions(&self) -> Result<Vec<(String, account::Suspension)>> {
         let all = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(account::keys::SUSPENDED);
                 r.run("HGETALL", async move {
                     c.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(k)
@@ -527,7 +639,7 @@ impl SharedState {
         let record = serde_json::to_vec(s).map_err(|e| StateError::Config(e.to_string()))?;
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(account::keys::SUSPENDED);
                 let field = account.to_owned();
                 r.run("HSET", async move {
@@ -552,7 +664,7 @@ impl SharedState {
     pub async fn unlock_account(&self, account: &str, counters: &[String]) -> Result<bool> {
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .cmd("HDEL")
@@ -585,7 +697,7 @@ impl SharedState {
         let key = account::keys::overrides(account);
         let raw = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(&key);
                 r.run("HGETALL", async move {
                     c.hgetall::<_, std::collections::BTreeMap<String, Vec<u8>>>(k)
@@ -613,7 +725,7 @@ impl SharedState {
         let key = account::keys::overrides(account);
         match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let k = r.key(&key);
                 let mut pipe = redis::pipe();
                 pipe.atomic();
@@ -661,7 +773,7 @@ impl SharedState {
         }
         let values: Vec<u64> = match self {
             SharedState::Redis(r) => {
-                let mut c = r.conn.clone();
+                let mut c = r.conn();
                 let ks: Vec<String> = names.iter().map(|k| r.key(k)).collect();
                 r.run("MGET", async move {
                     redis::cmd("MGET")
@@ -715,6 +827,10 @@ impl RedisState {
 
     /// One store operation with its deadline, its span (OpenTelemetry
     /// database conventions) and its latency metric.
+    fn conn(&self) -> ConnectionManager {
+        self.conn.get()
+    }
+
     async fn run<T>(
         &self,
         op: &'static str,
@@ -733,12 +849,42 @@ impl RedisState {
         );
         match res {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StateError::Unavailable(e.to_string())),
+            Ok(Err(e)) => {
+                if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                    self.conn.login_refused();
+                }
+                Err(StateError::Unavailable(e.to_string()))
+            }
             Err(_) => Err(StateError::Unavailable(format!(
                 "no answer within {:?}",
                 self.timeout
             ))),
         }
+    }
+}
+
+/// Why Redis refused to let us in, when that is what `e` says: a wrong
+/// user or password, or a Redis that wants credentials we were not given.
+/// The message names the settings to fix, never the password.
+fn auth_refusal(e: &redis::RedisError, auth: &RedisAuth) -> Option<String> {
+    let user = auth.username.as_deref().unwrap_or("default");
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOPERM"))
+    {
+        Some(format!(
+            "user `{user}`: {e} (check redis.username, redis.password_file and the Redis ACL)"
+        ))
+    } else if e.code() == Some("NOAUTH") {
+        Some(format!(
+            "{e} (Redis requires a password: set redis.password_file{})",
+            if auth.password.is_some() {
+                ", and check the Redis ACL"
+            } else {
+                ""
+            }
+        ))
+    } else {
+        None
     }
 }
 

@@ -269,3 +269,14 @@ async fn account_overrides_win_over_the_configured_limit() {
         );
     }
 }
+
+#[test]
+fn redis_auth_debug_never_shows_the_password() {
+    let auth = RedisAuth {
+        username: Some("authrelay".into()),
+        password: Some("hunter2-never-shown".into()),
+    };
+    let shown = format!("{auth:?}");
+    assert!(shown.contains("authrelay"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}

@@ -33,11 +33,7 @@ pub(crate) async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("data_dir {}", cfg.data_dir.display()))?;
     let run = run_dir(&cfg);
     private_dir(&run).with_context(|| format!("{}", run.display()))?;
-    let state = authrelay_state::SharedState::from_url(
-        &cfg.redis.url,
-        &cfg.redis.key_prefix,
-        cfg.redis.timeout,
-    )?;
+    let state = authrelay_state::SharedState::connect(&cfg.redis).await?;
     // In one process nothing crosses a network: internal_tls is for
     // separate pods (and four services cannot share one health_listen).
     if cfg.internal_tls.enabled || cfg.internal_tls.health_listen.is_some() {

@@ -404,15 +404,11 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
             "configuration key `redis.url` is empty: credential-store announces user changes to sasl-auth's secret caches through Redis (or set sasl.secret_cache_size = 0)"
         );
     }
-    let changes = (!cfg.redis.url.is_empty())
-        .then(|| {
-            authrelay_state::SharedState::redis(
-                &cfg.redis.url,
-                &cfg.redis.key_prefix,
-                cfg.redis.timeout,
-            )
-        })
-        .transpose()?;
+    let changes = if cfg.redis.url.is_empty() {
+        None
+    } else {
+        Some(authrelay_state::SharedState::connect(&cfg.redis).await?)
+    };
     let listener = TcpListener::bind(cfg.credential_store.listen).await?;
     authrelay_telemetry::announce("credential-store", "grpc", listener.local_addr()?);
     if let Some(addr) = cfg.telemetry.metrics_listen {

@@ -696,7 +696,7 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     }
     // Refuse a missing key before binding anything.
     exchange_keys(&cfg)?;
-    let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
+    let state = SharedState::connect(&cfg.redis).await?;
     let listener = TcpListener::bind(cfg.sasl_auth.listen).await?;
     authrelay_telemetry::announce("sasl-auth", "grpc", listener.local_addr()?);
     if let Some(addr) = cfg.telemetry.metrics_listen {

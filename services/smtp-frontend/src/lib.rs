@@ -479,7 +479,7 @@ pub async fn main_with(cfg: Config) -> Result<(), anyhow::Error> {
     }
     // Fail at start, not at the first STARTTLS, when TLS is misconfigured.
     tls::setup(&cfg, false)?;
-    let state = SharedState::from_url(&cfg.redis.url, &cfg.redis.key_prefix, cfg.redis.timeout)?;
+    let state = SharedState::connect(&cfg.redis).await?;
     let bound = bind(&cfg).await?;
     let guard = authrelay_grpc_tls::guard(&cfg)?;
     serve(cfg, state, bound, false, Backends::Dial, guard, shutdown).await
