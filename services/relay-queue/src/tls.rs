@@ -6,9 +6,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-
 /// The two client configurations, built once at start.
 #[derive(Clone)]
 pub struct OutboundTlsConfigs {
@@ -27,21 +24,8 @@ pub enum TlsSetupError {
 impl OutboundTlsConfigs {
     pub fn new(ca_file: Option<&Path>) -> Result<Self, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
-            Some(file) => {
-                let err = |e: String| TlsSetupError::CaFile(file.display().to_string(), e);
-                for cert in CertificateDer::pem_file_iter(file).map_err(|e| err(e.to_string()))? {
-                    roots
-                        .add(cert.map_err(|e| err(e.to_string()))?)
-                        .map_err(|e| err(e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(err("no certificate in the file".into()));
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
+        let roots =
+            authrelay_https::roots(ca_file).map_err(|e| TlsSetupError::CaFile(e.file, e.why))?;
         let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)

@@ -3,12 +3,9 @@
 //! The reading is on bytes, tested without a socket.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use authrelay_config::{ClientAuthMethod, OAuthGrant, TokenSourceConfig};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use super::{Secret, TokenError};
 
@@ -92,44 +89,13 @@ fn printable(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
-/// An HTTPS client for one token endpoint: rustls with the workspace's ring
-/// provider, the source's CA file or the Mozilla roots, no redirects (a
-/// redirect would carry the secret elsewhere).
+/// An HTTPS client for one token endpoint (see `authrelay_https::client`:
+/// HTTPS only, no redirects, which would carry the secret elsewhere).
 pub fn http_client(
     cfg: &TokenSourceConfig,
     timeout: Duration,
 ) -> Result<reqwest::Client, anyhow::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match &cfg.ca_file {
-        Some(file) => add_pem_roots(&mut roots, file)?,
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .https_only(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .user_agent(concat!("authrelay/", env!("CARGO_PKG_VERSION")))
-        .build()?)
-}
-
-fn add_pem_roots(roots: &mut rustls::RootCertStore, file: &Path) -> Result<(), anyhow::Error> {
-    let err = |e: String| anyhow::anyhow!("ca_file {}: {e}", file.display());
-    for cert in CertificateDer::pem_file_iter(file).map_err(|e| err(e.to_string()))? {
-        roots
-            .add(cert.map_err(|e| err(e.to_string()))?)
-            .map_err(|e| err(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(err("no certificate in the file".into()));
-    }
-    Ok(())
+    Ok(authrelay_https::client(cfg.ca_file.as_deref(), timeout)?)
 }
 
 /// Reads the client secret file at each fetch: a rotated Secret is taken

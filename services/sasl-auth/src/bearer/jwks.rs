@@ -311,42 +311,10 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 /// HTTPS only, no redirects (one could lead to plain HTTP or elsewhere),
-/// the Web PKI roots or the issuer's own CA, rustls on ring as everywhere.
+/// the Web PKI roots or the issuer's own CA: `authrelay_https::client`.
 fn http_client(issuer: &Issuer, timeout: Duration) -> Result<reqwest::Client, anyhow::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &issuer.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("sasl.oauth ca_file {}: {e}", path.display()))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert
-                    .map_err(|e| anyhow::anyhow!("sasl.oauth ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| anyhow::anyhow!("sasl.oauth ca_file {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                anyhow::bail!(
-                    "sasl.oauth ca_file {}: no certificate in it",
-                    path.display()
-                );
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .https_only(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .user_agent(concat!("authrelay/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+    authrelay_https::client(issuer.ca_file.as_deref(), timeout)
+        .map_err(|e| anyhow::anyhow!("sasl.oauth {e}"))
 }
 
 #[cfg(test)]
