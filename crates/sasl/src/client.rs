@@ -13,6 +13,7 @@ use rand::RngCore as _;
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
+use crate::binding::ChannelBinding;
 use crate::digest::{
     DigestInputs, DigestKind, parse_directives, quote, response_value, user_realm_password_hash,
 };
@@ -20,7 +21,6 @@ use crate::md5ctx::hmac_md5_contexts;
 use crate::mechanism::Mechanism;
 use crate::oauth::{DUMMY_RESPONSE, ErrorStatus, oauthbearer_message, xoauth2_message};
 use crate::scram::{ScramHash, attr, escape_saslname, is_valid_nonce};
-use crate::server::ChannelBinding;
 
 /// A server may make us spend at most this many PBKDF2 iterations; more is a denial of
 /// service against the relay, not a security setting.

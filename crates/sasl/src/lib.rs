@@ -12,6 +12,21 @@
 //!
 //! Base64 is the SMTP layer's business (RFC 4954 §4): every challenge and response here is raw
 //! bytes.
+//!
+//! # Which module may use which
+//!
+//! Dependencies point one way, down this list (unit tests aside); nothing imports a module
+//! above it:
+//!
+//! 1. [`mechanism`] — what a mechanism is and the facts about it (names, strength, the
+//!    [`SecretFamily`] that verifies it, LOGIN's fixed prompts), and `binding` — the channel
+//!    binding data TLS gives both sides. They import nothing of this crate.
+//! 2. `md5ctx`, `digest`, `scram`, [`oauth`] — the primitives and wire formats of each family
+//!    (HMAC-MD5 contexts, DIGEST-MD5 directives, SCRAM attributes and keys, the RFC 7628 GS2
+//!    messages); `digest` uses `md5ctx`, `scram` uses `mechanism`, `oauth` uses `scram`.
+//! 3. [`secret`] — what the credential store keeps and how it is derived from a password.
+//! 4. [`server`] and [`client`] — the two sides of an exchange, built on all of the above and
+//!    never on each other.
 
 pub mod client;
 pub mod mechanism;
@@ -19,20 +34,19 @@ pub mod oauth;
 pub mod secret;
 pub mod server;
 
+mod binding;
 mod digest;
 mod md5ctx;
 mod scram;
 
+pub use binding::{ChannelBinding, ChannelBindingType};
 pub use client::{ClientCredentials, ClientError, ClientExchange, ClientStep, set_scram_cache};
-pub use mechanism::{Mechanism, UnknownMechanism};
+pub use mechanism::{Mechanism, SecretFamily, UnknownMechanism};
 pub use secret::{
-    SecretFamily, SecretParams, StoredSecret, derive_scram_secret, derive_secret, dummy_secret,
-    set_dummy_params, verify_password,
+    SecretParams, StoredSecret, derive_scram_secret, derive_secret, dummy_secret, set_dummy_params,
+    verify_password,
 };
-pub use server::{
-    ChannelBinding, ChannelBindingType, Failure, Outcome, SecretRequest, ServerConfig,
-    ServerExchange, Step,
-};
+pub use server::{Failure, Outcome, SecretRequest, ServerConfig, ServerExchange, Step};
 
 /// The attribute parsers inside the mechanisms, reachable for the fuzz targets (`fuzz/`) and
 /// the property tests. Not an API: the mechanisms are.

@@ -1,10 +1,10 @@
 //! The SASL mechanisms authrelay speaks, and the facts about each that the SMTP layer, the
-//! credential store and the client's mechanism choice need.
+//! credential store and the client's mechanism choice need — among them the [`SecretFamily`]
+//! that verifies each. The two refer to each other, so they live together here, at the bottom
+//! of the crate: this module imports nothing else of it.
 
 use std::fmt;
 use std::str::FromStr;
-
-use crate::secret::SecretFamily;
 
 /// A SASL mechanism, serialised as its IANA name (e.g. `"SCRAM-SHA-256"`).
 #[derive(
@@ -111,7 +111,6 @@ impl Mechanism {
     /// (sasl-auth's `StartRequest.responses`), instead of a round trip to the SASL server
     /// per prompt. Empty for every mechanism whose challenges carry a nonce.
     pub fn fixed_prompts(self, initial: Option<&[u8]>) -> &'static [&'static [u8]] {
-        use crate::server::{LOGIN_PASSWORD, LOGIN_USERNAME};
         match (self, initial) {
             // The bearer mechanisms too: an empty challenge, then the client's message.
             (Mechanism::Plain | Mechanism::OAuthBearer | Mechanism::XOAuth2, None) => &[b""],
@@ -249,6 +248,74 @@ impl TryFrom<&str> for Mechanism {
     }
 }
 
+/// A kind of stored secret; each verifies the mechanisms in [`SecretFamily::mechanisms`].
+/// What each holds, and how it is derived, is the `secret` module's business.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum SecretFamily {
+    Password,
+    CramMd5,
+    DigestMd5,
+    ScramSha1,
+    ScramSha256,
+}
+
+impl SecretFamily {
+    pub const ALL: [SecretFamily; 5] = [
+        SecretFamily::Password,
+        SecretFamily::CramMd5,
+        SecretFamily::DigestMd5,
+        SecretFamily::ScramSha1,
+        SecretFamily::ScramSha256,
+    ];
+
+    /// Stable lower-case name, as used in the credential store and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecretFamily::Password => "password",
+            SecretFamily::CramMd5 => "cram-md5",
+            SecretFamily::DigestMd5 => "digest-md5",
+            SecretFamily::ScramSha1 => "scram-sha-1",
+            SecretFamily::ScramSha256 => "scram-sha-256",
+        }
+    }
+
+    /// Looks a family up by [`SecretFamily::name`], case-insensitively.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+    }
+
+    /// The mechanisms this family's secret can verify.
+    pub fn mechanisms(self) -> &'static [Mechanism] {
+        match self {
+            SecretFamily::Password => &[Mechanism::Plain, Mechanism::Login],
+            SecretFamily::CramMd5 => &[Mechanism::CramMd5],
+            SecretFamily::DigestMd5 => &[Mechanism::DigestMd5],
+            SecretFamily::ScramSha1 => &[Mechanism::ScramSha1, Mechanism::ScramSha1Plus],
+            SecretFamily::ScramSha256 => &[Mechanism::ScramSha256, Mechanism::ScramSha256Plus],
+        }
+    }
+
+    /// The MD5-based families: their stored values are password-equivalent (RFC 6331 §1), so
+    /// operators may want to refuse storing them.
+    pub fn is_md5(self) -> bool {
+        matches!(self, SecretFamily::CramMd5 | SecretFamily::DigestMd5)
+    }
+}
+
+impl fmt::Display for SecretFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// LOGIN's prompts (draft-murchison-sasl-login §2.1). Constants: see `Mechanism::fixed_prompts`.
+pub(crate) const LOGIN_USERNAME: &[u8] = b"Username:";
+pub(crate) const LOGIN_PASSWORD: &[u8] = b"Password:";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +425,17 @@ mod tests {
                 None => assert!(m == Mechanism::External || m.uses_bearer_token(), "{m}"),
             }
         }
+    }
+
+    #[test]
+    fn family_names_round_trip() {
+        for f in SecretFamily::ALL {
+            assert_eq!(SecretFamily::from_name(f.name()), Some(f));
+            for m in f.mechanisms() {
+                assert_eq!(m.family(), Some(f));
+            }
+        }
+        assert!(SecretFamily::CramMd5.is_md5() && SecretFamily::DigestMd5.is_md5());
+        assert!(!SecretFamily::ScramSha256.is_md5());
     }
 }

@@ -1,5 +1,5 @@
-//! What the credential store keeps for a user, one entry per [`SecretFamily`], and how it is
-//! derived from a password.
+//! What the credential store keeps for a user, one entry per [`SecretFamily`] (defined beside
+//! [`Mechanism`](crate::Mechanism), which names it), and how it is derived from a password.
 //!
 //! Each family is the least a server needs to verify its mechanisms: an Argon2id hash for
 //! the plaintext mechanisms, HMAC-MD5 contexts for CRAM-MD5, `H(user:realm:pass)` for
@@ -16,71 +16,8 @@ use sha2::Sha256;
 
 use crate::digest::user_realm_password_hash;
 use crate::md5ctx::hmac_md5_contexts;
-use crate::mechanism::Mechanism;
+use crate::mechanism::SecretFamily;
 use crate::scram::ScramHash;
-
-/// A kind of stored secret; each verifies the mechanisms in [`SecretFamily::mechanisms`].
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub enum SecretFamily {
-    Password,
-    CramMd5,
-    DigestMd5,
-    ScramSha1,
-    ScramSha256,
-}
-
-impl SecretFamily {
-    pub const ALL: [SecretFamily; 5] = [
-        SecretFamily::Password,
-        SecretFamily::CramMd5,
-        SecretFamily::DigestMd5,
-        SecretFamily::ScramSha1,
-        SecretFamily::ScramSha256,
-    ];
-
-    /// Stable lower-case name, as used in the credential store and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            SecretFamily::Password => "password",
-            SecretFamily::CramMd5 => "cram-md5",
-            SecretFamily::DigestMd5 => "digest-md5",
-            SecretFamily::ScramSha1 => "scram-sha-1",
-            SecretFamily::ScramSha256 => "scram-sha-256",
-        }
-    }
-
-    /// Looks a family up by [`SecretFamily::name`], case-insensitively.
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name().eq_ignore_ascii_case(s))
-    }
-
-    /// The mechanisms this family's secret can verify.
-    pub fn mechanisms(self) -> &'static [Mechanism] {
-        match self {
-            SecretFamily::Password => &[Mechanism::Plain, Mechanism::Login],
-            SecretFamily::CramMd5 => &[Mechanism::CramMd5],
-            SecretFamily::DigestMd5 => &[Mechanism::DigestMd5],
-            SecretFamily::ScramSha1 => &[Mechanism::ScramSha1, Mechanism::ScramSha1Plus],
-            SecretFamily::ScramSha256 => &[Mechanism::ScramSha256, Mechanism::ScramSha256Plus],
-        }
-    }
-
-    /// The MD5-based families: their stored values are password-equivalent (RFC 6331 §1), so
-    /// operators may want to refuse storing them.
-    pub fn is_md5(self) -> bool {
-        matches!(self, SecretFamily::CramMd5 | SecretFamily::DigestMd5)
-    }
-}
-
-impl fmt::Display for SecretFamily {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A user's stored secret for one family.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -470,18 +407,6 @@ mod tests {
             argon2_t_cost: 1,
             ..SecretParams::default()
         }
-    }
-
-    #[test]
-    fn family_names_round_trip() {
-        for f in SecretFamily::ALL {
-            assert_eq!(SecretFamily::from_name(f.name()), Some(f));
-            for m in f.mechanisms() {
-                assert_eq!(m.family(), Some(f));
-            }
-        }
-        assert!(SecretFamily::CramMd5.is_md5() && SecretFamily::DigestMd5.is_md5());
-        assert!(!SecretFamily::ScramSha256.is_md5());
     }
 
     #[test]

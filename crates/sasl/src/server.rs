@@ -25,10 +25,11 @@ use std::fmt;
 use rand::RngCore as _;
 use subtle::ConstantTimeEq as _;
 
+use crate::binding::{ChannelBinding, ChannelBindingType};
 use crate::md5ctx::hmac_md5_from_contexts;
-use crate::mechanism::Mechanism;
+use crate::mechanism::{LOGIN_PASSWORD, LOGIN_USERNAME, Mechanism, SecretFamily};
 use crate::oauth::{BearerMessage, parse_oauthbearer, parse_xoauth2};
-use crate::secret::{SecretFamily, StoredSecret, dummy_secret, verify_password};
+use crate::secret::{StoredSecret, dummy_secret, verify_password};
 
 /// The largest response accepted from a client, for any mechanism. Legitimate responses are a
 /// few hundred bytes; this stops memory abuse before any parsing.
@@ -36,53 +37,6 @@ const MAX_RESPONSE: usize = 8192;
 /// Largest user name, authorization identity or password accepted. RFC 4616 §2 asks servers
 /// to accept at least 255 octets; we allow comfortably more.
 const MAX_FIELD: usize = 1024;
-
-/// LOGIN's prompts (draft-murchison-sasl-login §2.1). Constants: see `Mechanism::fixed_prompts`.
-pub(crate) const LOGIN_USERNAME: &[u8] = b"Username:";
-pub(crate) const LOGIN_PASSWORD: &[u8] = b"Password:";
-
-/// A channel binding type (RFC 5056 §7) this TLS session can provide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ChannelBindingType {
-    /// `tls-exporter` (RFC 9266): the TLS 1.3 exporter value; rustls has no `tls-unique`.
-    TlsExporter,
-    /// `tls-server-end-point` (RFC 5929 §4): hash of the server certificate.
-    TlsServerEndPoint,
-}
-
-impl ChannelBindingType {
-    pub const ALL: [ChannelBindingType; 2] = [
-        ChannelBindingType::TlsExporter,
-        ChannelBindingType::TlsServerEndPoint,
-    ];
-
-    /// The registered `cb-name`, as it appears in SCRAM's `p=`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ChannelBindingType::TlsExporter => "tls-exporter",
-            ChannelBindingType::TlsServerEndPoint => "tls-server-end-point",
-        }
-    }
-
-    /// Looks up a `cb-name`; these are compared exactly (RFC 5056 §7).
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.name() == s)
-    }
-}
-
-impl fmt::Display for ChannelBindingType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Channel binding data for one type, taken from the TLS session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChannelBinding {
-    pub kind: ChannelBindingType,
-    pub data: Vec<u8>,
-}
 
 /// What the server knows about the connection the exchange runs on.
 #[derive(Clone, Debug, Default)]

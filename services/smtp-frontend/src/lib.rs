@@ -5,6 +5,7 @@
 //! relay-queue over gRPC; the frontend never sees a stored secret and keeps
 //! no state beyond its open connections, so it scales horizontally.
 
+mod admin_error;
 pub mod command;
 pub mod limits;
 pub mod policy;

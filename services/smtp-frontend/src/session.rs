@@ -92,7 +92,9 @@ struct TlsInfo {
     client_identity: Option<String>,
 }
 
-struct AuthInfo {
+/// Who the client authenticated as, and how (one per session: AUTH is
+/// refused once it has succeeded, RFC 4954 §4).
+struct Authenticated {
     /// The account that proved its credentials (limits count per account).
     authcid: String,
     authzid: String,
@@ -129,7 +131,7 @@ pub struct Session {
     out: Vec<u8>,
     helo: Option<(String, bool)>,
     tls: Option<TlsInfo>,
-    auth: Option<AuthInfo>,
+    auth: Option<Authenticated>,
     tx: Option<Transaction>,
     errors: u32,
     auth_attempts: u32,
@@ -833,7 +835,7 @@ impl Session {
                         r.mechanism = s.mechanism.clone();
                     });
                     self.shared.registry.set_account(&self.id, &s.authcid);
-                    self.auth = Some(AuthInfo {
+                    self.auth = Some(Authenticated {
                         authcid: s.authcid,
                         authzid: s.authzid,
                         mechanism: s.mechanism,

@@ -17,6 +17,8 @@ use authrelay_state::SharedState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::admin_error::AdminError;
+
 const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
 
@@ -260,11 +262,7 @@ impl pb::sessions_server::Sessions for SessionsService {
         &self,
         _req: tonic::Request<pb::ListSessionsRequest>,
     ) -> Result<tonic::Response<pb::ListSessionsResponse>, tonic::Status> {
-        let records = self
-            .registry
-            .list_all()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let records = self.registry.list_all().await.map_err(AdminError::from)?;
         Ok(tonic::Response::new(pb::ListSessionsResponse {
             sessions: records.into_iter().map(Into::into).collect(),
         }))
@@ -278,7 +276,7 @@ impl pb::sessions_server::Sessions for SessionsService {
             .registry
             .end(&req.into_inner().id)
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            .map_err(AdminError::from)?;
         Ok(tonic::Response::new(pb::EndSessionResponse { found }))
     }
 }

@@ -7,7 +7,8 @@ use subtle::ConstantTimeEq as _;
 
 use super::{Failure, Flow, SecretRequest, ServerConfig, ServerExchange, State, Step};
 use crate::digest::{DigestInputs, DigestKind, parse_directives, quote, response_value};
-use crate::secret::{SecretFamily, StoredSecret, dummy_secret};
+use crate::mechanism::SecretFamily;
+use crate::secret::{StoredSecret, dummy_secret};
 
 /// RFC 2831 §2.1.2: "The size of a digest-response is less than 4096 bytes."
 const MAX_DIGEST_RESPONSE: usize = 4096;

@@ -5,14 +5,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use subtle::ConstantTimeEq as _;
 
-use super::{
-    ChannelBindingType, Failure, Flow, MAX_FIELD, SecretRequest, ServerConfig, ServerExchange,
-    State, Step,
-};
+use super::{Failure, Flow, MAX_FIELD, SecretRequest, ServerConfig, ServerExchange, State, Step};
+use crate::binding::ChannelBindingType;
+use crate::mechanism::SecretFamily;
 use crate::scram::{
     ScramHash, attr, is_valid_cb_name, is_valid_nonce, random_nonce, unescape_saslname,
 };
-use crate::secret::{SecretFamily, StoredSecret, dummy_secret};
+use crate::secret::{StoredSecret, dummy_secret};
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) enum ScramState {

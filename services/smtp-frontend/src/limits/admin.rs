@@ -9,6 +9,7 @@ use authrelay_state::{SharedState, StateError};
 use std::sync::Arc;
 
 use super::AccountLimits;
+use crate::admin_error::AdminError;
 
 /// What `authrelay user show` prints: limits, usage, suspension.
 async fn info(limits: &AccountLimits, account: &str) -> Result<pb::AccountInfo, StateError> {
@@ -46,21 +47,15 @@ fn suspension_pb(account: &str, s: account::Suspension) -> pb::Suspension {
     }
 }
 
-fn unavailable_status(e: StateError) -> tonic::Status {
-    tonic::Status::unavailable(e.to_string())
-}
-
 /// An account name as AUTH reports it: NAME@REALM, no control characters
 /// (it becomes part of store keys and log lines).
-fn check_account(account: &str) -> Result<(), tonic::Status> {
+fn check_account(account: &str) -> Result<(), AdminError> {
     if account.is_empty()
         || account.len() > 512
         || !account.contains('@')
         || account.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(tonic::Status::invalid_argument(
-            "account must be NAME@REALM, without spaces or control characters",
-        ));
+        return Err(AdminError::InvalidAccount);
     }
     Ok(())
 }
@@ -80,7 +75,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
         check_account(&account)?;
         let info = info(&self.limits, &account)
             .await
-            .map_err(unavailable_status)?;
+            .map_err(AdminError::from)?;
         Ok(tonic::Response::new(info))
     }
 
@@ -93,15 +88,14 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
         let mut set = Vec::new();
         for (name, value) in &r.set {
             if !PerUserLimits::NAMES.contains(&name.as_str()) {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "unknown limit {name:?}; known: {}",
-                    PerUserLimits::NAMES.join(", ")
-                )));
+                return Err(AdminError::UnknownLimit {
+                    name: name.clone(),
+                    known: PerUserLimits::NAMES.join(", "),
+                }
+                .into());
             }
             if *value > 1_000_000_000 {
-                return Err(tonic::Status::invalid_argument(format!(
-                    "{name}: at most 1000000000 (0 = no limit)"
-                )));
+                return Err(AdminError::LimitTooHigh(name.clone()).into());
             }
             set.push((name.clone(), *value));
         }
@@ -109,7 +103,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
             .state
             .set_account_overrides(&r.account, &set, &[], r.clear)
             .await
-            .map_err(unavailable_status)?;
+            .map_err(AdminError::from)?;
         self.limits.save().await;
         let shown: Vec<String> = set.iter().map(|(n, v)| format!("{n}={v}")).collect();
         tracing::info!(
@@ -124,7 +118,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
         );
         let info = info(&self.limits, &r.account)
             .await
-            .map_err(unavailable_status)?;
+            .map_err(AdminError::from)?;
         Ok(tonic::Response::new(info))
     }
 
@@ -144,7 +138,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
             .state
             .unlock_account(&account, &counters)
             .await
-            .map_err(unavailable_status)?;
+            .map_err(AdminError::from)?;
         self.limits.remember(&account, false);
         self.limits.announce("unlock", &account).await;
         self.limits.save().await;
@@ -163,7 +157,7 @@ impl pb::account_limits_server::AccountLimits for AccountLimitsService {
             .state
             .suspensions()
             .await
-            .map_err(unavailable_status)?;
+            .map_err(AdminError::from)?;
         Ok(tonic::Response::new(pb::ListSuspendedResponse {
             suspensions: all.into_iter().map(|(a, s)| suspension_pb(&a, s)).collect(),
         }))
