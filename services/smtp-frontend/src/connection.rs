@@ -1,6 +1,9 @@
-//! One SMTP session: the I/O around the sans-IO pieces (line framing and
-//! command parsing in `command`, replies in `reply`, relay decisions in
-//! `policy`, the trace header in `received`).
+//! One client connection: the I/O around the sans-IO SMTP session
+//! (`authrelay_smtp::Session`). It reads lines, hands them to the session
+//! and performs the actions the session returns — the TLS handshake, the
+//! SASL exchange with sasl-auth, streaming a message to relay-queue, ETRN —
+//! then tells the session how they went. Timeouts, drain, operator ends,
+//! spans, metrics and logs live here too; SMTP rules live in the session.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,19 +15,18 @@ use authrelay_config::Listener;
 use authrelay_proto::queue::v1 as qpb;
 use authrelay_proto::sasl::v1 as spb;
 use authrelay_sasl::Mechanism;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use authrelay_smtp::{
+    Action, AuthCommand, AuthFailure, AuthStart, Authenticated, Closing, Counted, Delivery, Line,
+    LineBuffer, Session, SessionParams, Verdict,
+};
 use smtp_proto::request::receiver::DataReceiver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Shared;
-use crate::command::{self, Command, Line, MailFrom, ParseError, RcptTo};
-use crate::limits::{Counted, Verdict};
-use crate::policy::Client;
 use crate::received;
-use crate::reply::{Reply, r};
+use crate::registry::Registration;
 
 /// Body bytes forwarded to relay-queue per gRPC message.
 const CHUNK: usize = 64 * 1024;
@@ -83,6 +85,7 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// What the TLS handshake gave this connection.
 struct TlsInfo {
     version: String,
     cipher: String,
@@ -90,20 +93,6 @@ struct TlsInfo {
     end_point: Vec<u8>,
     /// Identity from a verified client certificate (EXTERNAL).
     client_identity: Option<String>,
-}
-
-struct AuthInfo {
-    /// The account that proved its credentials (limits count per account).
-    authcid: String,
-    authzid: String,
-    mechanism: String,
-    bits: u32,
-    trusted: bool,
-}
-
-struct Transaction {
-    from: MailFrom,
-    rcpts: Vec<RcptTo>,
 }
 
 enum Flow {
@@ -119,29 +108,18 @@ enum ReadError {
     Ended,
 }
 
-pub struct Session {
+pub struct Connection {
     shared: Arc<Shared>,
     stream: Stream,
     listener: Listener,
     peer: SocketAddr,
     id: String,
-    lines: command::LineBuffer,
-    out: Vec<u8>,
-    helo: Option<(String, bool)>,
+    lines: LineBuffer,
+    session: Session,
     tls: Option<TlsInfo>,
-    auth: Option<AuthInfo>,
-    tx: Option<Transaction>,
-    errors: u32,
-    auth_attempts: u32,
-    registration: crate::sessions::Registration,
-    /// A BDAT transaction in progress.
+    registration: Registration,
+    /// The BDAT message being uploaded.
     bdat: Option<Upload>,
-    /// Code of the last reply queued (AUTH outcome for spans and metrics).
-    last_code: u16,
-    /// `XTRACE`: the sending authrelay's W3C traceparent, adopted as parent
-    /// of this session's AUTH spans and queued messages. Tracing only.
-    xtrace: Option<String>,
-    xtrace_seen: bool,
 }
 
 pub fn new_id(bytes: usize) -> String {
@@ -149,53 +127,46 @@ pub fn new_id(bytes: usize) -> String {
     hex::encode_upper(raw)
 }
 
-impl Session {
+impl Connection {
     pub fn new(
         shared: Arc<Shared>,
         stream: TcpStream,
         listener: Listener,
         peer: SocketAddr,
         id: String,
-        registration: crate::sessions::Registration,
+        registration: Registration,
     ) -> Self {
-        Session {
+        let session = Session::new(
+            shared.smtp.clone(),
+            SessionParams {
+                peer: peer.ip(),
+                requires_auth: listener.requires_auth(),
+                implicit_tls: listener.role == authrelay_config::ListenerRole::Submissions,
+                xtrace: shared.policy.may_xtrace(peer.ip()),
+                mechanisms: shared.cfg.mechanisms_for(false, false, false),
+            },
+        );
+        Connection {
             registration,
             bdat: None,
-            last_code: 0,
-            xtrace: None,
-            xtrace_seen: false,
             shared,
             stream: Stream::Plain(stream),
             listener,
             peer,
             id,
-            lines: command::LineBuffer::default(),
-            out: Vec::with_capacity(512),
-            helo: None,
+            lines: LineBuffer::default(),
+            session,
             tls: None,
-            auth: None,
-            tx: None,
-            errors: 0,
-            auth_attempts: 0,
         }
     }
 
-    fn hostname(&self) -> &str {
-        &self.shared.cfg.hostname
-    }
-
-    fn reply(&mut self, reply: Reply) {
-        self.last_code = reply.code;
-        reply.write_to(&mut self.out);
-    }
-
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
+        if !self.session.output().is_empty() {
             // A client that never reads its replies must not hold the session
             // (its task, buffers and connection slot) forever: writing gets the
             // command timeout too (RFC 5321 §4.5.3.2).
             let timeout = self.shared.cfg.frontend.timeouts.command;
-            let (stream, out) = (&mut self.stream, &self.out);
+            let (stream, out) = (&mut self.stream, self.session.output());
             let write = async move {
                 stream.write_all(out).await?;
                 stream.flush().await
@@ -203,7 +174,7 @@ impl Session {
             tokio::time::timeout(timeout, write)
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            self.out.clear();
+            self.session.output_written();
         }
         Ok(())
     }
@@ -227,41 +198,32 @@ impl Session {
     }
 
     async fn run_inner(&mut self) -> std::io::Result<()> {
-        if let Err(reply) = self.shared.policy.check_connect(self.peer.ip()) {
-            self.reply(reply);
-            return self.flush().await;
+        let greeting = self.session.connected();
+        if let Flow::Continue = self.perform(greeting).await {
+            self.command_loop().await;
         }
-        if self.listener.role == authrelay_config::ListenerRole::Submissions
-            && !self.start_tls().await
-        {
-            return Ok(());
-        }
-        let greeting = format!("{} ESMTP authrelay ready", self.hostname());
-        self.reply(Reply::new(220, "", greeting));
+        // A BDAT message left open ends without Commit: the queue drops it.
+        self.discard_upload();
+        self.flush().await?;
+        let _ = self.stream.shutdown().await;
+        Ok(())
+    }
+
+    async fn command_loop(&mut self) {
         let session_deadline =
             tokio::time::Instant::now() + self.shared.cfg.frontend.timeouts.session;
         loop {
             if tokio::time::Instant::now() > session_deadline {
-                let host = self.hostname().to_owned();
-                self.reply(r::timeout(&host));
-                break;
+                self.session.close(Closing::Timeout);
+                return;
             }
             let max = self.shared.cfg.frontend.max_line_length;
             let line = match self.read_line(max, true).await {
                 Ok(l) => l,
-                Err(ReadError::Closed) => break,
-                Err(ReadError::Timeout) => {
-                    let host = self.hostname().to_owned();
-                    self.reply(r::timeout(&host));
-                    break;
-                }
-                Err(ReadError::Draining) => {
-                    let host = self.hostname().to_owned();
-                    self.reply(r::shutting_down(&host));
-                    break;
-                }
+                Err(ReadError::Closed) => return,
+                Err(ReadError::Timeout) => return self.session.close(Closing::Timeout),
+                Err(ReadError::Draining) => return self.session.close(Closing::ShuttingDown),
                 Err(ReadError::Ended) => {
-                    let host = self.hostname().to_owned();
                     // An account suspension says why; else the operator ended it.
                     let why = self
                         .registration
@@ -269,27 +231,68 @@ impl Session {
                         .lock()
                         .ok()
                         .and_then(|mut w| w.take());
-                    self.reply(why.unwrap_or_else(|| {
-                        Reply::new(
-                            421,
-                            "4.7.0",
-                            format!("{host} Session ended by operator, closing connection"),
-                        )
-                    }));
-                    break;
+                    return self
+                        .session
+                        .close(why.map_or(Closing::EndedByOperator, Closing::Ended));
                 }
             };
-            let flow = match line {
-                Line::TooLong => self.error_reply(r::line_too_long()),
-                Line::Complete(bytes) => self.handle(&bytes).await,
-            };
-            if let Flow::Close = flow {
-                break;
+            let action = self.session.line(line);
+            if let Flow::Close = self.perform(action).await {
+                return;
             }
         }
-        self.flush().await?;
-        let _ = self.stream.shutdown().await;
-        Ok(())
+    }
+
+    /// Do what the session asked.
+    async fn perform(&mut self, action: Action) -> Flow {
+        match action {
+            Action::Continue => Flow::Continue,
+            Action::Close => Flow::Close,
+            Action::StartTls => self.starttls().await,
+            Action::Auth(cmd) => self.auth(cmd).await,
+            Action::ReceiveData => self.data().await,
+            Action::ReceiveChunk { size, last, begin } => self.chunk(size, last, begin).await,
+            Action::SkipChunk { size } => {
+                if !self.read_chunk(size).await {
+                    return Flow::Close;
+                }
+                self.session.chunk_skipped();
+                Flow::Continue
+            }
+            Action::DiscardMessage => {
+                self.discard_upload();
+                Flow::Continue
+            }
+            Action::Etrn(domain) => {
+                self.etrn(domain).await;
+                Flow::Continue
+            }
+            Action::Count(counted) => self.count(counted).await,
+        }
+    }
+
+    /// Count a message or recipient against the authenticated account's
+    /// limits (`[limits.per_user]`).
+    async fn count(&mut self, counted: Counted) -> Flow {
+        let verdict = match self.session.authenticated() {
+            Some(auth) => {
+                self.shared
+                    .limits
+                    .count(counted, &auth.authcid, self.peer.ip())
+                    .await
+            }
+            None => Verdict::Pass,
+        };
+        match self.session.counted(verdict) {
+            Action::Close => Flow::Close,
+            _ => Flow::Continue,
+        }
+    }
+
+    fn discard_upload(&mut self) {
+        if let Some(u) = self.bdat.take() {
+            u.abort();
+        }
     }
 
     /// The next line; flushes pending replies before waiting (pipelining,
@@ -304,7 +307,7 @@ impl Session {
                 return Ok(line);
             }
             self.flush().await.map_err(|_| ReadError::Closed)?;
-            let drain_ok = idle && self.tx.is_none();
+            let drain_ok = idle && self.session.transaction().is_none();
             if drain_ok && *self.shared.draining.borrow() {
                 return Err(ReadError::Draining);
             }
@@ -324,187 +327,35 @@ impl Session {
         }
     }
 
-    /// Answer a bad command; the one that reaches `max_errors` is answered
-    /// `421` instead, and the connection closes.
-    fn error_reply(&mut self, reply: Reply) -> Flow {
-        self.errors += 1;
-        if self.errors >= self.shared.cfg.frontend.max_errors {
-            self.reply(r::too_many_errors());
-            Flow::Close
-        } else {
-            self.reply(reply);
-            Flow::Continue
-        }
-    }
-
-    async fn handle(&mut self, line: &[u8]) -> Flow {
-        // From other clients XTRACE is an unknown command, as it is unoffered.
-        if line.len() >= 7
-            && line[..7].eq_ignore_ascii_case(b"XTRACE ")
-            && self.shared.policy.may_xtrace(self.peer.ip())
-        {
-            self.xtrace_command(&line[7..]);
-            return Flow::Continue;
-        }
-        let cmd = match command::parse(line) {
-            Ok(c) => c,
-            Err(e) => {
-                return self.error_reply(match e {
-                    ParseError::Unrecognized => r::unrecognized(),
-                    ParseError::Syntax(s) => Reply::new(501, "5.5.4", format!("Syntax: {s}")),
-                    ParseError::Parameter(p) => {
-                        Reply::new(555, "5.5.4", format!("Unsupported parameter {p}"))
-                    }
-                    ParseError::BadCharacters => {
-                        Reply::new(500, "5.5.2", "Invalid characters in command")
-                    }
-                });
-            }
-        };
-        match cmd {
-            Command::Ehlo(host) => self.ehlo(host, true),
-            Command::Helo(host) => self.ehlo(host, false),
-            Command::StartTls => return self.starttls_command().await,
-            Command::Auth { mechanism, initial } => return self.auth(&mechanism, initial).await,
-            Command::Mail(m) => return self.mail(m).await,
-            Command::Rcpt(rc) => return self.rcpt(rc).await,
-            Command::Data => return self.data().await,
-            Command::Bdat { size, last } => return self.bdat(size, last).await,
-            Command::Rset => {
-                self.reset_transaction();
-                self.reply(Reply::new(250, "2.0.0", "Reset state"));
-            }
-            Command::Noop => self.reply(r::ok()),
-            Command::Quit => {
-                let text = format!("{} closing connection", self.hostname());
-                self.reply(Reply::new(221, "2.0.0", text));
-                return Flow::Close;
-            }
-            Command::Help => self.reply(Reply::multi(
-                214,
-                "2.0.0",
-                vec![
-                    "This is authrelay, an authenticated SMTP relay".into(),
-                    "Topics: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN ETRN".into(),
-                    "End of HELP info".into(),
-                ],
-            )),
-            // Sendmail's `novrfy`/`noexpn` answers: nothing about who exists.
-            Command::Vrfy => self.reply(Reply::new(252, "2.5.2", "Cannot VRFY user; try RCPT to attempt delivery")),
-            Command::Expn => self.reply(Reply::new(502, "5.7.0", "Sorry, we do not allow this operation")),
-            Command::Etrn(node) => self.etrn(node).await,
-        }
-        Flow::Continue
-    }
-
-    /// `XTRACE <traceparent>` (ours, between authrelay instances): the
-    /// sender's trace continues here. It only parents spans — never touches
-    /// authorization — is taken once per session, and a malformed value is
-    /// refused without counting as an error.
-    fn xtrace_command(&mut self, value: &[u8]) {
-        if self.xtrace_seen {
-            self.reply(r::bad_sequence("XTRACE already given"));
-            return;
-        }
-        let value = std::str::from_utf8(value).unwrap_or("").trim();
-        if authrelay_telemetry::context_from_traceparent(value).is_none() {
-            self.reply(Reply::new(501, "5.5.4", "Syntax: XTRACE traceparent"));
-            return;
-        }
-        self.xtrace_seen = true;
-        self.xtrace = Some(value.to_owned());
-        self.reply(Reply::new(250, "2.0.0", "Trace continued"));
-    }
-
-    fn offered(&self) -> Vec<Mechanism> {
-        // -PLUS only where the client's default binding exists: TLS 1.3's
-        // tls-exporter (TLS 1.2 clients bind with tls-unique, which we
-        // cannot offer).
-        let cb = self.tls.as_ref().is_some_and(|t| t.exporter.is_some());
-        let cert = self
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_identity.is_some());
-        self.shared.cfg.mechanisms_for(self.tls.is_some(), cb, cert)
-    }
-
-    /// RFC 5321 §4.1.4: RSET, EHLO and STARTTLS abandon a transaction.
-    fn reset_transaction(&mut self) {
-        self.tx = None;
-        if let Some(u) = self.bdat.take() {
-            u.abort();
-        }
-    }
-
-    fn ehlo(&mut self, host: String, esmtp: bool) {
-        self.reset_transaction();
-        let greet = format!(
-            "{} Hello {} [{}], pleased to meet you",
-            self.hostname(),
-            host,
-            self.peer.ip()
-        );
-        self.helo = Some((host, esmtp));
-        if !esmtp {
-            self.reply(Reply::new(250, "", greet));
-            return;
-        }
-        let mut lines: Vec<std::borrow::Cow<'static, str>> = vec![
-            greet.into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "PIPELINING".into(),
-            "8BITMIME".into(),
-            format!("SIZE {}", self.shared.cfg.frontend.max_message_size).into(),
-            "DSN".into(),
-            "SMTPUTF8".into(),
-            "CHUNKING".into(),
-        ];
-        if self.tls.is_none() && self.shared.tls.is_some() {
-            lines.push("STARTTLS".into());
-        }
-        let mechs = self.offered();
-        if !mechs.is_empty() {
-            let names: Vec<&str> = mechs.iter().map(|m| m.name()).collect();
-            lines.push(format!("AUTH {}", names.join(" ")).into());
-        }
-        lines.push("ETRN".into());
-        if self.shared.policy.may_xtrace(self.peer.ip()) {
-            lines.push("XTRACE".into());
-        }
-        lines.push("HELP".into());
-        self.reply(Reply::multi(250, "", lines));
-    }
-
-    async fn starttls_command(&mut self) -> Flow {
-        if self.tls.is_some() {
-            self.reply(Reply::new(503, "5.5.1", "TLS already active"));
-            return Flow::Continue;
-        }
-        if self.shared.tls.is_none() {
-            self.reply(Reply::new(454, "4.7.0", "TLS not available"));
-            return Flow::Continue;
-        }
-        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+    /// STARTTLS, or the handshake of an implicit-TLS listener before the
+    /// greeting: flush the session's `220`, if any, then handshake.
+    async fn starttls(&mut self) -> Flow {
         if self.flush().await.is_err() {
             return Flow::Close;
         }
         // RFC 3207 §4.2 and the STARTTLS injection class: anything the
         // client pipelined after STARTTLS came in the clear; discard it.
         self.lines.clear();
-        if !self.start_tls().await {
+        if !self.handshake().await {
             return Flow::Close;
         }
-        // RFC 3207 §4.2: forget everything learnt before TLS.
-        self.helo = None;
-        self.auth = None;
-        self.xtrace = None;
-        self.xtrace_seen = false;
-        self.reset_transaction();
+        // -PLUS only where the client's default binding exists: TLS 1.3's
+        // tls-exporter (TLS 1.2 clients bind with tls-unique, which we
+        // cannot offer).
+        let tls = self.tls.as_ref();
+        let mechanisms = self.shared.cfg.mechanisms_for(
+            true,
+            tls.is_some_and(|t| t.exporter.is_some()),
+            tls.is_some_and(|t| t.client_identity.is_some()),
+        );
+        if let Action::DiscardMessage = self.session.tls_started(mechanisms) {
+            self.discard_upload();
+        }
         Flow::Continue
     }
 
     /// Handshake on the current plain stream; false when it failed.
-    async fn start_tls(&mut self) -> bool {
+    async fn handshake(&mut self) -> bool {
         let Some(acceptor) = self.shared.tls.clone() else {
             return false;
         };
@@ -616,39 +467,21 @@ impl Session {
     }
 
     /// Sends `data` as a 334 challenge and reads the client's answer, base64
-    /// decoded (RFC 4954 §4). `Err` ends the AUTH command: the client
-    /// cancelled with `*` (501), sent a line too long (500) or something not
-    /// base64 (501), or went away.
+    /// decoded (RFC 4954 §4). `Err` ends the AUTH command: the session
+    /// answered the client's `*`, over-long or malformed line (Continue), or
+    /// the client went away (Close).
     async fn challenge(&mut self, data: &[u8]) -> Result<Vec<u8>, Flow> {
-        self.reply(Reply::challenge(B64.encode(data)));
+        self.session.auth_challenge(data);
         let max = self.shared.cfg.frontend.max_auth_line_length;
-        let line = match self.read_line(max, false).await {
-            Ok(Line::Complete(l)) => l,
-            Ok(Line::TooLong) => {
-                self.reply(Reply::new(
-                    500,
-                    "5.5.6",
-                    "Authentication Exchange line is too long",
-                ));
-                return Err(Flow::Continue);
-            }
-            Err(_) => return Err(Flow::Close),
-        };
-        if line == b"*" {
-            self.reply(r::auth_cancelled());
-            return Err(Flow::Continue);
-        }
-        B64.decode(&line).map_err(|_| {
-            self.reply(r::auth_malformed());
-            Flow::Continue
-        })
+        let line = self.read_line(max, false).await.map_err(|_| Flow::Close)?;
+        self.session.auth_answer(line).ok_or(Flow::Continue)
     }
 
     /// One AUTH command, as one span (the root of its trace below the
     /// session): mechanism, outcome and, if allowed, the user; the outcome
     /// is read off the reply the client got, so span, metric and client agree.
-    async fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Flow {
-        let mech_label = Mechanism::from_name(mechanism).map_or("unknown", |m| m.name());
+    async fn auth(&mut self, cmd: AuthCommand) -> Flow {
+        let mech_label = Mechanism::from_name(&cmd.mechanism).map_or("unknown", |m| m.name());
         let span = tracing::info_span!(
             "AUTH",
             otel.name = %format!("smtp AUTH {mech_label}"),
@@ -659,15 +492,13 @@ impl Session {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        if let Some(tp) = &self.xtrace {
+        if let Some(tp) = self.session.xtrace() {
             authrelay_telemetry::adopt_parent(&span, tp);
         }
         authrelay_telemetry::record_trace_ids(&span);
         let started = std::time::Instant::now();
-        let flow =
-            tracing::Instrument::instrument(self.auth_inner(mechanism, initial), span.clone())
-                .await;
-        let outcome = match self.last_code {
+        let flow = tracing::Instrument::instrument(self.auth_inner(&cmd), span.clone()).await;
+        let outcome = match self.session.last_code() {
             235 => "success",
             535 => "failure",
             454 => "temporary",
@@ -681,7 +512,7 @@ impl Session {
         if outcome != "success" {
             span.record("otel.status_code", "ERROR");
         } else if self.shared.cfg.telemetry.span_user_names
-            && let Some(a) = &self.auth
+            && let Some(a) = self.session.authenticated()
         {
             span.record("enduser.id", a.authzid.as_str());
         }
@@ -689,60 +520,14 @@ impl Session {
         flow
     }
 
-    async fn auth_inner(&mut self, mechanism: &str, initial: Option<String>) -> Flow {
-        if self.helo.as_ref().is_none_or(|(_, esmtp)| !esmtp) {
-            self.reply(r::bad_sequence("Send EHLO first"));
-            return Flow::Continue;
-        }
-        if self.auth.is_some() {
-            self.reply(r::bad_sequence("Already authenticated"));
-            return Flow::Continue;
-        }
-        if self.tx.is_some() {
-            self.reply(r::bad_sequence(
-                "AUTH not permitted during a mail transaction",
-            ));
-            return Flow::Continue;
-        }
-        self.auth_attempts += 1;
-        if self.auth_attempts > self.shared.cfg.frontend.max_auth_attempts {
-            self.reply(Reply::new(
-                421,
-                "4.7.0",
-                "Too many authentication attempts, closing connection",
-            ));
-            return Flow::Close;
-        }
-        let Some(mech) = Mechanism::from_name(mechanism) else {
-            self.reply(r::auth_unsupported());
-            return Flow::Continue;
-        };
-        if !self.offered().contains(&mech) {
-            let clear_text_refused = mech.is_plaintext()
-                && self.tls.is_none()
-                && self
-                    .shared
-                    .cfg
-                    .mechanisms_for(true, true, true)
-                    .contains(&mech);
-            self.reply(if clear_text_refused {
-                r::auth_encryption_required()
-            } else {
-                r::auth_unsupported()
-            });
-            return Flow::Continue;
-        }
-        // RFC 4954 §4: "=" is an empty initial response.
-        let initial_response = match initial.as_deref() {
-            None => None,
-            Some("=") => Some(Vec::new()),
-            Some(b64) => match B64.decode(b64) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    self.reply(r::auth_malformed());
-                    return Flow::Continue;
-                }
-            },
+    async fn auth_inner(&mut self, cmd: &AuthCommand) -> Flow {
+        let (mech, initial_response) = match self.session.begin_auth(cmd) {
+            AuthStart::Exchange {
+                mechanism,
+                initial_response,
+            } => (mechanism, initial_response),
+            AuthStart::Done(Action::Close) => return Flow::Close,
+            AuthStart::Done(_) => return Flow::Continue,
         };
         // Prompts that hold no server state (LOGIN's, PLAIN's empty one) are
         // sent from here and their answers go to sasl-auth with the start:
@@ -779,7 +564,7 @@ impl Session {
                         &format!("sasl-auth unavailable ({})", status.code()),
                         "",
                     );
-                    self.reply(r::auth_temporary());
+                    self.session.auth_finished(Err(AuthFailure::Temporary));
                     return Flow::Continue;
                 }
             };
@@ -812,7 +597,7 @@ impl Session {
                     }
                     if let Err((reply, why)) = self.shared.limits.check_login(&s.authcid).await {
                         self.log_auth_failure(&s.mechanism, why, &s.authcid);
-                        self.reply(reply);
+                        self.session.auth_finished(Err(AuthFailure::Refused(reply)));
                         return Flow::Continue;
                     }
                     let authz = if s.authzid != s.authcid {
@@ -833,25 +618,24 @@ impl Session {
                         r.mechanism = s.mechanism.clone();
                     });
                     self.shared.registry.set_account(&self.id, &s.authcid);
-                    self.auth = Some(AuthInfo {
+                    self.session.auth_finished(Ok(Authenticated {
                         authcid: s.authcid,
                         authzid: s.authzid,
                         mechanism: s.mechanism,
                         bits: s.bits,
                         trusted: s.trusted,
-                    });
-                    self.reply(r::auth_ok());
+                    }));
                     return Flow::Continue;
                 }
                 Some(spb::step_response::Result::Failure(f)) => {
                     use spb::failure::Kind;
                     let kind = Kind::try_from(f.kind).unwrap_or(Kind::Temporary);
                     let mech_name = if f.mechanism.is_empty() {
-                        mech.name().to_owned()
+                        mech.name()
                     } else {
-                        f.mechanism.clone()
+                        f.mechanism.as_str()
                     };
-                    self.log_auth_failure(&mech_name, &f.reason, &f.authcid);
+                    self.log_auth_failure(mech_name, &f.reason, &f.authcid);
                     if let Some(extra) = &f.additional_data {
                         // RFC 5802 §7 server-error (`e=…`): sent as a 334
                         // the client answers (usually with `*`), then the
@@ -860,140 +644,47 @@ impl Session {
                             return flow;
                         }
                     }
-                    self.reply(match kind {
-                        Kind::ChannelBinding => r::auth_channel_binding(),
-                        Kind::InvalidCredentials | Kind::ExchangeExpired => r::auth_invalid(),
-                        Kind::Malformed => r::auth_malformed(),
-                        Kind::UnsupportedMechanism => r::auth_unsupported(),
-                        Kind::EncryptionRequired => r::auth_encryption_required(),
-                        Kind::Temporary | Kind::RateLimited | Kind::Unspecified => {
-                            r::auth_temporary()
+                    self.session.auth_finished(Err(match kind {
+                        Kind::ChannelBinding => AuthFailure::ChannelBinding,
+                        Kind::InvalidCredentials | Kind::ExchangeExpired => {
+                            AuthFailure::InvalidCredentials
                         }
-                    });
+                        Kind::Malformed => AuthFailure::Malformed,
+                        Kind::UnsupportedMechanism => AuthFailure::UnsupportedMechanism,
+                        Kind::EncryptionRequired => AuthFailure::EncryptionRequired,
+                        Kind::Temporary | Kind::RateLimited | Kind::Unspecified => {
+                            AuthFailure::Temporary
+                        }
+                    }));
                     return Flow::Continue;
                 }
                 None => {
                     self.log_auth_failure(mech.name(), "empty answer from sasl-auth", "");
-                    self.reply(r::auth_temporary());
+                    self.session.auth_finished(Err(AuthFailure::Temporary));
                     return Flow::Continue;
                 }
             }
         }
     }
 
-    async fn mail(&mut self, m: MailFrom) -> Flow {
-        if self.helo.is_none() {
-            self.reply(r::bad_sequence("Polite people say HELO first"));
-            return Flow::Continue;
-        }
-        if self.tx.is_some() {
-            self.reply(r::bad_sequence("Sender already specified"));
-            return Flow::Continue;
-        }
-        if self.listener.requires_auth() && self.auth.is_none() {
-            self.reply(r::auth_required());
-            return Flow::Continue;
-        }
-        if m.size
-            .is_some_and(|s| s > self.shared.cfg.frontend.max_message_size)
-        {
-            self.reply(r::too_big());
-            return Flow::Continue;
-        }
-        if let Err(reply) = self.shared.policy.check_sender(&m.address) {
-            self.reply(reply);
-            return Flow::Continue;
-        }
-        // Last, so only a MAIL that would otherwise be accepted is counted.
-        if let Some(flow) = self.count_for_limits(Counted::Message).await {
-            return flow;
-        }
-        self.tx = Some(Transaction {
-            from: m,
-            rcpts: Vec::new(),
-        });
-        self.reply(Reply::new(250, "2.1.0", "Sender ok"));
-        Flow::Continue
-    }
-
-    /// Count a message or recipient against the account's limits (only
-    /// authenticated sessions have one). None: go on; else the command
-    /// was answered, and the flow says whether the session closes.
-    async fn count_for_limits(&mut self, counted: Counted) -> Option<Flow> {
-        let account = self.auth.as_ref()?.authcid.clone();
-        match self
-            .shared
-            .limits
-            .count(counted, &account, self.peer.ip())
-            .await
-        {
-            Verdict::Pass => None,
-            Verdict::Refuse(reply) => {
-                self.reply(reply);
-                Some(Flow::Continue)
-            }
-            Verdict::Close(reply) => {
-                self.reset_transaction();
-                self.reply(reply);
-                Some(Flow::Close)
-            }
-        }
-    }
-
-    async fn rcpt(&mut self, rc: RcptTo) -> Flow {
-        let client = Client {
-            ip: self.peer.ip(),
-            trusted_auth: self.auth.as_ref().is_some_and(|a| a.trusted),
-        };
-        let max = self.shared.cfg.frontend.max_recipients;
-        let Some(tx) = self.tx.as_ref() else {
-            self.reply(r::bad_sequence("Need MAIL before RCPT"));
-            return Flow::Continue;
-        };
-        if tx.rcpts.len() >= max {
-            self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
-            return Flow::Continue;
-        }
-        if let Err(reply) = self.shared.policy.check_recipient(&rc.address, client) {
-            tracing::info!(rcpt = %rc.address, code = reply.code, "recipient refused");
-            self.reply(reply);
-            return Flow::Continue;
-        }
-        // Only a recipient the policy accepts is counted.
-        if let Some(flow) = self.count_for_limits(Counted::Recipient).await {
-            return flow;
-        }
-        if let Some(tx) = self.tx.as_mut() {
-            tx.rcpts.push(rc);
-        }
-        self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
-        Flow::Continue
-    }
-
-    async fn etrn(&mut self, node: String) {
-        let domain = node.trim_start_matches(['@', '#']).to_owned();
-        match self
+    async fn etrn(&mut self, domain: String) {
+        let started = self
             .shared
             .queue
             .flush(qpb::FlushRequest {
                 domain: domain.clone(),
             })
             .await
-        {
-            Ok(_) => self.reply(Reply::new(
-                250,
-                "2.0.0",
-                format!("Queuing for node {domain} started"),
-            )),
-            Err(_) => self.reply(Reply::new(
-                458,
-                "4.3.0",
-                format!("Unable to queue messages for node {domain}"),
-            )),
-        }
+            .is_ok();
+        self.session.etrn_finished(&domain, started);
     }
 
-    fn envelope(&self, tx: &Transaction, queue_id: &str) -> qpb::Envelope {
+    fn envelope(&self, queue_id: &str) -> qpb::Envelope {
+        let tx = self
+            .session
+            .transaction()
+            .expect("the session asks for uploads in a transaction");
+        let auth = self.session.authenticated();
         qpb::Envelope {
             mail_from: tx.from.address.clone(),
             recipients: tx
@@ -1005,15 +696,8 @@ impl Session {
                     orcpt: r.orcpt.clone().unwrap_or_default(),
                 })
                 .collect(),
-            auth_id: self
-                .auth
-                .as_ref()
-                .map(|a| a.authzid.clone())
-                .unwrap_or_default(),
-            auth_param: auth_param(
-                self.auth.as_ref().map(|a| (a.authzid.as_str(), a.trusted)),
-                tx.from.auth.as_deref(),
-            ),
+            auth_id: auth.map(|a| a.authzid.clone()).unwrap_or_default(),
+            auth_param: self.session.auth_param(),
             env_id: tx.from.env_id.clone().unwrap_or_default(),
             ret: tx.from.ret.unwrap_or_default().to_owned(),
             body: tx.from.body.unwrap_or_default().to_owned(),
@@ -1022,8 +706,9 @@ impl Session {
             session_id: self.id.clone(),
             // Delivery continues the submission's trace (or the one XTRACE named).
             traceparent: self
-                .xtrace
-                .clone()
+                .session
+                .xtrace()
+                .map(str::to_owned)
                 .unwrap_or_else(authrelay_telemetry::traceparent),
             queue_id: queue_id.to_owned(),
         }
@@ -1032,89 +717,74 @@ impl Session {
     /// Open the stream to relay-queue for the current transaction: the
     /// envelope, then our `Received:` header as the first body bytes.
     async fn begin_upload(&mut self) -> Upload {
-        let tx = self.tx.as_ref().expect("callers check the transaction");
         let queue_id = new_id(8);
-        let envelope = self.envelope(tx, &queue_id);
-        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let envelope = self.envelope(&queue_id);
+        let rcpts = &self
+            .session
+            .transaction()
+            .expect("the session asks for uploads in a transaction")
+            .rcpts;
+        let helo = self.session.helo();
+        let auth = self.session.authenticated();
         let header = received::header(&received::ReceivedInfo {
-            helo: &helo,
+            helo: helo.map_or("", |h| h.host.as_str()),
             client_ip: self.peer.ip(),
             hostname: &self.shared.cfg.hostname,
-            esmtp,
+            esmtp: helo.is_some_and(|h| h.esmtp),
             tls: self
                 .tls
                 .as_ref()
                 .map(|t| (t.version.as_str(), t.cipher.as_str())),
-            auth: self
-                .auth
-                .as_ref()
+            auth: auth
                 .filter(|_| self.shared.cfg.frontend.received_shows_auth)
                 .map(|a| (a.authzid.as_str(), a.mechanism.as_str(), a.bits)),
-            authenticated: self.auth.is_some(),
+            authenticated: auth.is_some(),
             id: &queue_id,
-            single_recipient: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
+            single_recipient: (rcpts.len() == 1).then(|| rcpts[0].address.as_str()),
             date: time::OffsetDateTime::now_utc(),
         });
         Upload::begin(&self.shared, queue_id, envelope, header).await
     }
 
-    /// Log and answer the end of a message.
+    /// Log the end of a message and tell the session.
     async fn finish_upload(&mut self, upload: Upload) {
-        let tx = self.tx.take().expect("callers check the transaction");
         let size = upload.size;
         let queue_id = upload.queue_id.clone();
-        if upload.too_big {
+        let delivery = if upload.too_big {
             upload.abort();
             tracing::info!(queue_id = %queue_id, size, "message refused: over SIZE");
-            self.reply(r::too_big());
-            return;
-        }
-        match upload.finish().await {
-            Ok(id) => {
-                tracing::info!(
-                    "{id}: from=<{}>, size={size}, nrcpts={}, relay=[{}], authid={}",
-                    tx.from.address,
-                    tx.rcpts.len(),
-                    self.peer.ip(),
-                    self.auth.as_ref().map_or("-", |a| a.authzid.as_str())
-                );
-                self.reply(Reply::new(
-                    250,
-                    "2.0.0",
-                    format!("{id} Message accepted for delivery"),
-                ));
+            Delivery::TooBig
+        } else {
+            match upload.finish().await {
+                Ok(id) => {
+                    if let Some(tx) = self.session.transaction() {
+                        tracing::info!(
+                            "{id}: from=<{}>, size={size}, nrcpts={}, relay=[{}], authid={}",
+                            tx.from.address,
+                            tx.rcpts.len(),
+                            self.peer.ip(),
+                            self.session
+                                .authenticated()
+                                .map_or("-", |a| a.authzid.as_str())
+                        );
+                    }
+                    Delivery::Queued { id }
+                }
+                Err(QueueFailure { why, disk_full }) => {
+                    tracing::warn!(queue_id = %queue_id, reason = %why, "message not queued");
+                    if disk_full {
+                        Delivery::StorageFull
+                    } else {
+                        Delivery::Unavailable
+                    }
+                }
             }
-            Err(QueueFailure { why, disk_full }) => {
-                tracing::warn!(queue_id = %queue_id, reason = %why, "message not queued");
-                self.reply(if disk_full {
-                    Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
-                } else {
-                    r::queue_unavailable()
-                });
-            }
-        }
+        };
+        self.session.message_finished(delivery);
     }
 
     async fn data(&mut self) -> Flow {
-        if self.bdat.is_some() {
-            self.reply(r::bad_sequence("DATA not allowed after BDAT"));
-            return Flow::Continue;
-        }
-        let Some(tx) = self.tx.as_ref() else {
-            self.reply(r::bad_sequence("Need MAIL command"));
-            return Flow::Continue;
-        };
-        if tx.rcpts.is_empty() {
-            // RFC 2920 §3.1: with pipelining, DATA after all RCPTs failed is 554.
-            self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
-            return Flow::Continue;
-        }
         let mut upload = self.begin_upload().await;
-        self.reply(Reply::new(
-            354,
-            "",
-            "Enter mail, end with \".\" on a line by itself",
-        ));
         if self.flush().await.is_err() {
             upload.abort();
             return Flow::Close;
@@ -1158,19 +828,34 @@ impl Session {
         Flow::Continue
     }
 
-    /// RFC 3030 BDAT: exactly `size` octets follow the command. They are read
-    /// even when the command is refused, so the session stays in step.
-    async fn bdat(&mut self, size: usize, last: bool) -> Flow {
-        let refusal = if self.tx.is_none() {
-            Some(r::bad_sequence("Need MAIL command"))
-        } else if self.tx.as_ref().is_some_and(|t| t.rcpts.is_empty()) {
-            Some(Reply::new(554, "5.5.1", "No valid recipients"))
-        } else {
-            None
-        };
-        if refusal.is_none() && self.bdat.is_none() {
+    /// RFC 3030: a BDAT chunk the session accepted goes into the message's
+    /// upload (opened with its first chunk).
+    async fn chunk(&mut self, size: usize, last: bool, begin: bool) -> Flow {
+        if begin {
             self.bdat = Some(self.begin_upload().await);
         }
+        if !self.read_chunk(size).await {
+            return Flow::Close;
+        }
+        if last {
+            match self.bdat.take() {
+                Some(upload) => self.finish_upload(upload).await,
+                None => self.session.message_finished(Delivery::Unavailable),
+            }
+        } else {
+            let too_big = self.bdat.as_ref().is_some_and(|u| u.too_big);
+            if too_big {
+                // The rest of its chunks are read and dropped.
+                self.discard_upload();
+            }
+            self.session.chunk_received(size, too_big);
+        }
+        Flow::Continue
+    }
+
+    /// Read exactly `size` octets, into the BDAT upload if one is open.
+    /// False (and the upload aborted) when the client went away.
+    async fn read_chunk(&mut self, size: usize) -> bool {
         let mut left = size;
         let mut read_buf = vec![0u8; 16 * 1024];
         while left > 0 {
@@ -1180,10 +865,8 @@ impl Session {
                 match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
                     Ok(Ok(n)) if n > 0 => self.lines.push(&read_buf[..n]),
                     _ => {
-                        if let Some(u) = self.bdat.take() {
-                            u.abort();
-                        }
-                        return Flow::Close;
+                        self.discard_upload();
+                        return false;
                     }
                 }
                 continue;
@@ -1193,24 +876,7 @@ impl Session {
                 u.push(chunk).await;
             }
         }
-        if let Some(reply) = refusal {
-            self.reply(reply);
-            return Flow::Continue;
-        }
-        if last {
-            let upload = self.bdat.take().expect("started above");
-            self.finish_upload(upload).await;
-        } else if self.bdat.as_ref().is_some_and(|u| u.too_big) {
-            // Tell the client now; the rest of its chunks are read and dropped.
-            self.reply(r::too_big());
-            if let Some(u) = self.bdat.take() {
-                u.abort();
-            }
-            self.tx = None;
-        } else {
-            self.reply(Reply::new(250, "2.0.0", format!("{size} octets received")));
-        }
-        Flow::Continue
+        true
     }
 }
 
@@ -1331,30 +997,4 @@ impl Upload {
 /// may go once more — to another replica.
 fn retry_is_safe(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
-}
-
-/// RFC 4954 §5: the AUTH= value passed on with a message — the session's
-/// authorization id when it authenticated with a trusted mechanism, else
-/// `<>` ("unknown") when the client gave one, else nothing. A client's own
-/// AUTH= value is never passed on: it could name anyone.
-pub(crate) fn auth_param(auth: Option<(&str, bool)>, given: Option<&str>) -> String {
-    match (auth, given) {
-        (Some((authzid, true)), _) => authzid.to_owned(),
-        (_, Some(_)) => "<>".into(),
-        _ => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::auth_param;
-
-    #[test]
-    fn auth_param_is_the_trusted_authzid_never_the_clients_claim() {
-        assert_eq!(auth_param(Some(("test@r", true)), Some("<>")), "test@r");
-        assert_eq!(auth_param(Some(("test@r", true)), None), "test@r");
-        assert_eq!(auth_param(Some(("test@r", false)), Some("boss@r")), "<>");
-        assert_eq!(auth_param(None, Some("boss@r")), "<>");
-        assert_eq!(auth_param(None, None), "");
-    }
 }
