@@ -1,15 +1,13 @@
 //! One client connection: the I/O around the sans-IO SMTP session
 //! (`authrelay_smtp::Session`). It reads lines, hands them to the session
 //! and performs the actions the session returns — the TLS handshake, the
-//! SASL exchange with sasl-auth, streaming a message to relay-queue, ETRN —
-//! then tells the session how they went. Timeouts, drain, operator ends,
-//! spans, metrics and logs live here too; SMTP rules live in the session.
+//! SASL exchange with sasl-auth, streaming a message to relay-queue, ETRN,
+//! counting against the account's limits — then tells the session how they
+//! went. Timeouts, drain, operator ends, spans, metrics and logs live here
+//! too; SMTP rules live in the session.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use authrelay_config::Listener;
 use authrelay_proto::queue::v1 as qpb;
@@ -20,70 +18,17 @@ use authrelay_smtp::{
     LineBuffer, Session, SessionParams, Verdict,
 };
 use smtp_proto::request::receiver::DataReceiver;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Shared;
 use crate::received;
 use crate::registry::Registration;
+use crate::stream::Stream;
+use crate::upload::{QueueFailure, Upload};
 
 /// Body bytes forwarded to relay-queue per gRPC message.
 const CHUNK: usize = 64 * 1024;
-
-/// The client connection, before or after TLS.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    /// Handed to the TLS acceptor; a failed handshake ends the session.
-    Gone,
-}
-
-fn gone() -> std::io::Error {
-    std::io::Error::from(std::io::ErrorKind::NotConnected)
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Gone => Poll::Ready(Ok(())),
-        }
-    }
-}
 
 /// What the TLS handshake gave this connection.
 struct TlsInfo {
@@ -588,75 +533,10 @@ impl Connection {
                     };
                 }
                 Some(spb::step_response::Result::Success(s)) => {
-                    if let Some(extra) = &s.additional_data {
-                        // RFC 4954 §4: server data with success goes in a 334
-                        // and the client answers with an empty line.
-                        if let Err(flow) = self.challenge(extra).await {
-                            return flow;
-                        }
-                    }
-                    if let Err((reply, why)) = self.shared.limits.check_login(&s.authcid).await {
-                        self.log_auth_failure(&s.mechanism, why, &s.authcid);
-                        self.session.auth_finished(Err(AuthFailure::Refused(reply)));
-                        return Flow::Continue;
-                    }
-                    let authz = if s.authzid != s.authcid {
-                        format!(", authzid={}", s.authzid)
-                    } else {
-                        String::new()
-                    };
-                    tracing::info!(
-                        target: "auth",
-                        "AUTH=server, relay=[{}], authid={}{authz}, mech={}, bits={}",
-                        self.peer.ip(),
-                        s.authcid,
-                        s.mechanism,
-                        s.bits
-                    );
-                    self.shared.registry.update(&self.id, |r| {
-                        r.auth_id = s.authzid.clone();
-                        r.mechanism = s.mechanism.clone();
-                    });
-                    self.shared.registry.set_account(&self.id, &s.authcid);
-                    self.session.auth_finished(Ok(Authenticated {
-                        authcid: s.authcid,
-                        authzid: s.authzid,
-                        mechanism: s.mechanism,
-                        bits: s.bits,
-                        trusted: s.trusted,
-                    }));
-                    return Flow::Continue;
+                    return self.auth_succeeded(s).await;
                 }
                 Some(spb::step_response::Result::Failure(f)) => {
-                    use spb::failure::Kind;
-                    let kind = Kind::try_from(f.kind).unwrap_or(Kind::Temporary);
-                    let mech_name = if f.mechanism.is_empty() {
-                        mech.name()
-                    } else {
-                        f.mechanism.as_str()
-                    };
-                    self.log_auth_failure(mech_name, &f.reason, &f.authcid);
-                    if let Some(extra) = &f.additional_data {
-                        // RFC 5802 §7 server-error (`e=…`): sent as a 334
-                        // the client answers (usually with `*`), then the
-                        // failure reply.
-                        if let Err(flow) = self.challenge(extra).await {
-                            return flow;
-                        }
-                    }
-                    self.session.auth_finished(Err(match kind {
-                        Kind::ChannelBinding => AuthFailure::ChannelBinding,
-                        Kind::InvalidCredentials | Kind::ExchangeExpired => {
-                            AuthFailure::InvalidCredentials
-                        }
-                        Kind::Malformed => AuthFailure::Malformed,
-                        Kind::UnsupportedMechanism => AuthFailure::UnsupportedMechanism,
-                        Kind::EncryptionRequired => AuthFailure::EncryptionRequired,
-                        Kind::Temporary | Kind::RateLimited | Kind::Unspecified => {
-                            AuthFailure::Temporary
-                        }
-                    }));
-                    return Flow::Continue;
+                    return self.auth_failed(mech, f).await;
                 }
                 None => {
                     self.log_auth_failure(mech.name(), "empty answer from sasl-auth", "");
@@ -665,6 +545,79 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// sasl-auth accepted the credentials: the limits may still refuse
+    /// the account (suspended), else the session is authenticated.
+    async fn auth_succeeded(&mut self, s: spb::Success) -> Flow {
+        if let Some(extra) = &s.additional_data {
+            // RFC 4954 §4: server data with success goes in a 334
+            // and the client answers with an empty line.
+            if let Err(flow) = self.challenge(extra).await {
+                return flow;
+            }
+        }
+        if let Err((reply, why)) = self.shared.limits.check_login(&s.authcid).await {
+            self.log_auth_failure(&s.mechanism, why, &s.authcid);
+            self.session.auth_finished(Err(AuthFailure::Refused(reply)));
+            return Flow::Continue;
+        }
+        let authz = if s.authzid != s.authcid {
+            format!(", authzid={}", s.authzid)
+        } else {
+            String::new()
+        };
+        tracing::info!(
+            target: "auth",
+            "AUTH=server, relay=[{}], authid={}{authz}, mech={}, bits={}",
+            self.peer.ip(),
+            s.authcid,
+            s.mechanism,
+            s.bits
+        );
+        self.shared.registry.update(&self.id, |r| {
+            r.auth_id = s.authzid.clone();
+            r.mechanism = s.mechanism.clone();
+        });
+        self.shared.registry.set_account(&self.id, &s.authcid);
+        self.session.auth_finished(Ok(Authenticated {
+            authcid: s.authcid,
+            authzid: s.authzid,
+            mechanism: s.mechanism,
+            bits: s.bits,
+            trusted: s.trusted,
+        }));
+        Flow::Continue
+    }
+
+    /// sasl-auth refused: log why, send its server-error if it has one,
+    /// answer the client with the failure's reply.
+    async fn auth_failed(&mut self, mech: Mechanism, f: spb::Failure) -> Flow {
+        use spb::failure::Kind;
+        let kind = Kind::try_from(f.kind).unwrap_or(Kind::Temporary);
+        let mech_name = if f.mechanism.is_empty() {
+            mech.name()
+        } else {
+            f.mechanism.as_str()
+        };
+        self.log_auth_failure(mech_name, &f.reason, &f.authcid);
+        if let Some(extra) = &f.additional_data {
+            // RFC 5802 §7 server-error (`e=…`): sent as a 334
+            // the client answers (usually with `*`), then the
+            // failure reply.
+            if let Err(flow) = self.challenge(extra).await {
+                return flow;
+            }
+        }
+        self.session.auth_finished(Err(match kind {
+            Kind::ChannelBinding => AuthFailure::ChannelBinding,
+            Kind::InvalidCredentials | Kind::ExchangeExpired => AuthFailure::InvalidCredentials,
+            Kind::Malformed => AuthFailure::Malformed,
+            Kind::UnsupportedMechanism => AuthFailure::UnsupportedMechanism,
+            Kind::EncryptionRequired => AuthFailure::EncryptionRequired,
+            Kind::Temporary | Kind::RateLimited | Kind::Unspecified => AuthFailure::Temporary,
+        }));
+        Flow::Continue
     }
 
     async fn etrn(&mut self, domain: String) {
@@ -877,118 +830,6 @@ impl Connection {
             }
         }
         true
-    }
-}
-
-struct QueueFailure {
-    why: String,
-    disk_full: bool,
-}
-
-/// One message on its way to relay-queue: a client stream of envelope,
-/// chunks, and a final Commit. Dropped without `finish`, the stream ends
-/// without Commit and the queue discards the message.
-pub(crate) struct Upload {
-    queue_id: String,
-    sender: tokio::sync::mpsc::Sender<qpb::EnqueueRequest>,
-    call: tokio::task::JoinHandle<Result<qpb::EnqueueResponse, tonic::Status>>,
-    queue_ok: bool,
-    /// Body bytes from the client (SIZE counts these).
-    size: u64,
-    header_len: u64,
-    max: u64,
-    too_big: bool,
-}
-
-fn part(p: qpb::enqueue_request::Part) -> qpb::EnqueueRequest {
-    qpb::EnqueueRequest { part: Some(p) }
-}
-
-impl Upload {
-    async fn begin(
-        shared: &Shared,
-        queue_id: String,
-        envelope: qpb::Envelope,
-        header: String,
-    ) -> Upload {
-        let (sender, rx) = tokio::sync::mpsc::channel::<qpb::EnqueueRequest>(8);
-        let queue = shared.queue.clone();
-        // In the session's span, so the gRPC call carries its trace context.
-        let call = tokio::spawn(tracing::Instrument::in_current_span(async move {
-            queue.enqueue(ReceiverStream::new(rx)).await
-        }));
-        let header_len = header.len() as u64;
-        let queue_ok = sender
-            .send(part(qpb::enqueue_request::Part::Envelope(envelope)))
-            .await
-            .is_ok()
-            && sender
-                .send(part(qpb::enqueue_request::Part::Chunk(header.into_bytes())))
-                .await
-                .is_ok();
-        Upload {
-            queue_id,
-            sender,
-            call,
-            queue_ok,
-            size: 0,
-            header_len,
-            max: shared.cfg.frontend.max_message_size,
-            too_big: false,
-        }
-    }
-
-    async fn push(&mut self, bytes: Vec<u8>) {
-        self.size += bytes.len() as u64;
-        if self.size > self.max {
-            self.too_big = true;
-        }
-        if self.queue_ok && !self.too_big && !bytes.is_empty() {
-            self.queue_ok = self
-                .sender
-                .send(part(qpb::enqueue_request::Part::Chunk(bytes)))
-                .await
-                .is_ok();
-        }
-    }
-
-    fn abort(self) {
-        self.call.abort();
-    }
-
-    /// Commit and wait for relay-queue's answer: the queue id once the
-    /// message is on disk.
-    async fn finish(self) -> Result<String, QueueFailure> {
-        let Upload {
-            sender,
-            call,
-            mut queue_ok,
-            size,
-            header_len,
-            ..
-        } = self;
-        if queue_ok {
-            let commit = qpb::Commit {
-                size: size + header_len,
-            };
-            queue_ok = sender
-                .send(part(qpb::enqueue_request::Part::Commit(commit)))
-                .await
-                .is_ok();
-        }
-        drop(sender);
-        let answer = tokio::time::timeout(Duration::from_secs(120), call).await;
-        let fail = |why: String, disk_full| Err(QueueFailure { why, disk_full });
-        match answer {
-            Ok(Ok(Ok(resp))) if queue_ok => Ok(resp.queue_id),
-            Ok(Ok(Ok(_))) => fail("relay-queue: stream closed early".into(), false),
-            Ok(Ok(Err(status))) => fail(
-                format!("relay-queue: {} {}", status.code(), status.message()),
-                status.code() == tonic::Code::ResourceExhausted,
-            ),
-            Ok(Err(e)) => fail(format!("relay-queue call: {e}"), false),
-            Err(_) => fail("relay-queue: no answer in time".into(), false),
-        }
     }
 }
 

@@ -12,7 +12,9 @@ pub mod policy;
 pub mod proxy;
 pub mod received;
 pub mod registry;
+mod stream;
 pub mod tls;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
