@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtp_frontend::command::{Command, ParseError, parse};
+use authrelay_smtp::command::{Command, ParseError, parse};
 
 fuzz_target!(|line: &[u8]| {
     match parse(line) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtp_frontend::command::{Line, LineBuffer};
+use authrelay_smtp::command::{Line, LineBuffer};
 
 fn reference(input: &[u8], max: usize) -> Vec<Line> {
     let mut out = Vec::new();

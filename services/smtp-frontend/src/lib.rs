@@ -1,20 +1,21 @@
 //! smtp-frontend: speaks ESMTP to mail clients.
 //!
-//! Owns the SMTP state machine, TLS, the relay policy, limits and the
-//! `Received:` header. Authentication goes to sasl-auth and messages to
+//! Owns the connections (the I/O around the sans-IO SMTP session of
+//! `authrelay-smtp`), TLS, the relay policy, limits and the `Received:`
+//! header. Authentication goes to sasl-auth and messages to
 //! relay-queue over gRPC; the frontend never sees a stored secret and keeps
 //! no state beyond its open connections, so it scales horizontally.
 
 mod admin_error;
-pub mod command;
+mod connection;
 pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod received;
-pub mod reply;
-mod session;
-pub mod sessions;
+pub mod registry;
+mod stream;
 pub mod tls;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +31,14 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::policy::RelayPolicy;
-use crate::reply::Reply;
+use authrelay_smtp::Reply;
 
 /// What every session of this frontend shares.
 pub struct Shared {
     pub cfg: Config,
-    pub policy: RelayPolicy,
+    pub policy: Arc<RelayPolicy>,
+    /// What every SMTP session of this frontend shares (limits, names, policy).
+    pub smtp: Arc<authrelay_smtp::Settings>,
     pub sasl: SaslAuthApi,
     pub queue: QueueApi,
     pub tls: Option<TlsAcceptor>,
@@ -45,7 +48,7 @@ pub struct Shared {
     /// Flips to true on SIGTERM: idle sessions close with 421, sessions in a
     /// transaction finish it first.
     pub draining: watch::Receiver<bool>,
-    pub registry: Arc<sessions::Registry>,
+    pub registry: Arc<registry::Registry>,
     /// Stolen-account limits (`[limits.per_user]`).
     pub limits: Arc<limits::AccountLimits>,
 }
@@ -143,7 +146,7 @@ pub async fn serve(
     let (drain_tx, draining) = watch::channel(false);
     let max_conn = cfg.frontend.max_connections;
     let grace = cfg.frontend.drain_grace;
-    let registry = sessions::Registry::new(state.clone());
+    let registry = registry::Registry::new(state.clone());
     tokio::spawn(registry.clone().run());
     let account_limits = limits::AccountLimits::new(
         cfg.limits.per_user.clone(),
@@ -159,10 +162,23 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("account limits: {e:#}"))?;
     tokio::spawn(account_limits.clone().run());
+    let policy = Arc::new(RelayPolicy::from_config(&cfg));
+    let smtp = Arc::new(authrelay_smtp::Settings {
+        hostname: cfg.hostname.clone(),
+        max_message_size: cfg.frontend.max_message_size,
+        max_recipients: cfg.frontend.max_recipients,
+        max_errors: cfg.frontend.max_errors,
+        max_auth_attempts: cfg.frontend.max_auth_attempts,
+        starttls: tls.is_some(),
+        mechanisms_with_tls: cfg.mechanisms_for(true, true, true),
+        traceparent_ok: |v| authrelay_telemetry::context_from_traceparent(v).is_some(),
+        policy: policy.clone(),
+    });
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         limits: account_limits.clone(),
-        policy: RelayPolicy::from_config(&cfg),
+        policy,
+        smtp,
         sasl,
         queue,
         tls,
@@ -220,7 +236,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(
             authrelay_proto::frontend::v1::sessions_server::SessionsServer::new(
-                sessions::SessionsService { registry },
+                registry::SessionsService { registry },
             ),
         )
         .add_service(
@@ -347,7 +363,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         if *shared.draining.borrow() {
             let host = shared.cfg.hostname.clone();
-            tokio::spawn(refuse(stream, reply::r::shutting_down(&host)));
+            tokio::spawn(refuse(stream, Reply::shutting_down(&host)));
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -402,7 +418,7 @@ async fn accept_loop(
                     return;
                 }
             }
-            let id = session::new_id(8);
+            let id = connection::new_id(8);
             let role = format!("{:?}", listener.role).to_lowercase();
             let Some(registration) =
                 shared
@@ -413,11 +429,18 @@ async fn accept_loop(
                 refuse(stream, Reply::new(421, "4.7.0", text)).await;
                 return;
             };
-            // Boxed: the session's state machine is large, and inline it would
+            // Boxed: the connection and its session are large, and inline it would
             // make this task's future as large, copied whole at every spawn.
             Box::pin(
-                session::Session::new(shared.clone(), stream, listener, peer, id, registration)
-                    .run(),
+                connection::Connection::new(
+                    shared.clone(),
+                    stream,
+                    listener,
+                    peer,
+                    id,
+                    registration,
+                )
+                .run(),
             )
             .await;
             drop(permit);

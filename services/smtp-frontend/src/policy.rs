@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use authrelay_config::{AccessAction, Config, parse_network};
 use ipnet::IpNet;
 
-use crate::reply::{Reply, r};
+pub use authrelay_smtp::Client;
+use authrelay_smtp::Reply;
 
 #[derive(Clone, Debug)]
 enum AccessKey {
@@ -32,14 +33,6 @@ pub struct RelayPolicy {
     trusted_networks: Vec<IpNet>,
     xtrace_networks: Vec<IpNet>,
     access: Vec<AccessEntry>,
-}
-
-/// The session facts the policy needs.
-#[derive(Clone, Copy, Debug)]
-pub struct Client {
-    pub ip: IpAddr,
-    /// Authenticated with a mechanism in TRUST_AUTH_MECH.
-    pub trusted_auth: bool,
 }
 
 fn normalize_domain(d: &str) -> String {
@@ -197,7 +190,7 @@ impl RelayPolicy {
             return Ok(());
         }
         let Some((local, domain)) = split_address(rcpt) else {
-            return Err(r::relaying_denied());
+            return Err(Reply::relaying_denied());
         };
         // Routing characters inside the local part address someone beyond
         // this host (`user%outside@local`, `outside!user@local`,
@@ -213,8 +206,27 @@ impl RelayPolicy {
         if domain_ok && !routes_onward {
             Ok(())
         } else {
-            Err(r::relaying_denied())
+            Err(Reply::relaying_denied())
         }
+    }
+}
+
+/// The SMTP session asks the relay policy through this.
+impl authrelay_smtp::Policy for RelayPolicy {
+    fn check_connect(&self, ip: IpAddr) -> Result<(), Reply> {
+        RelayPolicy::check_connect(self, ip)
+    }
+
+    fn check_sender(&self, address: &str) -> Result<(), Reply> {
+        RelayPolicy::check_sender(self, address)
+    }
+
+    fn check_recipient(&self, address: &str, client: Client) -> Result<(), Reply> {
+        let verdict = RelayPolicy::check_recipient(self, address, client);
+        if let Err(reply) = &verdict {
+            tracing::info!(rcpt = %address, code = reply.code, "recipient refused");
+        }
+        verdict
     }
 }
 

@@ -38,8 +38,8 @@ use authrelay_config::PerUserLimits;
 use authrelay_state::SharedState;
 use authrelay_state::account::{self, CountOutcome, WindowLimit};
 
-use crate::reply::Reply;
-use crate::sessions::Registry;
+use crate::registry::Registry;
+use authrelay_smtp::Reply;
 
 mod admin;
 mod saved;
@@ -58,22 +58,9 @@ fn set_gauge(n: usize) {
         .set(n as i64);
 }
 
-/// What is counted: a message (MAIL FROM) or a recipient (RCPT TO).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counted {
-    Message,
-    Recipient,
-}
-
-/// What a session does with a count.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    /// Answer this and go on.
-    Refuse(Reply),
-    /// Answer this and close the connection.
-    Close(Reply),
-}
+/// What is counted and what a session does with the count: the SMTP
+/// session's vocabulary (it asks with `Action::Count`).
+pub use authrelay_smtp::{Counted, Verdict};
 
 /// The reply for a count's outcome: the sans-IO part, tested on its own.
 pub fn verdict(counted: Counted, outcome: &CountOutcome, host: &str) -> Verdict {
@@ -275,10 +262,7 @@ impl AccountLimits {
             Ok(Some(_)) => Err((suspended_auth(), "account suspended")),
             Err(e) => {
                 tracing::warn!(error = %e, "account limits unavailable at AUTH");
-                Err((
-                    crate::reply::r::auth_temporary(),
-                    "account limits unavailable",
-                ))
+                Err((Reply::auth_temporary(), "account limits unavailable"))
             }
         }
     }

@@ -2,11 +2,11 @@
 //! never panics; however TCP segments it, framing gives the same lines; and what
 //! we print (replies, 334 challenges) parses back to what we meant.
 
+use authrelay_smtp::command::{Command, Line, LineBuffer, ParseError, parse};
+use authrelay_smtp::reply::Reply;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use proptest::prelude::*;
-use smtp_frontend::command::{Command, Line, LineBuffer, ParseError, parse};
-use smtp_frontend::reply::Reply;
 
 /// An RFC 5321 §4.2 reply reader, as a client has one: (code, lines without
 /// code and separator). Panics on anything that is not a well-formed reply.

@@ -61,7 +61,7 @@ struct Live {
 
 /// The reply a session ends with when it is ended from outside (None:
 /// the operator's `sessions end`).
-pub type Ending = Arc<Mutex<Option<crate::reply::Reply>>>;
+pub type Ending = Arc<Mutex<Option<authrelay_smtp::Reply>>>;
 
 pub struct Registry {
     pub instance: String,
@@ -174,7 +174,7 @@ impl Registry {
 
     /// End every session of `account` on this frontend with `reply`;
     /// how many there were.
-    pub fn end_account(&self, account: &str, reply: crate::reply::Reply) -> usize {
+    pub fn end_account(&self, account: &str, reply: authrelay_smtp::Reply) -> usize {
         let live = Self::lock(&self.live);
         let mut n = 0;
         for l in live.values().filter(|l| l.account == account) {
@@ -295,7 +295,7 @@ mod tests {
         registry.set_account("A", "alice@r");
         registry.set_account("B", "bob@r");
         registry.set_account("C", "alice@r");
-        let why = crate::reply::Reply::new(421, "4.7.1", "suspended");
+        let why = authrelay_smtp::Reply::new(421, "4.7.1", "suspended");
         assert_eq!(registry.end_account("alice@r", why.clone()), 2);
         assert_eq!(a.ending.lock().unwrap().as_ref(), Some(&why));
         assert_eq!(c.ending.lock().unwrap().as_ref(), Some(&why));

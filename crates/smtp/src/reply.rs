@@ -69,9 +69,7 @@ impl Reply {
 }
 
 /// The replies the server uses, named for what they say.
-pub mod r {
-    use super::Reply;
-
+impl Reply {
     pub fn ok() -> Reply {
         Reply::new(250, "2.0.0", "OK")
     }
@@ -167,7 +165,7 @@ mod tests {
     #[test]
     fn single_line_has_enhanced_code() {
         assert_eq!(
-            r::relaying_denied().to_bytes(),
+            Reply::relaying_denied().to_bytes(),
             b"550 5.7.1 Relaying denied\r\n"
         );
     }
