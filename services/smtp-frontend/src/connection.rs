@@ -485,9 +485,6 @@ impl Connection {
                 Err(flow) => return flow,
             }
         }
-        // A sasl-auth older than `StartRequest.responses` (during a rolling
-        // upgrade) asks the prompts again: those are answered from here.
-        let mut answered = prompts.iter().zip(responses.clone());
         let facts = self.session_facts();
         let sasl = self.shared.sasl.clone();
         let start = spb::StartRequest {
@@ -497,9 +494,12 @@ impl Connection {
             responses,
         };
         let mut resp = match sasl.start(start.clone()).await {
-            Err(s) if retry_is_safe(&s) => sasl.start(start).await,
+            Err(s) if retry_is_safe(&s) => sasl.start(start.clone()).await,
             other => other,
         };
+        // A sasl-auth older than `StartRequest.responses` (during a rolling
+        // upgrade) asks the prompts again: those are answered from here.
+        let mut answered = prompts.iter().zip(&start.responses);
         loop {
             let result = match resp {
                 Ok(r) => r.result,
@@ -516,7 +516,7 @@ impl Connection {
             match result {
                 Some(spb::step_response::Result::Challenge(ch)) => {
                     let response = match answered.next() {
-                        Some((prompt, answer)) if ch.data == *prompt => answer,
+                        Some((prompt, answer)) if ch.data == *prompt => answer.clone(),
                         _ => match self.challenge(&ch.data).await {
                             Ok(answer) => answer,
                             Err(flow) => return flow,
