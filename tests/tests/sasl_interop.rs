@@ -529,15 +529,8 @@ where
 {
     let (_dir, _redis, stack) = stack(name);
     let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
-    let first: std::net::SocketAddr = stack
-        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let first = sasl_addr(&stack);
+    let rt = runtime();
     rt.block_on(async {
         body([
             connect(first, &stack.dir).await,
@@ -545,6 +538,23 @@ where
         ])
         .await;
     });
+}
+
+/// The first sasl-auth's gRPC address, from the stack's endpoints.
+fn sasl_addr(stack: &Stack) -> SocketAddr {
+    stack
+        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+/// A runtime for the tests that speak gRPC to sasl-auth themselves.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Runs one exchange with Start on `replicas[0]` and each later step on the
@@ -704,15 +714,8 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
 fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
     let (_dir, redis, stack) = stack("interop-sealed");
     let (second_proc, second) = stack.spawn_sasl_replica("sasl-auth-2");
-    let first: std::net::SocketAddr = stack
-        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let first = sasl_addr(&stack);
+    let rt = runtime();
     rt.block_on(async {
         let mut replicas = [
             connect(first, &stack.dir).await,
@@ -916,15 +919,8 @@ fn exchange_keys_rotate_without_failing_exchanges_in_flight() {
             env("AUTHRELAY__SASL__EXCHANGE_PREVIOUS_KEY_FILE", &old),
         ],
     );
-    let first: std::net::SocketAddr = stack
-        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let first = sasl_addr(&stack);
+    let rt = runtime();
     let digest_creds = || ClientCredentials {
         host: "mailserver.foo.com".into(),
         ..ClientCredentials::new("test", PASSWORD)
@@ -1056,15 +1052,8 @@ fn fixed_prompts_are_answered_in_one_call_to_sasl_auth() {
     assert_eq!(count("sasl-auth/Step"), 0, "{metrics}");
 
     // sasl-auth itself: answers only to the prompts the mechanism asks.
-    let addr: SocketAddr = stack
-        .endpoint("AUTHRELAY__ENDPOINTS__SASL_AUTH")
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let addr = sasl_addr(&stack);
+    let rt = runtime();
     rt.block_on(async {
         let mut c = connect(addr, &stack.dir).await;
         let start = |mech: &str, answers: &[&str]| pb::StartRequest {
