@@ -222,15 +222,6 @@ impl SharedState {
         SharedState::Memory(MemoryState::default())
     }
 
-    /// `redis` when `url` is set, else in-process.
-    pub fn from_url(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
-        if url.is_empty() {
-            Ok(Self::in_process())
-        } else {
-            Self::redis(url, prefix, timeout)
-        }
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             SharedState::Redis(_) => "redis",
