@@ -45,7 +45,20 @@ pub use secrets::SecretCache;
 /// The channel credential-store announces user changes on: `REALM\0NAME`.
 pub const CHANGES_CHANNEL: &str = "creds:changed";
 
-pub struct SaslService {
+/// sasl-auth's service: a handle, cheap to clone, on what every call
+/// shares, so that work can outlive the call that started it.
+#[derive(Clone)]
+pub struct SaslService(Arc<SaslCore>);
+
+impl std::ops::Deref for SaslService {
+    type Target = SaslCore;
+    fn deref(&self) -> &SaslCore {
+        &self.0
+    }
+}
+
+/// What every call of a [`SaslService`] shares.
+pub struct SaslCore {
     cfg: Arc<Config>,
     state: SharedState,
     creds: CredentialStoreApi,
@@ -102,7 +115,7 @@ impl SaslService {
             false,
         ));
         tokio::spawn(follow_changes(state.clone(), secrets.clone()));
-        Ok(SaslService {
+        Ok(SaslService(Arc::new(SaslCore {
             cfg: Arc::new(cfg),
             state,
             creds,
@@ -111,7 +124,7 @@ impl SaslService {
             hashing: Arc::new(Semaphore::new(cpus * 2)),
             verified,
             tokens,
-        })
+        })))
     }
 
     fn server_config(&self, s: &pb::SessionFacts) -> ServerConfig {
