@@ -180,3 +180,19 @@ pub async fn channel_to(addr: SocketAddr) -> tonic::transport::Channel {
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
 }
+
+/// One plain HTTP/1.1 GET, the body as text.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
+}
