@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
@@ -81,12 +81,81 @@ pub fn balanced_channel(
         [one] if one.ip.is_some() && !one.https => Ok(settings.endpoint(one, None)?.connect_lazy()),
         _ => {
             let (channel, tx) = Channel::balance_channel(targets.len() * 4 + 16);
-            let mut discovery = Discovery::new(targets, settings, tx);
+            let mut discovery = Discovery::new(targets, settings, Sink::Balancer(tx));
             discovery.seed()?;
             tokio::spawn(discovery.run());
             Ok(channel)
         }
     }
+}
+
+/// One replica as [`replica_set`] publishes it.
+#[derive(Clone)]
+pub struct Replica {
+    /// The address it dials (or the URL while its name resolves to nothing).
+    pub name: String,
+    /// Unique for the life of the process: a new one means a new channel
+    /// (a replica that came back, or one re-dialled with renewed TLS).
+    pub id: u64,
+    /// Lazily connected, to this replica alone.
+    pub channel: Channel,
+}
+
+/// The replicas behind `urls` as they come and go, each with a channel of
+/// its own: the same set, resolved, probed and re-dialled on renewed TLS,
+/// that [`balanced_channel`] balances over, for callers that keep
+/// long-lived streams per replica and balance their messages themselves
+/// (sasl-auth's Exchange streams). The set is never empty.
+pub fn replica_set(
+    urls: &[String],
+    timeout: Duration,
+    tls: Option<Arc<dyn ClientTlsSource>>,
+) -> Result<watch::Receiver<Arc<Vec<Replica>>>, String> {
+    let fixed = |name: &str, channel: Channel| {
+        let one = Replica {
+            name: name.to_owned(),
+            id: next_replica_id(),
+            channel,
+        };
+        // The sender is dropped: the set never changes.
+        watch::channel(Arc::new(vec![one])).1
+    };
+    if let [one] = urls
+        && let Some(path) = unix_path(one)?
+    {
+        return Ok(fixed(one, unix_channel(path, timeout)));
+    }
+    let targets = urls
+        .iter()
+        .map(|u| Target::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = Settings { timeout, tls };
+    match targets.as_slice() {
+        [] => Err("no endpoint configured".into()),
+        [one] if one.ip.is_some() && !one.https => Ok(fixed(
+            &urls[0],
+            settings.endpoint(one, None)?.connect_lazy(),
+        )),
+        _ => {
+            let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+            let mut discovery = Discovery::new(
+                targets,
+                settings,
+                Sink::Replicas {
+                    tx,
+                    held: BTreeMap::new(),
+                },
+            );
+            discovery.seed()?;
+            tokio::spawn(discovery.run());
+            Ok(rx)
+        }
+    }
+}
+
+fn next_replica_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// One lazily connected channel per replica behind `urls`, each labelled
@@ -291,10 +360,64 @@ fn desired(resolved: &[Vec<SocketAddr>], alive: &BTreeMap<SocketAddr, bool>) -> 
     keep
 }
 
+/// Where [`Discovery`] sends the set.
+enum Sink {
+    /// A tonic balancer, told of each change.
+    Balancer(mpsc::Sender<Change<Key, Endpoint>>),
+    /// Watchers of the whole set ([`replica_set`]), a channel per replica.
+    Replicas {
+        tx: watch::Sender<Arc<Vec<Replica>>>,
+        held: BTreeMap<Key, Replica>,
+    },
+}
+
+impl Sink {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sink::Balancer(tx) => tx.is_closed(),
+            Sink::Replicas { tx, .. } => tx.is_closed(),
+        }
+    }
+
+    /// Err: nobody listens any more.
+    async fn insert(&mut self, key: Key, name: String, ep: Endpoint) -> Result<(), ()> {
+        match self {
+            Sink::Balancer(tx) => tx.send(Change::Insert(key, ep)).await.map_err(|_| ()),
+            Sink::Replicas { held, .. } => {
+                let channel = ep.connect_lazy();
+                let id = next_replica_id();
+                held.insert(key, Replica { name, id, channel });
+                Ok(())
+            }
+        }
+    }
+
+    async fn remove(&mut self, key: Key) -> Result<(), ()> {
+        match self {
+            Sink::Balancer(tx) => tx.send(Change::Remove(key)).await.map_err(|_| ()),
+            Sink::Replicas { held, .. } => {
+                held.remove(&key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Watchers see the set once a round of changes is made.
+    fn publish(&mut self) {
+        if let Sink::Replicas { tx, held } = self {
+            let now: Vec<Replica> = held.values().cloned().collect();
+            let ids = |v: &[Replica]| v.iter().map(|r| r.id).collect::<Vec<_>>();
+            if ids(&now) != ids(&tx.borrow()) {
+                tx.send_replace(Arc::new(now));
+            }
+        }
+    }
+}
+
 struct Discovery {
     targets: Vec<Target>,
     settings: Settings,
-    tx: mpsc::Sender<Change<Key, Endpoint>>,
+    tx: Sink,
     resolved: Vec<Vec<SocketAddr>>,
     alive: BTreeMap<SocketAddr, bool>,
     current: BTreeSet<Key>,
@@ -303,11 +426,7 @@ struct Discovery {
 }
 
 impl Discovery {
-    fn new(
-        targets: Vec<Target>,
-        settings: Settings,
-        tx: mpsc::Sender<Change<Key, Endpoint>>,
-    ) -> Discovery {
+    fn new(targets: Vec<Target>, settings: Settings, tx: Sink) -> Discovery {
         let resolved = targets
             .iter()
             .map(|t| {
@@ -332,12 +451,27 @@ impl Discovery {
     fn seed(&mut self) -> Result<(), String> {
         for key in desired(&self.resolved, &self.alive) {
             let ep = self.endpoint(key)?;
-            self.tx
-                .try_send(Change::Insert(key, ep))
-                .map_err(|e| format!("balancer: {e}"))?;
+            let name = self.name(key);
+            match &mut self.tx {
+                Sink::Balancer(tx) => tx
+                    .try_send(Change::Insert(key, ep))
+                    .map_err(|e| format!("balancer: {e}"))?,
+                Sink::Replicas { held, .. } => {
+                    let (id, channel) = (next_replica_id(), ep.connect_lazy());
+                    held.insert(key, Replica { name, id, channel });
+                }
+            }
             self.current.insert(key);
         }
+        self.tx.publish();
         Ok(())
+    }
+
+    fn name(&self, key: Key) -> String {
+        match key {
+            Key::Addr(_, a) => a.to_string(),
+            Key::Name(i) => self.targets[i].uri.to_string(),
+        }
     }
 
     fn endpoint(&self, key: Key) -> Result<Endpoint, String> {
@@ -419,21 +553,20 @@ impl Discovery {
     async fn apply(&mut self) -> Result<(), ()> {
         let want = desired(&self.resolved, &self.alive);
         for key in self.current.difference(&want).copied().collect::<Vec<_>>() {
-            self.tx.send(Change::Remove(key)).await.map_err(|_| ())?;
+            self.tx.remove(key).await?;
             self.current.remove(&key);
         }
         for key in want.difference(&self.current).copied().collect::<Vec<_>>() {
             match self.endpoint(key) {
                 Ok(ep) => {
-                    self.tx
-                        .send(Change::Insert(key, ep))
-                        .await
-                        .map_err(|_| ())?;
+                    let name = self.name(key);
+                    self.tx.insert(key, name, ep).await?;
                     self.current.insert(key);
                 }
                 Err(e) => tracing::warn!(error = %e, "endpoint skipped"),
             }
         }
+        self.tx.publish();
         Ok(())
     }
 
@@ -451,14 +584,14 @@ impl Discovery {
         tracing::info!("internal_tls renewed: reconnecting to every replica");
         for key in self.current.iter().copied().collect::<Vec<_>>() {
             match self.endpoint(key) {
-                Ok(ep) => self
-                    .tx
-                    .send(Change::Insert(key, ep))
-                    .await
-                    .map_err(|_| ())?,
+                Ok(ep) => {
+                    let name = self.name(key);
+                    self.tx.insert(key, name, ep).await?
+                }
                 Err(e) => tracing::warn!(error = %e, "endpoint kept on its old TLS settings"),
             }
         }
+        self.tx.publish();
         Ok(())
     }
 }
@@ -566,7 +699,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             tls: None,
         };
-        let mut d = Discovery::new(targets, settings, tx);
+        let mut d = Discovery::new(targets, settings, Sink::Balancer(tx));
         d.seed().unwrap();
         let seeded: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert!(
@@ -641,6 +774,46 @@ mod tests {
             )]
         );
         drop(first);
+    }
+
+    /// The replica set for streams per replica: the same live addresses,
+    /// each with a channel of its own, published when they change, and a
+    /// replica that stops listening leaves it; one that stays keeps its id
+    /// (so its streams are kept).
+    #[tokio::test]
+    async fn the_replica_set_follows_listeners_and_keeps_a_staying_replica() {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a1 = first.local_addr().unwrap();
+        let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a2 = second.local_addr().unwrap();
+        let urls = [format!("http://{a1}"), format!("http://{a2}")];
+        let targets: Vec<Target> = urls.iter().map(|u| Target::parse(u).unwrap()).collect();
+        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+        let settings = Settings {
+            timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        let sink = Sink::Replicas {
+            tx,
+            held: BTreeMap::new(),
+        };
+        let mut d = Discovery::new(targets, settings, sink);
+        d.seed().unwrap();
+        let names = |rx: &watch::Receiver<Arc<Vec<Replica>>>| {
+            rx.borrow()
+                .iter()
+                .map(|r| (r.name.clone(), r.id))
+                .collect::<Vec<_>>()
+        };
+        let seeded = names(&rx);
+        assert_eq!(
+            seeded.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            [a1.to_string(), a2.to_string()]
+        );
+        drop(second);
+        d.probe().await;
+        d.apply().await.unwrap();
+        assert_eq!(names(&rx), [seeded[0].clone()], "the stopped replica left");
     }
 
     fn describe(c: &Change<Key, Endpoint>) -> String {
