@@ -9,6 +9,7 @@
 //! then a function call in the caller's span, so the trace stays one trace.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use authrelay_proto::credentials::v1 as cpb;
 use authrelay_proto::credentials::v1::credential_store_client::CredentialStoreClient;
@@ -22,24 +23,36 @@ use authrelay_telemetry::grpc::Traced;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status};
 
-/// sasl-auth, as the frontend calls it.
+use crate::exchange::{ExchangeAnswers, ExchangeClient};
+
+/// sasl-auth, as the frontend calls it: over its `Exchange` streams
+/// ([`ExchangeClient`]), or in process.
 #[derive(Clone)]
 pub enum SaslAuthApi {
-    Remote(SaslAuthClient<Traced>),
-    Local(Arc<dyn SaslAuth>),
+    Remote(Arc<ExchangeClient>),
+    Local(Arc<dyn SaslAuth<ExchangeStream = ExchangeAnswers>>),
 }
 
 impl SaslAuthApi {
+    /// sasl-auth over gRPC: see [`ExchangeClient::new`].
+    pub fn remote(
+        unary: SaslAuthClient<Traced>,
+        replicas: tokio::sync::watch::Receiver<Arc<Vec<authrelay_proto::channel::Replica>>>,
+        timeout: Duration,
+    ) -> Self {
+        SaslAuthApi::Remote(Arc::new(ExchangeClient::new(unary, replicas, timeout)))
+    }
+
     pub async fn start(&self, r: spb::StartRequest) -> Result<spb::StepResponse, Status> {
         match self {
-            SaslAuthApi::Remote(c) => c.clone().start(r).await.map(|r| r.into_inner()),
+            SaslAuthApi::Remote(c) => c.start(r).await,
             SaslAuthApi::Local(s) => s.start(Request::new(r)).await.map(|r| r.into_inner()),
         }
     }
 
     pub async fn step(&self, r: spb::StepRequest) -> Result<spb::StepResponse, Status> {
         match self {
-            SaslAuthApi::Remote(c) => c.clone().step(r).await.map(|r| r.into_inner()),
+            SaslAuthApi::Remote(c) => c.step(r).await,
             SaslAuthApi::Local(s) => s.step(Request::new(r)).await.map(|r| r.into_inner()),
         }
     }

@@ -3,7 +3,7 @@
 //! Three kinds of caller (SECURITY.md has the table):
 //! - **anyone**: `grpc.health.v1` (probes);
 //! - **a service of this deployment**: the auth path and the message path
-//!   (sasl-auth Start/Step, credential-store GetSecret, relay-queue
+//!   (sasl-auth Start/Step/Exchange, credential-store GetSecret, relay-queue
 //!   Enqueue) — proven by a client certificate from `internal_tls.ca` when
 //!   mutual TLS is on, else by the per-deployment token of
 //!   `internal.token_file` in the `x-authrelay-internal-token` header. Any
@@ -42,6 +42,7 @@ pub fn caller_for(path: &str) -> Caller {
         "/authrelay.sasl.v1.SaslAuth/ListMechanisms"
         | "/authrelay.sasl.v1.SaslAuth/Start"
         | "/authrelay.sasl.v1.SaslAuth/Step"
+        | "/authrelay.sasl.v1.SaslAuth/Exchange"
         | "/authrelay.sasl.v1.SaslAuth/Abort"
         | "/authrelay.credentials.v1.CredentialStore/GetSecret"
         | "/authrelay.queue.v1.RelayQueue/Enqueue" => Caller::Service,

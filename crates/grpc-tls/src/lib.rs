@@ -23,6 +23,7 @@
 //! plain text on a port of its own, and nothing else.
 
 pub mod api;
+pub mod exchange;
 pub mod guard;
 mod incoming;
 
@@ -257,6 +258,20 @@ pub fn channel(cfg: &Config, urls: &[String], timeout: Duration) -> Result<Chann
         .map_err(|e| e.to_string())?
         .map(|t| t as Arc<dyn ClientTlsSource>);
     authrelay_proto::channel::balanced_channel(urls, timeout, tls)
+}
+
+/// The replicas behind `urls` as they come and go, a channel each, with
+/// the client side of `internal_tls`: see
+/// `authrelay_proto::channel::replica_set`.
+pub fn replica_set(
+    cfg: &Config,
+    urls: &[String],
+    timeout: Duration,
+) -> Result<tokio::sync::watch::Receiver<Arc<Vec<authrelay_proto::channel::Replica>>>, String> {
+    let tls = InternalTls::load(&cfg.internal_tls)
+        .map_err(|e| e.to_string())?
+        .map(|t| t as Arc<dyn ClientTlsSource>);
+    authrelay_proto::channel::replica_set(urls, timeout, tls)
 }
 
 /// One channel per replica behind `urls` (labelled with its address), with

@@ -173,6 +173,10 @@ where
     }
 }
 
+/// Streams that carry many calls, each with its own trace context, and
+/// open no span of their own.
+pub const MULTIPLEXED: &[&str] = &["/authrelay.sasl.v1.SaslAuth/Exchange"];
+
 /// Server side: one span per call, child of the caller's context, named and
 /// attributed per the OpenTelemetry RPC conventions.
 #[derive(Clone, Copy, Debug, Default)]
@@ -204,8 +208,11 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        // Health probes every few seconds would drown real traces.
-        if path.starts_with("/grpc.health.") {
+        // Health probes every few seconds would drown real traces; a
+        // long-lived stream that carries many calls spans each of them
+        // itself (one span for the stream would hang off whichever AUTH
+        // opened it, for as long as it lives).
+        if path.starts_with("/grpc.health.") || MULTIPLEXED.contains(&path) {
             return self.inner.call(req).instrument(tracing::Span::none());
         }
         let (service, method) = path

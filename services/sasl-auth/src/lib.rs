@@ -18,6 +18,7 @@ mod error;
 mod policy;
 pub mod sealed;
 pub mod secrets;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub struct SaslCore {
     verified: Option<cache::VerifiedCache>,
     /// OAUTHBEARER/XOAUTH2 token checks; `None` without `sasl.oauth.issuers`.
     tokens: Option<Arc<bearer::TokenVerifier>>,
+    /// Set when the server shuts down: `Exchange` streams stop reading.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl SaslService {
@@ -124,6 +127,7 @@ impl SaslService {
             hashing: Arc::new(Semaphore::new(cpus * 2)),
             verified,
             tokens,
+            stopping: tokio::sync::watch::Sender::new(false),
         })))
     }
 
@@ -609,6 +613,15 @@ impl SaslAuth for SaslService {
         ))
     }
 
+    type ExchangeStream = stream::Answers;
+
+    async fn exchange(
+        &self,
+        req: Request<tonic::Streaming<pb::ExchangeRequest>>,
+    ) -> Result<Response<Self::ExchangeStream>, Status> {
+        Ok(Response::new(stream::serve(self.clone(), req.into_inner())))
+    }
+
     /// Nothing is stored between steps: a cancelled exchange is simply
     /// never stepped again, and its sealed state expires.
     async fn abort(
@@ -671,6 +684,13 @@ pub async fn serve(
     prepare(&cfg).await?;
     let keys = exchange_keys(&cfg)?;
     let service = SaslService::new(cfg, state.clone(), keys)?;
+    // Exchange streams live as long as their frontend: on shutdown they
+    // must end (answering what they read) or the server would wait on them.
+    let stopper = service.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopper.stopping.send_replace(true);
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     authrelay_grpc_tls::serve_plain_health("sasl-auth", health_listen, health.clone()).await?;
     // Readiness follows the shared store: without it no limit can be read.

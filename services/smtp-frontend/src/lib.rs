@@ -127,6 +127,15 @@ pub async fn serve(
                 cfg.endpoints.timeout,
             )
             .map_err(|e| anyhow::anyhow!("endpoints.sasl_auth: {e}"))?;
+            // Start and Step go over streams to each replica (see
+            // authrelay_grpc_tls::exchange); the channel above stays for a
+            // sasl-auth without them and for the readiness probe.
+            let sasl_replicas = authrelay_grpc_tls::replica_set(
+                &cfg,
+                cfg.endpoints.sasl_auth.as_slice(),
+                cfg.endpoints.timeout,
+            )
+            .map_err(|e| anyhow::anyhow!("endpoints.sasl_auth: {e}"))?;
             // Enqueue streams a whole message: the per-call deadline must
             // cover a slow client's DATA, so the queue channel gets a
             // generous one.
@@ -137,7 +146,11 @@ pub async fn serve(
             )
             .map_err(|e| anyhow::anyhow!("endpoints.relay_queue: {e}"))?;
             (
-                SaslAuthApi::Remote(SaslAuthClient::new(traced(sasl.clone()))),
+                SaslAuthApi::remote(
+                    SaslAuthClient::new(traced(sasl.clone())),
+                    sasl_replicas,
+                    cfg.endpoints.timeout,
+                ),
                 QueueApi::Remote(RelayQueueClient::new(traced(queue.clone()))),
                 Some((sasl, queue)),
             )
