@@ -39,7 +39,9 @@ use tracing::Instrument;
 
 /// What sasl-auth's `Exchange` answers with, named so that an in-process
 /// sasl-auth can be held as a `dyn SaslAuth`.
-pub type ExchangeAnswers = ReceiverStream<Result<spb::ExchangeResponse, Status>>;
+pub type ExchangeAnswers = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<spb::ExchangeResponse, Status>> + Send + 'static>,
+>;
 
 /// Streams kept open to each replica: more than one, so that no single
 /// stream's flow-control window is what a burst waits on.
@@ -238,7 +240,11 @@ impl ExchangeClient {
         let mut last = Status::unavailable("sasl-auth: no replica known");
         // More than one try: for a replica that cannot be reached, and for
         // a request a lane never ran (its stream ended before reading it).
-        for _ in 0..3 {
+        // Either way that replica is going or gone: the next try passes it
+        // over, so its other lanes (ending too) are not tried in turn.
+        let pass_over =
+            |node: &Node| *lock(&node.passed_over_until) = Some(Instant::now() + PASS_OVER);
+        for _ in 0..4 {
             let Some(node) = self.pick() else { break };
             let _counted = InFlight::new(node.clone());
             let lane = match self.lane(&node, deadline).await {
@@ -246,7 +252,7 @@ impl ExchangeClient {
                 Ok(Opened::Unimplemented) => return Err(request),
                 Err(s) if s.code() == Code::DeadlineExceeded => return Ok(Err(s)),
                 Err(s) => {
-                    *lock(&node.passed_over_until) = Some(Instant::now() + PASS_OVER);
+                    pass_over(&node);
                     last = s;
                     continue;
                 }
@@ -258,6 +264,7 @@ impl ExchangeClient {
             // a call added after that would wait forever.
             if !lane.open.load(Ordering::SeqCst) {
                 lock(&lane.pending).remove(&call);
+                pass_over(&node);
                 continue;
             }
             let msg = spb::ExchangeRequest {
@@ -268,11 +275,15 @@ impl ExchangeClient {
             if lane.tx.send(msg).await.is_err() {
                 lock(&lane.pending).remove(&call);
                 lane.open.store(false, Ordering::SeqCst);
+                pass_over(&node);
                 continue;
             }
             return Ok(match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(Answer::Done(r))) => Ok(r),
-                Ok(Ok(Answer::NotRun)) => continue,
+                Ok(Ok(Answer::NotRun)) => {
+                    pass_over(&node);
+                    continue;
+                }
                 Ok(Ok(Answer::Broken(s))) => Err(s),
                 Ok(Err(_)) => Err(Status::unavailable("sasl-auth: the stream went away")),
                 Err(_) => {
