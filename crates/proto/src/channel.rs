@@ -65,10 +65,36 @@ pub fn balanced_channel(
     timeout: Duration,
     tls: Option<Arc<dyn ClientTlsSource>>,
 ) -> Result<Channel, String> {
+    match plan(urls, timeout, tls)? {
+        Plan::Fixed(channel) => Ok(channel),
+        Plan::Discover(targets, settings) => {
+            let (channel, tx) = Channel::balance_channel(targets.len() * 4 + 16);
+            let mut discovery = Discovery::new(targets, settings, Sink::Balancer(tx));
+            discovery.seed()?;
+            tokio::spawn(discovery.run());
+            Ok(channel)
+        }
+    }
+}
+
+/// How `urls` are dialled.
+enum Plan {
+    /// One `unix:` socket or one plain address: nothing to balance, follow
+    /// or reload.
+    Fixed(Channel),
+    /// Names to resolve, replicas to probe, TLS to reload.
+    Discover(Vec<Target>, Settings),
+}
+
+fn plan(
+    urls: &[String],
+    timeout: Duration,
+    tls: Option<Arc<dyn ClientTlsSource>>,
+) -> Result<Plan, String> {
     if let [one] = urls
         && let Some(path) = unix_path(one)?
     {
-        return Ok(unix_channel(path, timeout));
+        return Ok(Plan::Fixed(unix_channel(path, timeout)));
     }
     let targets = urls
         .iter()
@@ -77,15 +103,10 @@ pub fn balanced_channel(
     let settings = Settings { timeout, tls };
     match targets.as_slice() {
         [] => Err("no endpoint configured".into()),
-        // One fixed plain address: nothing to balance, follow or reload.
-        [one] if one.ip.is_some() && !one.https => Ok(settings.endpoint(one, None)?.connect_lazy()),
-        _ => {
-            let (channel, tx) = Channel::balance_channel(targets.len() * 4 + 16);
-            let mut discovery = Discovery::new(targets, settings, Sink::Balancer(tx));
-            discovery.seed()?;
-            tokio::spawn(discovery.run());
-            Ok(channel)
+        [one] if one.ip.is_some() && !one.https => {
+            Ok(Plan::Fixed(settings.endpoint(one, None)?.connect_lazy()))
         }
+        _ => Ok(Plan::Discover(targets, settings)),
     }
 }
 
@@ -111,41 +132,23 @@ pub fn replica_set(
     timeout: Duration,
     tls: Option<Arc<dyn ClientTlsSource>>,
 ) -> Result<watch::Receiver<Arc<Vec<Replica>>>, String> {
-    let fixed = |name: &str, channel: Channel| {
-        let one = Replica {
-            name: name.to_owned(),
-            id: next_replica_id(),
-            channel,
-        };
-        // The sender is dropped: the set never changes.
-        watch::channel(Arc::new(vec![one])).1
-    };
-    if let [one] = urls
-        && let Some(path) = unix_path(one)?
-    {
-        return Ok(fixed(one, unix_channel(path, timeout)));
-    }
-    let targets = urls
-        .iter()
-        .map(|u| Target::parse(u))
-        .collect::<Result<Vec<_>, _>>()?;
-    let settings = Settings { timeout, tls };
-    match targets.as_slice() {
-        [] => Err("no endpoint configured".into()),
-        [one] if one.ip.is_some() && !one.https => Ok(fixed(
-            &urls[0],
-            settings.endpoint(one, None)?.connect_lazy(),
-        )),
-        _ => {
+    match plan(urls, timeout, tls)? {
+        Plan::Fixed(channel) => {
+            let one = Replica {
+                name: urls[0].clone(),
+                id: next_replica_id(),
+                channel,
+            };
+            // The sender is dropped: the set never changes.
+            Ok(watch::channel(Arc::new(vec![one])).1)
+        }
+        Plan::Discover(targets, settings) => {
             let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-            let mut discovery = Discovery::new(
-                targets,
-                settings,
-                Sink::Replicas {
-                    tx,
-                    held: BTreeMap::new(),
-                },
-            );
+            let sink = Sink::Replicas {
+                tx,
+                held: BTreeMap::new(),
+            };
+            let mut discovery = Discovery::new(targets, settings, sink);
             discovery.seed()?;
             tokio::spawn(discovery.run());
             Ok(rx)
