@@ -114,7 +114,7 @@ run_one() { # SYSTEM MODE MECH SIZE CLIENTS [smtp-load args...]
   line=$(load "$s" -c "$5" -d "${secs}s" --mech "$3" --scram-cache --size "$4" --to "sink@$realm" --json "${@:6}")
   after=$(cpu "$s")
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["system"]=sys.argv[2]; r["mode"]=sys.argv[3]; r["cpu_before"]=json.loads(sys.argv[4]); r["cpu_after"]=json.loads(sys.argv[5]); print(json.dumps(r))' \
-    "$line" "$s" "$mode" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  errors %d" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], sum(r["errors"].values())))'
+    "$line" "$s" "$mode" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  errors %d  client CPU %.0f %%" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], sum(r["errors"].values()), (r.get("client_cpu_ms") or 0) / 10.0 / float(sys.argv[1])))' "$secs"
 }
 run_cell() { # MECH SIZE CLIENTS
   local s rate
