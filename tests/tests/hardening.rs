@@ -560,3 +560,116 @@ fn soak_authenticated_submissions_memory_is_flat_after_warm_up() {
         );
     }
 }
+
+/// The admission gate under overload (`frontend.admission`), made to hold
+/// with one session in progress (`sessions = 1`, `behind = "0s"`: always
+/// behind). The session in progress is one whose AUTH sasl-auth answers
+/// slowly on purpose: its address is past the brute-force limit, so the
+/// `454` comes after `block_delay`.
+const ADMISSION: &str = "[sasl]\nallow_plaintext_without_tls = true\n\n\
+    [sasl.limits]\nwindow = \"60s\"\nmax_failures_per_ip = 1\nblock_delay = \"3s\"\n\n\
+    [telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+    [frontend.admission]\nsessions = 1\nbehind = \"0s\"\n";
+
+/// Sends an AUTH that the limit makes sasl-auth hold for `block_delay`,
+/// from an address that failed once; returns the connection, the AUTH
+/// line not yet answered.
+fn slow_auth_in_progress(frontend: std::net::SocketAddr) -> Raw {
+    let wrong = b64(format!("\0{USER}\0not-the-password").as_bytes());
+    let (mut c, code, text) = Raw::connect_from("127.0.0.9", frontend).expect("connect");
+    assert_eq!(code, 220, "{text}");
+    ehlo(&mut c);
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {wrong}")).0, 535);
+    c.send(&format!("AUTH PLAIN {wrong}"));
+    // Long enough for the line to reach sasl-auth; short against the delay.
+    std::thread::sleep(Duration::from_millis(500));
+    c
+}
+
+/// `authrelay_greeting_hold_seconds_count` on the frontend's /metrics.
+fn greetings_held(metrics: std::net::SocketAddr) -> u64 {
+    let page = http_get(metrics, "/metrics");
+    page.lines()
+        .find_map(|l| l.strip_prefix("authrelay_greeting_hold_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no greeting_hold_seconds_count in\n{page}"))
+}
+
+/// When a greeting arrived, from a thread, so the test can order it
+/// against the reply the session in progress gets.
+fn greeted_at(frontend: std::net::SocketAddr) -> std::thread::JoinHandle<Instant> {
+    std::thread::spawn(move || {
+        let mut c = Raw::connect(frontend);
+        let at = Instant::now();
+        c.send("QUIT");
+        at
+    })
+}
+
+#[test]
+fn a_session_in_progress_holds_new_greetings_back_and_idle_clients_never_do() {
+    let (_dir, _redis, _sink, mut stack) = stack(
+        "admission-hold",
+        &format!("{ADMISSION}greeting_hold = \"30s\"\n"),
+    );
+    let fe = stack.submission;
+    // Idle and slow clients give up their place: with three of them
+    // connected (one place), a new client is still greeted at once, not
+    // after the 30 s hold (Raw would time out waiting).
+    let mut idle: Vec<Raw> = (0..3)
+        .map(|_| {
+            let mut c = Raw::connect(fe);
+            ehlo(&mut c);
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let mut c = Raw::connect(fe);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "idle sessions held the greeting for {:?}",
+        t.elapsed()
+    );
+    c.send("QUIT");
+    // One session with its AUTH in sasl-auth's hands: a new connection is
+    // greeted only after that session was answered.
+    let metrics = stack.frontend.addr("metrics");
+    let held_before = greetings_held(metrics);
+    let mut busy = slow_auth_in_progress(fe);
+    let newcomer = greeted_at(fe);
+    let (code, text) = busy.read();
+    let answered = Instant::now();
+    assert_eq!(code, 454, "{text}");
+    let greeted = newcomer.join().expect("greeted");
+    assert!(
+        greeted > answered,
+        "greeted {:?} before the session in progress was answered",
+        answered - greeted
+    );
+    // The idle sessions were never dropped and still work.
+    for c in &mut idle {
+        assert_eq!(c.cmd("NOOP").0, 250);
+    }
+    // The operator sees it: the newcomer's greeting was held.
+    assert_eq!(greetings_held(metrics), held_before + 1);
+}
+
+#[test]
+fn a_held_greeting_goes_out_at_greeting_hold_whatever_is_in_progress() {
+    let (_dir, _redis, _sink, stack) = stack(
+        "admission-bound",
+        &format!("{ADMISSION}greeting_hold = \"300ms\"\n"),
+    );
+    let fe = stack.submission;
+    let mut busy = slow_auth_in_progress(fe);
+    let newcomer = greeted_at(fe);
+    let greeted = newcomer.join().expect("greeted");
+    let (code, text) = busy.read();
+    let answered = Instant::now();
+    assert_eq!(code, 454, "{text}");
+    assert!(
+        greeted < answered,
+        "the greeting waited for the session in progress past greeting_hold"
+    );
+}

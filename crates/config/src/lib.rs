@@ -564,6 +564,46 @@ impl Default for TimeoutConfig {
     }
 }
 
+/// Under overload, sessions in progress finish first: while `sessions` are
+/// in progress and the frontend's runtime is at least `behind` late, a new
+/// connection waits (up to `greeting_hold`) for its `220`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Sessions in progress (greeted, and heard from in the last few
+    /// milliseconds) at which new greetings may wait; 0: 16 per CPU.
+    pub sessions: usize,
+    /// How late the frontend's runtime must be running ready work before
+    /// new greetings wait: the sign that the CPUs, not the clients, are
+    /// what sessions wait for.
+    #[serde(with = "humantime_serde")]
+    pub behind: Duration,
+    /// The longest a greeting waits; 0 turns waiting off.
+    #[serde(with = "humantime_serde")]
+    pub greeting_hold: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            sessions: 0,
+            behind: Duration::from_micros(250),
+            greeting_hold: Duration::from_secs(1),
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// `sessions`, with 0 resolved for a process that sees `cpus` CPUs.
+    pub fn sessions_for(&self, cpus: usize) -> usize {
+        if self.sessions == 0 {
+            16 * cpus.max(1)
+        } else {
+            self.sessions
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
@@ -640,6 +680,7 @@ pub struct FrontendConfig {
     /// AUTH attempts per connection before `421` and close.
     pub max_auth_attempts: u32,
     pub timeouts: TimeoutConfig,
+    pub admission: AdmissionConfig,
     /// Domains delivered here (`confCW_FILE`); `hostname` is always local.
     pub local_domains: WordList,
     /// Domains anyone may relay to (`relay_entire_domain`, access RELAY).
@@ -690,6 +731,7 @@ impl Default for FrontendConfig {
             max_errors: 10,
             max_auth_attempts: 5,
             timeouts: TimeoutConfig::default(),
+            admission: AdmissionConfig::default(),
             local_domains: WordList::default(),
             relay_domains: WordList::default(),
             trusted_networks: WordList::default(),

@@ -391,3 +391,22 @@ fn redis_password_file_is_read_and_checked() {
     .unwrap_err();
     assert_eq!(err.key, "redis.username");
 }
+
+#[test]
+fn admission_defaults_scale_with_cpus_and_read_from_file_and_environment() {
+    let cfg = load_str("", &[]).unwrap();
+    let a = &cfg.frontend.admission;
+    assert_eq!(a.sessions_for(2), 32);
+    assert_eq!(a.sessions_for(0), 16, "no CPU count still gates");
+    assert_eq!(a.behind, Duration::from_micros(250));
+    assert_eq!(a.greeting_hold, Duration::from_secs(1));
+    let cfg = load_str(
+        "[frontend.admission]\nsessions = 5\nbehind = \"2ms\"\n",
+        &[("AUTHRELAY__FRONTEND__ADMISSION__GREETING_HOLD", "0s")],
+    )
+    .unwrap();
+    let a = &cfg.frontend.admission;
+    assert_eq!(a.sessions_for(64), 5);
+    assert_eq!(a.behind, Duration::from_millis(2));
+    assert!(a.greeting_hold.is_zero());
+}

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub auth_duration: Family<MechLabel, Histogram>,
     pub bruteforce_blocks: Counter,
     pub sessions_live: Gauge,
+    /// Greetings held back while the frontend was overloaded, by how long.
+    pub greeting_holds: Histogram,
     pub tls_handshakes: Family<OutcomeLabel, Counter>,
     pub queue_messages: Gauge,
     pub queue_oldest_age: Gauge,
@@ -113,6 +115,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_duration: Family::new_with_constructor(latency),
     bruteforce_blocks: Counter::default(),
     sessions_live: Gauge::default(),
+    greeting_holds: latency(),
     tls_handshakes: Family::default(),
     queue_messages: Gauge::default(),
     queue_oldest_age: Gauge::default(),
@@ -180,6 +183,12 @@ fn registry() -> Registry {
         "sessions_live",
         "Open SMTP sessions on this frontend",
         Box::new(m.sessions_live.clone()),
+    );
+    add!(
+        FRONTEND,
+        "greeting_hold_seconds",
+        "How long new connections waited for their greeting while the frontend was overloaded (held ones only)",
+        Box::new(m.greeting_holds.clone()),
     );
     add!(
         FRONTEND,

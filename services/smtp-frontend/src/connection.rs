@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::Shared;
+use crate::gate::{IDLE_AFTER, InProgress};
 use crate::received;
 use crate::registry::Registration;
 use crate::stream::Stream;
@@ -65,6 +66,9 @@ pub struct Connection {
     registration: Registration,
     /// The BDAT message being uploaded.
     bdat: Option<Upload>,
+    /// This session's place among those in progress (see `gate`): given
+    /// up while it waits on its client, taken again when the client speaks.
+    place: Option<InProgress>,
 }
 
 pub fn new_id(bytes: usize) -> String {
@@ -80,6 +84,7 @@ impl Connection {
         peer: SocketAddr,
         id: String,
         registration: Registration,
+        admitted: InProgress,
     ) -> Self {
         let session = Session::new(
             shared.smtp.clone(),
@@ -94,6 +99,7 @@ impl Connection {
         Connection {
             registration,
             bdat: None,
+            place: Some(admitted),
             shared,
             stream: Stream::Plain(stream),
             listener,
@@ -102,6 +108,18 @@ impl Connection {
             lines: LineBuffer::default(),
             session,
             tls: None,
+        }
+    }
+
+    /// Waiting on the client: the session gives up its place (see `gate`).
+    fn idle(&mut self) {
+        self.place = None;
+    }
+
+    /// The client's bytes are in: the session is in progress again.
+    fn working(&mut self) {
+        if self.place.is_none() {
+            self.place = Some(self.shared.gate.enter());
         }
     }
 
@@ -249,6 +267,7 @@ impl Connection {
         let deadline = tokio::time::Instant::now() + self.shared.cfg.frontend.timeouts.command;
         loop {
             if let Some(line) = self.lines.next_line(max) {
+                self.working();
                 return Ok(line);
             }
             self.flush().await.map_err(|_| ReadError::Closed)?;
@@ -259,14 +278,20 @@ impl Connection {
             let mut buf = [0u8; 4096];
             let mut draining = self.shared.draining.clone();
             let end = self.registration.end.clone();
-            let n = tokio::select! {
-                _ = end.notified() => return Err(ReadError::Ended),
-                res = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)) => match res {
-                    Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadError::Closed),
-                    Ok(Ok(n)) => n,
-                    Err(_) => return Err(ReadError::Timeout),
-                },
-                _ = draining.wait_for(|d| *d), if drain_ok => return Err(ReadError::Draining),
+            // A client that answers within IDLE_AFTER keeps the place; one
+            // that takes longer (idle, or far away) gives it up meanwhile.
+            let idle_at = tokio::time::Instant::now() + IDLE_AFTER;
+            let n = loop {
+                tokio::select! {
+                    _ = end.notified() => return Err(ReadError::Ended),
+                    res = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)) => break match res {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadError::Closed),
+                        Ok(Ok(n)) => n,
+                        Err(_) => return Err(ReadError::Timeout),
+                    },
+                    _ = draining.wait_for(|d| *d), if drain_ok => return Err(ReadError::Draining),
+                    _ = tokio::time::sleep_until(idle_at), if self.place.is_some() => self.idle(),
+                }
             };
             self.lines.push(&buf[..n]);
         }
@@ -312,7 +337,11 @@ impl Connection {
             }
         };
         let timeout = self.shared.cfg.frontend.timeouts.tls_handshake;
-        match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
+        // Paced by the client: a handshake that dawdles holds no place.
+        self.idle();
+        let accepted = tokio::time::timeout(timeout, acceptor.accept(plain)).await;
+        self.working();
+        match accepted {
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
                 let version = conn
@@ -766,7 +795,10 @@ impl Connection {
                 break;
             }
             let timeout = self.shared.cfg.frontend.timeouts.data_block;
-            let n = match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
+            self.idle();
+            let read = tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await;
+            self.working();
+            let n = match read {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => {
                     // Client gone or silent: no commit, so the queue discards it.
@@ -815,7 +847,10 @@ impl Connection {
             let chunk = self.lines.take(left.min(CHUNK));
             if chunk.is_empty() {
                 let timeout = self.shared.cfg.frontend.timeouts.data_block;
-                match tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await {
+                self.idle();
+                let read = tokio::time::timeout(timeout, self.stream.read(&mut read_buf)).await;
+                self.working();
+                match read {
                     Ok(Ok(n)) if n > 0 => self.lines.push(&read_buf[..n]),
                     _ => {
                         self.discard_upload();

@@ -8,6 +8,7 @@
 
 mod admin_error;
 mod connection;
+mod gate;
 pub mod limits;
 pub mod policy;
 pub mod proxy;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub registry: Arc<registry::Registry>,
     /// Stolen-account limits (`[limits.per_user]`).
     pub limits: Arc<limits::AccountLimits>,
+    /// Holds new greetings back while the sessions in hand are many.
+    pub gate: Arc<gate::Gate>,
 }
 
 /// Listeners bound and ready (bind first, so a port clash fails at start).
@@ -187,6 +190,10 @@ pub async fn serve(
         traceparent_ok: |v| authrelay_telemetry::context_from_traceparent(v).is_some(),
         policy: policy.clone(),
     });
+    let gate = gate::Gate::new(
+        &cfg.frontend.admission,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
     let shared = Arc::new(Shared {
         registry: registry.clone(),
         limits: account_limits.clone(),
@@ -199,6 +206,7 @@ pub async fn serve(
         state,
         draining,
         cfg,
+        gate,
     });
     let slots = Arc::new(Semaphore::new(max_conn));
 
@@ -395,6 +403,7 @@ async fn accept_loop(
         let shared = shared.clone();
         let listener = listener.clone();
         tokio::spawn(async move {
+            let admitted = shared.gate.admit().await;
             let mut stream = stream;
             let mut peer = peer;
             if listener.proxy_protocol {
@@ -452,6 +461,7 @@ async fn accept_loop(
                     peer,
                     id,
                     registration,
+                    admitted,
                 )
                 .run(),
             )
