@@ -28,7 +28,8 @@
 # rows run PLAIN only), BENCH_IDLE (10000; 0 skips the memory rows),
 # BENCH_WRITE (1), BENCH_SYSTEMS (split serve postfix), BENCH_BUILD (1),
 # BENCH_EQUAL (1: each cell again, open loop, every system at 80 % of
-# Postfix's sessions/s, for AUTH latency at an equal load; 0 skips it).
+# Postfix's sessions/s, for AUTH latency at an equal load; 0 skips it),
+# BENCH_LOAD_ARGS (more smtp-load flags for every run, e.g. --threads 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -100,7 +101,7 @@ if has postfix; then
   roots[postfix]="$PEER_PF_MASTER $PEER_DC_MASTER"
 fi
 
-load() { "$bin/smtp-load" --server "127.0.0.1:${port[$1]}" --users "$users" --user 'load{n}' "${@:2}"; }
+load() { "$bin/smtp-load" --server "127.0.0.1:${port[$1]}" --users "$users" --user 'load{n}' ${BENCH_LOAD_ARGS:-} "${@:2}"; }
 
 echo "==> warm-up: one PLAIN login per user on each system (authrelay's verified-credential cache, Dovecot's auth cache)"
 for s in $systems; do load "$s" -c 4 -d 3s --mech PLAIN >/dev/null; done
@@ -114,7 +115,7 @@ run_one() { # SYSTEM MODE MECH SIZE CLIENTS [smtp-load args...]
   line=$(load "$s" -c "$5" -d "${secs}s" --mech "$3" --scram-cache --size "$4" --to "sink@$realm" --json "${@:6}")
   after=$(cpu "$s")
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["system"]=sys.argv[2]; r["mode"]=sys.argv[3]; r["cpu_before"]=json.loads(sys.argv[4]); r["cpu_after"]=json.loads(sys.argv[5]); print(json.dumps(r))' \
-    "$line" "$s" "$mode" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  errors %d  client CPU %.0f %%" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], sum(r["errors"].values()), (r.get("client_cpu_ms") or 0) / 10.0 / float(sys.argv[1])))' "$secs"
+    "$line" "$s" "$mode" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  session p50 %.2f p99 %.2f ms  errors %d  client CPU %.0f %%" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], r["session"]["p50_ms"], r["session"]["p99_ms"], sum(r["errors"].values()), (r.get("client_cpu_ms") or 0) / 10.0 / float(sys.argv[1])))' "$secs"
 }
 run_cell() { # MECH SIZE CLIENTS
   local s rate
