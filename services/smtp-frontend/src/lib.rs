@@ -403,7 +403,6 @@ async fn accept_loop(
         let shared = shared.clone();
         let listener = listener.clone();
         tokio::spawn(async move {
-            let admitted = shared.gate.admit().await;
             let mut stream = stream;
             let mut peer = peer;
             if listener.proxy_protocol {
@@ -417,6 +416,9 @@ async fn accept_loop(
                     }
                 }
             }
+            // After the PROXY header, which is the balancer's to send: a
+            // health check that never sends one holds no place at the gate.
+            let admitted = shared.gate.admit().await;
             // A dual-stack listener ([::]) sees IPv4 clients as ::ffff:a.b.c.d;
             // networks, per-address limits, the access map and Received: all
             // speak of a.b.c.d.
