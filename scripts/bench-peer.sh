@@ -29,7 +29,9 @@
 # BENCH_WRITE (1), BENCH_SYSTEMS (split serve postfix), BENCH_BUILD (1),
 # BENCH_EQUAL (1: each cell again, open loop, every system at 80 % of
 # Postfix's sessions/s, for AUTH latency at an equal load; 0 skips it),
-# BENCH_LOAD_ARGS (more smtp-load flags for every run, e.g. --threads 2).
+# BENCH_LOAD_ARGS (more smtp-load flags for every run, e.g. --threads 2),
+# BENCH_REPEAT (3: rounds of each cell, the systems taking turns; the
+# table shows each figure's median over the rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -44,6 +46,7 @@ source scripts/peer/authrelay.sh
 
 systems=${BENCH_SYSTEMS:-split serve postfix}
 idle_n=${BENCH_IDLE:-10000}
+repeat=${BENCH_REPEAT:-3}
 users=100
 realm=bench.example
 export SMTP_LOAD_PASSWORD=bench-Password
@@ -118,27 +121,35 @@ run_one() { # SYSTEM MODE MECH SIZE CLIENTS [smtp-load args...]
     "$line" "$s" "$mode" "$before" "$after" | tee -a "$results" | python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["auth"]; print("    %.0f/s  AUTH p50 %.2f p99 %.2f ms  session p50 %.2f p99 %.2f ms  errors %d  client CPU %.0f %%" % (r["sessions_per_sec"], a["p50_ms"], a["p99_ms"], r["session"]["p50_ms"], r["session"]["p99_ms"], sum(r["errors"].values()), (r.get("client_cpu_ms") or 0) / 10.0 / float(sys.argv[1])))' "$secs"
 }
 run_cell() { # MECH SIZE CLIENTS
-  local s rate
+  local s rate rep
   # Every cell starts from warm caches: authrelay's verified-credential
   # cache lives sasl.verified_cache_ttl (5 min), Dovecot's auth cache an
   # hour, and a run of all cells takes longer than five minutes: without
   # this the last cells would measure Argon2id re-verifying 100 users.
   for s in $systems; do load "$s" -c 4 -d 2s --mech PLAIN >/dev/null; done
-  for s in $systems; do
-    echo "==> $1 size=$2 c=$3: ${label[$s]}"
-    run_one "$s" max "$@"
+  # Each cell BENCH_REPEAT times, the systems taking turns within each
+  # round: a neighbour's burst on a shared box then lands on one run of
+  # one system, and the report's median of the rounds leaves it out.
+  for rep in $(seq "$repeat"); do
+    for s in $systems; do
+      echo "==> $1 size=$2 c=$3 (round $rep of $repeat): ${label[$s]}"
+      run_one "$s" max "$@"
+    done
   done
   # Latency at an equal load: a closed loop runs each system at its own
   # maximum, where AUTH latency is mostly queueing behind more sessions a
-  # second. Every system again, open loop, at 80 % of Postfix's maximum.
+  # second. Every system again, open loop, at 80 % of Postfix's maximum
+  # (the median of its rounds).
   if has postfix && [ "${BENCH_EQUAL:-1}" != 0 ]; then
-    rate=$(tail -n 20 "$results" | python3 -c 'import json,sys
+    rate=$(tail -n $((repeat * 3)) "$results" | python3 -c 'import json,statistics,sys
 rs=[json.loads(l) for l in sys.stdin if l.strip()]
-r=[x for x in rs if x.get("system")=="postfix" and x.get("mode")=="max"][-1]
-print(round(0.8*r["sessions_per_sec"]))')
-    for s in $systems; do
-      echo "==> $1 size=$2 c=$3 at $rate sessions/s: ${label[$s]}"
-      run_one "$s" equal "$@" --rate "$rate"
+r=[x["sessions_per_sec"] for x in rs if x.get("system")=="postfix" and x.get("mode")=="max"][-int(sys.argv[1]):]
+print(round(0.8*statistics.median(r)))' "$repeat")
+    for rep in $(seq "$repeat"); do
+      for s in $systems; do
+        echo "==> $1 size=$2 c=$3 at $rate sessions/s (round $rep of $repeat): ${label[$s]}"
+        run_one "$s" equal "$@" --rate "$rate"
+      done
     done
   fi
 }
@@ -178,4 +189,4 @@ if [ "$idle_n" -gt 0 ]; then
   done
 fi
 
-BENCH_SECS=$secs BENCH_IDLE=$idle_n BENCH_BUILD=${BENCH_BUILD:-1} python3 scripts/peer/report.py "$results" "$root/BENCHMARKS.md"
+BENCH_SECS=$secs BENCH_IDLE=$idle_n BENCH_REPEAT=$repeat BENCH_BUILD=${BENCH_BUILD:-1} python3 scripts/peer/report.py "$results" "$root/BENCHMARKS.md"
