@@ -15,6 +15,7 @@
 pub mod bearer;
 mod cache;
 mod error;
+mod limits;
 mod policy;
 pub mod sealed;
 pub mod secrets;
@@ -61,10 +62,11 @@ impl std::ops::Deref for SaslService {
 /// What every call of a [`SaslService`] shares.
 pub struct SaslCore {
     cfg: Arc<Config>,
-    state: SharedState,
     creds: CredentialStoreApi,
     keys: ExchangeKeys,
     secrets: Arc<SecretCache>,
+    /// The brute-force limits' failure counters.
+    counters: limits::Counters,
     /// Argon2id needs ~19 MiB and tens of ms per verification: bound how many
     /// run at once so a login storm cannot exhaust memory or starve the runtime.
     hashing: Arc<Semaphore>,
@@ -120,7 +122,7 @@ impl SaslService {
         tokio::spawn(follow_changes(state.clone(), secrets.clone()));
         Ok(SaslService(Arc::new(SaslCore {
             cfg: Arc::new(cfg),
-            state,
+            counters: limits::Counters::new(state),
             creds,
             keys,
             secrets,
@@ -281,16 +283,16 @@ impl SaslService {
                 && matches!(step, Step::Success(_) | Step::Failure(_))
             {
                 let c = claim.take();
-                policy::check_limits(
-                    &self.state,
-                    &self.cfg,
-                    &client_ip,
-                    ip_pending,
-                    None,
-                    c.as_deref().map(|k| (k, claim_ttl)),
-                    mech,
-                )
-                .await?;
+                self.counters
+                    .check(
+                        &self.cfg,
+                        &client_ip,
+                        ip_pending,
+                        None,
+                        c.as_deref().map(|k| (k, claim_ttl)),
+                        mech,
+                    )
+                    .await?;
                 ip_pending = false;
             }
             match step {
@@ -302,16 +304,16 @@ impl SaslService {
                     let (name, realm) =
                         split_login(&authcid, realm.as_deref(), &self.cfg.default_realm);
                     let c = claim.take();
-                    policy::check_limits(
-                        &self.state,
-                        &self.cfg,
-                        &client_ip,
-                        ip_pending,
-                        Some((&name, &realm)),
-                        c.as_deref().map(|k| (k, claim_ttl)),
-                        mech,
-                    )
-                    .await?;
+                    self.counters
+                        .check(
+                            &self.cfg,
+                            &client_ip,
+                            ip_pending,
+                            Some((&name, &realm)),
+                            c.as_deref().map(|k| (k, claim_ttl)),
+                            mech,
+                        )
+                        .await?;
                     ip_pending = false;
                     let (secret, cached) = self.secret(&name, &realm, family, false).await?;
                     // Kept to try again if the cached secret turns out stale.
@@ -371,7 +373,8 @@ impl SaslService {
                         None => String::new(),
                     };
                     if matches!(f, Failure::InvalidCredentials) {
-                        policy::record_failure(&self.state, &self.cfg, &client_ip, login.as_ref())
+                        self.counters
+                            .record_failure(&self.cfg, &client_ip, login.as_ref())
                             .await;
                     }
                     return Err(AuthError::Mechanism {

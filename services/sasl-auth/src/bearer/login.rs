@@ -5,7 +5,7 @@ use authrelay_sasl::oauth::{BearerMessage, ErrorStatus};
 use authrelay_sasl::{SecretFamily, ServerExchange, Step};
 
 use super::Refusal;
-use crate::{AuthError, SaslService, policy, split_login};
+use crate::{AuthError, SaslService, split_login};
 
 impl SaslService {
     /// Check `msg`'s token and resume the exchange with its verdict.
@@ -25,16 +25,16 @@ impl SaslService {
             .authzid
             .as_deref()
             .map(|a| split_login(a, None, &self.cfg.default_realm));
-        policy::check_limits(
-            &self.state,
-            &self.cfg,
-            client_ip,
-            ip_pending,
-            claimed.as_ref().map(|(n, r)| (n.as_str(), r.as_str())),
-            claim,
-            mech,
-        )
-        .await?;
+        self.counters
+            .check(
+                &self.cfg,
+                client_ip,
+                ip_pending,
+                claimed.as_ref().map(|(n, r)| (n.as_str(), r.as_str())),
+                claim,
+                mech,
+            )
+            .await?;
         let token = msg.token.expose();
         match self.check_token(token, msg.authzid.as_deref()).await {
             Ok((name, realm)) => {
@@ -48,7 +48,9 @@ impl SaslService {
             }
             Err(Refusal::Invalid(why)) => {
                 exchange.resume_token(Err(why));
-                policy::record_failure(&self.state, &self.cfg, client_ip, claimed.as_ref()).await;
+                self.counters
+                    .record_failure(&self.cfg, client_ip, claimed.as_ref())
+                    .await;
                 Err(AuthError::TokenRefused {
                     why,
                     mechanism: mech,
