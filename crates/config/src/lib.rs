@@ -571,7 +571,10 @@ impl Default for TimeoutConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdmissionConfig {
     /// Sessions in progress (greeted, and heard from in the last few
-    /// milliseconds) at which new greetings may wait; 0: 16 per CPU.
+    /// milliseconds) at which new greetings may wait; 0: 8 per CPU.
+    /// Eight ready sessions a CPU keep it busy while others wait on a
+    /// hop (sasl-auth, Redis, an fsync); more only lengthen the queue every
+    /// AUTH step waits in (BENCHMARKS.md, "Admission").
     pub sessions: usize,
     /// How late the frontend's runtime must be running ready work before
     /// new greetings wait: the sign that the CPUs, not the clients, are
@@ -597,7 +600,7 @@ impl AdmissionConfig {
     /// `sessions`, with 0 resolved for a process that sees `cpus` CPUs.
     pub fn sessions_for(&self, cpus: usize) -> usize {
         if self.sessions == 0 {
-            16 * cpus.max(1)
+            8 * cpus.max(1)
         } else {
             self.sessions
         }

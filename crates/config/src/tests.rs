@@ -396,8 +396,8 @@ fn redis_password_file_is_read_and_checked() {
 fn admission_defaults_scale_with_cpus_and_read_from_file_and_environment() {
     let cfg = load_str("", &[]).unwrap();
     let a = &cfg.frontend.admission;
-    assert_eq!(a.sessions_for(2), 32);
-    assert_eq!(a.sessions_for(0), 16, "no CPU count still gates");
+    assert_eq!(a.sessions_for(2), 16);
+    assert_eq!(a.sessions_for(0), 8, "no CPU count still gates");
     assert_eq!(a.behind, Duration::from_micros(250));
     assert_eq!(a.greeting_hold, Duration::from_secs(1));
     let cfg = load_str(

@@ -290,7 +290,7 @@ impl Connection {
                         Err(_) => return Err(ReadError::Timeout),
                     },
                     _ = draining.wait_for(|d| *d), if drain_ok => return Err(ReadError::Draining),
-                    _ = tokio::time::sleep_until(idle_at), if self.place.is_some() => self.idle(),
+                    _ = tokio::time::sleep_until(idle_at), if self.place.is_some() && self.shared.gate.gating() => self.idle(),
                 }
             };
             self.lines.push(&buf[..n]);

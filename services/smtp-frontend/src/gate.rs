@@ -76,6 +76,12 @@ impl Gate {
         })
     }
 
+    /// Whether places are counted at all: with the gate off, a session
+    /// need not arm a timer on every read to give its place up.
+    pub fn gating(&self) -> bool {
+        self.limit > 0
+    }
+
     /// A greeted session heard from its client again: it never waits
     /// (finishing it is what the gate is for).
     pub fn enter(self: &Arc<Self>) -> InProgress {
