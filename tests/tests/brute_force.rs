@@ -123,6 +123,45 @@ fn failures_over_two_frontends_trip_the_shared_user_limit_but_a_clean_address_st
     );
 }
 
+/// `sasl.limits.clean_ttl`: a PLAIN login whose counters Redis showed as
+/// zero a moment ago skips its round trip; a failure ends that at once.
+#[test]
+fn a_clean_login_skips_its_redis_round_trip_until_a_failure() {
+    let (_dir, redis, stack) = stack(
+        "bf-clean",
+        "window = \"60s\"\nmax_failures_per_ip = 2\nmax_failures_per_user = 0\nblock_delay = \"1s\"\nclean_ttl = \"1h\"",
+    );
+    let a = stack.submission;
+    let user = "test@mailserver.foo.com";
+    // Each read of the counters is one ZCARD; so is each failure recorded.
+    let reads = |f: &mut dyn FnMut()| {
+        let before = redis.calls("zcard");
+        f();
+        redis.calls("zcard") - before
+    };
+    let login = |password: &str, want: u16| {
+        let (code, text, _) = attempt(a, "127.0.0.4", user, password);
+        assert_eq!(code, want, "{text}");
+    };
+    assert_eq!(
+        reads(&mut || login(PASSWORD, 235)),
+        1,
+        "the first login reads"
+    );
+    assert_eq!(
+        reads(&mut || (0..5).for_each(|_| login(PASSWORD, 235))),
+        0,
+        "the next five trust the zero they saw"
+    );
+    // A wrong password: answered 535, counted, and the zero forgotten.
+    login(WRONG, 535);
+    assert_eq!(reads(&mut || login(PASSWORD, 235)), 1, "read again");
+    // A count of one is never trusted: the next failure reaches the limit
+    // and the right password is then refused.
+    login(WRONG, 535);
+    login(PASSWORD, 454);
+}
+
 #[test]
 fn failures_from_one_address_over_two_frontends_trip_the_per_address_limit() {
     let (_dir, _redis, stack) = stack(

@@ -484,6 +484,13 @@ pub struct BruteForceLimits {
     /// Added delay before answering a blocked attempt.
     #[serde(with = "humantime_serde")]
     pub block_delay: Duration,
+    /// How long a sasl-auth replica trusts a counter it read from Redis as
+    /// zero, so that an AUTH with nothing to claim (PLAIN, LOGIN) from a
+    /// clean address for a clean user skips its Redis round trip. A failure
+    /// on the replica forgets its entries at once; another replica's
+    /// failures are seen when the entry expires (0 = read every time).
+    #[serde(with = "humantime_serde")]
+    pub clean_ttl: Duration,
 }
 
 impl Default for BruteForceLimits {
@@ -493,6 +500,7 @@ impl Default for BruteForceLimits {
             max_failures_per_ip: 20,
             max_failures_per_user: 10,
             block_delay: Duration::from_secs(2),
+            clean_ttl: Duration::from_secs(1),
         }
     }
 }

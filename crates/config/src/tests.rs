@@ -410,3 +410,11 @@ fn admission_defaults_scale_with_cpus_and_read_from_file_and_environment() {
     assert_eq!(a.behind, Duration::from_millis(2));
     assert!(a.greeting_hold.is_zero());
 }
+
+#[test]
+fn brute_force_counters_read_as_zero_are_trusted_a_second_by_default() {
+    let cfg = load_str("", &[]).unwrap();
+    assert_eq!(cfg.sasl.limits.clean_ttl, Duration::from_secs(1));
+    let cfg = load_str("[sasl.limits]\nclean_ttl = \"0s\"\n", &[]).unwrap();
+    assert!(cfg.sasl.limits.clean_ttl.is_zero());
+}

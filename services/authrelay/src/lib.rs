@@ -292,11 +292,13 @@ fn config_check(cfg: &Config) {
     println!();
     println!("# Brute-force limits");
     println!(
-        "window {}s; max failures per client address {}; per user {}; delay when blocked {}ms",
+        "window {}s; max failures per client address {}; per user {}; delay when blocked {}ms; \
+         counts read as zero trusted for {}ms",
         l.window.as_secs(),
         l.max_failures_per_ip,
         l.max_failures_per_user,
-        l.block_delay.as_millis()
+        l.block_delay.as_millis(),
+        l.clean_ttl.as_millis()
     );
     if !cfg.relay_queue.token_sources.is_empty() {
         let store = relay_queue::oauth::RefreshTokenStore::new(cfg);

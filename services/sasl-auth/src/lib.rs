@@ -120,9 +120,10 @@ impl SaslService {
             false,
         ));
         tokio::spawn(follow_changes(state.clone(), secrets.clone()));
+        let counters = limits::Counters::new(state, &cfg);
         Ok(SaslService(Arc::new(SaslCore {
             cfg: Arc::new(cfg),
-            counters: limits::Counters::new(state),
+            counters,
             creds,
             keys,
             secrets,
