@@ -153,12 +153,16 @@ fn a_clean_login_skips_its_redis_round_trip_until_a_failure() {
         0,
         "the next five trust the zero they saw"
     );
-    // A wrong password: answered 535, counted, and the zero forgotten.
-    login(WRONG, 535);
+    // A wrong password: answered 535, counted, the zero forgotten, and the
+    // read the check skipped made before the answer: a failure costs the
+    // same reads (and so the same time) whether the zero was trusted or not.
+    let trusted_failure = reads(&mut || login(WRONG, 535));
     assert_eq!(reads(&mut || login(PASSWORD, 235)), 1, "read again");
     // A count of one is never trusted: the next failure reaches the limit
     // and the right password is then refused.
-    login(WRONG, 535);
+    let read_failure = reads(&mut || login(WRONG, 535));
+    assert_eq!(trusted_failure, read_failure);
+    assert_eq!(read_failure, 3, "one read, two failures recorded");
     login(PASSWORD, 454);
 }
 

@@ -277,6 +277,8 @@ impl SaslService {
         // Whether the login named a user we have: an unknown one is logged
         // only as a hash (people type passwords into the user-name field).
         let mut known = false;
+        // What this AUTH's limit checks did, for `record_failure`.
+        let mut checked = limits::Checked::default();
         loop {
             // A step that ends without naming a user still answers to the
             // per-address limit (EXTERNAL, a malformed message).
@@ -284,16 +286,18 @@ impl SaslService {
                 && matches!(step, Step::Success(_) | Step::Failure(_))
             {
                 let c = claim.take();
-                self.counters
-                    .check(
-                        &self.cfg,
-                        &client_ip,
-                        ip_pending,
-                        None,
-                        c.as_deref().map(|k| (k, claim_ttl)),
-                        mech,
-                    )
-                    .await?;
+                checked = checked
+                    | self
+                        .counters
+                        .check(
+                            &self.cfg,
+                            &client_ip,
+                            ip_pending,
+                            None,
+                            c.as_deref().map(|k| (k, claim_ttl)),
+                            mech,
+                        )
+                        .await?;
                 ip_pending = false;
             }
             match step {
@@ -305,16 +309,18 @@ impl SaslService {
                     let (name, realm) =
                         split_login(&authcid, realm.as_deref(), &self.cfg.default_realm);
                     let c = claim.take();
-                    self.counters
-                        .check(
-                            &self.cfg,
-                            &client_ip,
-                            ip_pending,
-                            Some((&name, &realm)),
-                            c.as_deref().map(|k| (k, claim_ttl)),
-                            mech,
-                        )
-                        .await?;
+                    checked = checked
+                        | self
+                            .counters
+                            .check(
+                                &self.cfg,
+                                &client_ip,
+                                ip_pending,
+                                Some((&name, &realm)),
+                                c.as_deref().map(|k| (k, claim_ttl)),
+                                mech,
+                            )
+                            .await?;
                     ip_pending = false;
                     let (secret, cached) = self.secret(&name, &realm, family, false).await?;
                     // Kept to try again if the cached secret turns out stale.
@@ -375,7 +381,7 @@ impl SaslService {
                     };
                     if matches!(f, Failure::InvalidCredentials) {
                         self.counters
-                            .record_failure(&self.cfg, &client_ip, login.as_ref())
+                            .record_failure(&self.cfg, &client_ip, login.as_ref(), checked)
                             .await;
                     }
                     return Err(AuthError::Mechanism {

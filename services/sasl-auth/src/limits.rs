@@ -18,7 +18,10 @@
 //!   without this. `frontend.max_connections_per_ip` bounds that.
 //!
 //! Only zero is remembered, never "below the limit", so nothing here lets
-//! a counter that has reached its limit be passed.
+//! a counter that has reached its limit be passed. And a failure after a
+//! check that trusted remembered zeros reads the counters before it
+//! answers, so a wrong guess takes as long either way: the time of a 535
+//! never tells whether some user logged in here a moment ago.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,6 +40,23 @@ pub struct Counters {
     /// None: every check reads the store (an in-process store, where a read
     /// costs no more than this would, or `clean_ttl = 0`).
     clean: Option<Clean>,
+}
+
+/// What a passed check did. Its `|` gathers the checks of one AUTH.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Checked {
+    /// Remembered zeros were trusted instead of a read of the store.
+    trusted: bool,
+}
+
+impl std::ops::BitOr for Checked {
+    type Output = Checked;
+    fn bitor(self, other: Checked) -> Checked {
+        Checked {
+            trusted: self.trusted || other.trusted,
+        }
+    }
 }
 
 /// At most this many remembered counters: a flood from many addresses
@@ -119,7 +139,7 @@ impl Counters {
         user: Option<(&str, &str)>,
         claim: Option<(&str, std::time::Duration)>,
         mech: Mechanism,
-    ) -> Result<(), AuthError> {
+    ) -> Result<Checked, AuthError> {
         let lim = &cfg.sasl.limits;
         let want_ip = ip_pending && lim.max_failures_per_ip > 0;
         let want_user = user.filter(|_| lim.max_failures_per_user > 0);
@@ -133,7 +153,7 @@ impl Counters {
         // A claim needs the round trip anyway, and the counts ride along.
         if claim.is_none() && !keys.is_empty() && self.clean.as_ref().is_some_and(|c| c.all(&keys))
         {
-            return Ok(());
+            return Ok(Checked { trusted: true });
         }
         let (counts, claimed) = self
             .state
@@ -183,13 +203,32 @@ impl Counters {
                 });
             }
         }
-        Ok(())
+        Ok(Checked::default())
     }
 
-    pub async fn record_failure(&self, cfg: &Config, ip: &str, login: Option<&(String, String)>) {
-        let w = cfg.sasl.limits.window;
+    /// Count a failure against the address and the login. `checked`: what
+    /// the checks of this AUTH did; if they trusted remembered zeros, the
+    /// read they skipped is made now, so the 535 comes as late as it would
+    /// have.
+    pub async fn record_failure(
+        &self,
+        cfg: &Config,
+        ip: &str,
+        login: Option<&(String, String)>,
+        checked: Checked,
+    ) {
+        let lim = &cfg.sasl.limits;
+        let w = lim.window;
         let ipk = ip_key(ip);
         let userk = login.map(|(name, realm)| user_key(name, realm));
+        if checked.trusted {
+            let keys: Vec<&str> = (lim.max_failures_per_ip > 0)
+                .then_some(ipk.as_str())
+                .into_iter()
+                .chain(userk.as_deref().filter(|_| lim.max_failures_per_user > 0))
+                .collect();
+            let _ = self.state.count_events_and_claim(&keys, w, None).await;
+        }
         // Forgotten before anything awaits: the next attempt reads Redis.
         if let Some(clean) = &self.clean {
             clean.forget(&ipk);
@@ -249,7 +288,7 @@ mod tests {
     }
 
     /// One PLAIN attempt's check: the address pending, nothing to claim.
-    async fn check(c: &Counters, cfg: &Config) -> Result<(), AuthError> {
+    async fn check(c: &Counters, cfg: &Config) -> Result<Checked, AuthError> {
         c.check(cfg, IP, true, None, None, Mechanism::Plain).await
     }
 
@@ -266,12 +305,17 @@ mod tests {
         let cfg = cfg(1);
         let state = SharedState::in_process();
         let here = Counters::remembering(state.clone(), HOUR);
-        assert!(check(&here, &cfg).await.is_ok(), "clean: read, remembered");
+        let read = Checked { trusted: false };
+        let trusted = Checked { trusted: true };
+        assert_eq!(check(&here, &cfg).await.unwrap(), read, "read, remembered");
+        assert_eq!(check(&here, &cfg).await.unwrap(), trusted);
+        assert_eq!(read | trusted, trusted, "an AUTH that trusted once");
         failure_elsewhere(&state, &cfg).await;
         // The limit (1) is reached in the store; this replica still trusts
         // its zero: the one guess past the limit a stale entry allows.
-        assert!(check(&here, &cfg).await.is_ok());
-        here.record_failure(&cfg, IP, None).await;
+        assert_eq!(check(&here, &cfg).await.unwrap(), trusted);
+        here.record_failure(&cfg, IP, None, Checked::default())
+            .await;
         assert!(matches!(
             check(&here, &cfg).await,
             Err(AuthError::RateLimited { .. })
@@ -312,9 +356,9 @@ mod tests {
             let mut refused = 0;
             for r in &replicas {
                 match check(r, &cfg).await {
-                    Ok(()) => {
+                    Ok(checked) => {
                         guesses += 1;
-                        r.record_failure(&cfg, IP, None).await;
+                        r.record_failure(&cfg, IP, None, checked).await;
                     }
                     Err(AuthError::RateLimited { .. }) => refused += 1,
                     Err(e) => panic!("round {round}: {e:?}"),

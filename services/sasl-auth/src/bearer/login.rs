@@ -25,7 +25,8 @@ impl SaslService {
             .authzid
             .as_deref()
             .map(|a| split_login(a, None, &self.cfg.default_realm));
-        self.counters
+        let checked = self
+            .counters
             .check(
                 &self.cfg,
                 client_ip,
@@ -49,7 +50,7 @@ impl SaslService {
             Err(Refusal::Invalid(why)) => {
                 exchange.resume_token(Err(why));
                 self.counters
-                    .record_failure(&self.cfg, client_ip, claimed.as_ref())
+                    .record_failure(&self.cfg, client_ip, claimed.as_ref(), checked)
                     .await;
                 Err(AuthError::TokenRefused {
                     why,
