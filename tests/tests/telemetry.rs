@@ -169,12 +169,11 @@ fn trace_ids_on_every_traced_log_line_of_every_service_in_json() {
     stack.add_user(USER_NAME, REALM, PASSWORD);
     submit(&stack);
     sink.wait_messages(1, Duration::from_secs(60));
-    let spans = wait_spans(&receiver, "a delivered submission", |s| {
+    wait_spans(&receiver, "a delivered submission", |s| {
         auth_path_complete(s)
             && has(s, "relay-queue", "relay-queue deliver")
             && has(s, "credential-store", "credential-store PutUser")
     });
-    let by_span: HashMap<String, &Received> = spans.iter().map(|s| (s.span_id(), s)).collect();
     // Each service's log: JSON lines; the traced ones name a span that was
     // exported, by this very service, in the same trace.
     let line_with = |proc: &Proc, needle: &str| -> Value {
@@ -185,23 +184,37 @@ fn trace_ids_on_every_traced_log_line_of_every_service_in_json() {
             .unwrap_or_else(|| panic!("{}: no line with {needle:?}:\n{text}", proc.name));
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     };
-    for (proc, needle, service) in [
+    let lines: Vec<(&str, &str, Value)> = [
         (&stack.frontend, "AUTH=server", "smtp-frontend"),
         (&stack.sasl, "authenticated", "sasl-auth"),
         (&stack.creds, "user stored", "credential-store"),
         (&stack.queue, "stat=queued", "relay-queue"),
         (&stack.queue, "stat=Sent", "relay-queue"),
-    ] {
-        let line = line_with(proc, needle);
+    ]
+    .into_iter()
+    .map(|(proc, needle, service)| (needle, service, line_with(proc, needle)))
+    .collect();
+    let span_of = |line: &Value| -> String {
+        line["span_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_owned()
+    };
+    // A span is exported when it ends, by a batch exporter on its own
+    // schedule: the line can be written before its span reaches us.
+    let spans = wait_spans(&receiver, "the spans the log lines name", |s| {
+        lines
+            .iter()
+            .all(|(_, _, line)| s.iter().any(|x| x.span_id() == span_of(line)))
+    });
+    let by_span: HashMap<String, &Received> = spans.iter().map(|s| (s.span_id(), s)).collect();
+    for (needle, service, line) in &lines {
         let trace_id = line["trace_id"]
             .as_str()
             .unwrap_or_else(|| panic!("{line}"));
-        let span_id = line["span_id"].as_str().unwrap_or_else(|| panic!("{line}"));
-        let span = by_span
-            .get(span_id)
-            .unwrap_or_else(|| panic!("{needle}: span {span_id} was not exported"));
+        let span = &by_span[&span_of(line)];
         assert_eq!(span.trace_id(), trace_id, "{needle}");
-        assert_eq!(span.service, service, "{needle}");
+        assert_eq!(span.service, *service, "{needle}");
     }
     // The delivery line is in the submission's trace.
     let auth = spans
