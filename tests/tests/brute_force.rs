@@ -166,6 +166,67 @@ fn a_clean_login_skips_its_redis_round_trip_until_a_failure() {
     login(PASSWORD, 454);
 }
 
+/// `sasl.exchange_claims`: by default a replica records the challenge it
+/// answered in its own memory, so a CRAM-MD5 or DIGEST-MD5 login with
+/// trusted counters makes no Redis round trip at all, and a replayed step is
+/// still refused (`sasl_interop.rs`). With `shared`, each such login claims
+/// its state in Redis, and the counts ride along.
+#[test]
+fn a_challenge_login_with_trusted_counters_makes_no_redis_round_trip_unless_claims_are_shared() {
+    use authrelay_sasl::Mechanism;
+    // ZCARDs a login makes: none, or the address's and the user's counts
+    // read with the claim.
+    for (claims, per_login) in [("replica", 0), ("shared", 2)] {
+        let dir = scratch(&format!("bf-claims-{claims}"));
+        let redis = Redis::start(&dir);
+        let stack = Stack::start(
+            &dir,
+            &redis,
+            StackOptions {
+                extra_toml: format!(
+                    "[sasl]\nexchange_claims = \"{claims}\"\n\n[sasl.limits]\n\
+                     max_failures_per_ip = 5\nmax_failures_per_user = 5\nclean_ttl = \"1h\"\n"
+                ),
+                ..Default::default()
+            },
+        );
+        stack.add_user("test", "mailserver.foo.com", PASSWORD);
+        let round_trips = || redis.calls("zcard");
+        let login = |mech| {
+            let (mut c, code, text) =
+                Raw::connect_from("127.0.0.5", stack.submission).expect("connect");
+            assert_eq!(code, 220, "{text}");
+            assert_eq!(c.cmd("EHLO client.example").0, 250);
+            let code = auth_raw(&mut c, mech, "test@mailserver.foo.com", PASSWORD);
+            c.send("QUIT");
+            code
+        };
+        for mech in [Mechanism::CramMd5, Mechanism::DigestMd5] {
+            assert_eq!(login(mech), 235, "{claims}: first {mech}");
+        }
+        let before = round_trips();
+        for _ in 0..3 {
+            for mech in [Mechanism::CramMd5, Mechanism::DigestMd5] {
+                assert_eq!(login(mech), 235, "{claims}: {mech}");
+            }
+        }
+        assert_eq!(
+            round_trips() - before,
+            6 * per_login,
+            "{claims}: counter reads for six challenge logins with trusted counters"
+        );
+        assert_eq!(
+            redis
+                .keys()
+                .iter()
+                .filter(|k| k.contains("sasl:used:"))
+                .count(),
+            if claims == "shared" { 8 } else { 0 },
+            "{claims}: claims kept in Redis"
+        );
+    }
+}
+
 #[test]
 fn failures_from_one_address_over_two_frontends_trip_the_per_address_limit() {
     let (_dir, _redis, stack) = stack(

@@ -25,15 +25,21 @@ const USER: &str = "test@mailserver.foo.com";
 /// `kurt@other.example`, and no brute-force limits: these tests fail on
 /// purpose many times and are about the mechanisms, not the limits.
 fn stack(name: &str) -> (std::path::PathBuf, Redis, Stack) {
+    stack_with(name, "")
+}
+
+/// As [`stack`], with more keys of `[sasl]`.
+fn stack_with(name: &str, sasl: &str) -> (std::path::PathBuf, Redis, Stack) {
     let dir = scratch(name);
     let redis = Redis::start(&dir);
     let stack = Stack::start(
         &dir,
         &redis,
         StackOptions {
-            extra_toml: "[sasl]\nrealms = \"mailserver.foo.com other.example\"\n\n\
-                         [sasl.limits]\nmax_failures_per_ip = 0\nmax_failures_per_user = 0\n"
-                .into(),
+            extra_toml: format!(
+                "[sasl]\nrealms = \"mailserver.foo.com other.example\"\n{sasl}\n\n\
+                 [sasl.limits]\nmax_failures_per_ip = 0\nmax_failures_per_user = 0\n"
+            ),
             ..Default::default()
         },
     );
@@ -527,7 +533,16 @@ where
     F: FnOnce([Client; 2]) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let (_dir, _redis, stack) = stack(name);
+    across_two_replicas_with(name, "", body)
+}
+
+/// As [`across_two_replicas`], with more keys of `[sasl]`.
+fn across_two_replicas_with<F, Fut>(name: &str, sasl: &str, body: F)
+where
+    F: FnOnce([Client; 2]) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (_dir, _redis, stack) = stack_with(name, sasl);
     let (_replica, second) = stack.spawn_sasl_replica("sasl-auth-2");
     let first = sasl_addr(&stack);
     let rt = runtime();
@@ -671,38 +686,79 @@ fn digest_md5_and_scram_sha_256_complete_with_each_step_on_the_other_replica_and
             }
         }
 
-        // A step id is single-use across replicas: the second taker finds nothing.
-        let ch = match result(
-            replicas[0]
-                .start(pb::StartRequest {
-                    mechanism: "DIGEST-MD5".into(),
-                    initial_response: None,
-                    session: Some(facts("s-twice")),
-                    ..Default::default()
-                })
-                .await,
-        ) {
-            pb::step_response::Result::Challenge(ch) => ch,
-            other => panic!("{other:?}"),
-        };
-        let mut client = ClientExchange::new(Mechanism::DigestMd5, digest_creds()).unwrap();
-        let ClientStep::Respond(response) = client.step(&ch.data).unwrap() else {
-            panic!("no response")
-        };
-        let step = || pb::StepRequest {
-            exchange_id: ch.exchange_id.clone(),
-            response: response.clone(),
-            session: Some(facts("s-twice")),
-        };
-        let a = result(replicas[1].step(step()).await);
+        // A step's sealed state is answered once: the replica that took it
+        // refuses it the second time (`sasl.exchange_claims = "replica"`).
+        let (a, b) = take_twice(&mut replicas, 1, 1, "s-twice").await;
         assert!(matches!(a, pb::step_response::Result::Success(_)), "{a:?}");
-        match result(replicas[0].step(step()).await) {
-            pb::step_response::Result::Failure(f) => {
-                assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
-            }
-            other => panic!("a finished exchange was stepped again: {other:?}"),
-        }
+        assert_refused_as_spent(b);
     });
+}
+
+/// `sasl.exchange_claims = "shared"`: the claim is in Redis, so no two
+/// replicas take the same step.
+#[test]
+fn with_shared_claims_a_step_is_taken_once_across_replicas() {
+    across_two_replicas_with(
+        "interop-shared-claims",
+        "exchange_claims = \"shared\"",
+        |mut replicas| async move {
+            for (first, second) in [(1, 0), (0, 1), (0, 0)] {
+                let session = format!("s-twice-{first}{second}");
+                let (a, b) = take_twice(&mut replicas, first, second, &session).await;
+                assert!(matches!(a, pb::step_response::Result::Success(_)), "{a:?}");
+                assert_refused_as_spent(b);
+            }
+        },
+    );
+}
+
+/// A DIGEST-MD5 challenge from `replicas[0]` answered correctly twice with
+/// the same sealed state: first on `replicas[first]`, then on
+/// `replicas[second]`. Returns both outcomes.
+async fn take_twice(
+    replicas: &mut [Client; 2],
+    first: usize,
+    second: usize,
+    session: &str,
+) -> (pb::step_response::Result, pb::step_response::Result) {
+    let ch = match result(
+        replicas[0]
+            .start(pb::StartRequest {
+                mechanism: "DIGEST-MD5".into(),
+                initial_response: None,
+                session: Some(facts(session)),
+                ..Default::default()
+            })
+            .await,
+    ) {
+        pb::step_response::Result::Challenge(ch) => ch,
+        other => panic!("{other:?}"),
+    };
+    let creds = ClientCredentials {
+        host: "mailserver.foo.com".into(),
+        ..ClientCredentials::new("test", PASSWORD)
+    };
+    let mut client = ClientExchange::new(Mechanism::DigestMd5, creds).unwrap();
+    let ClientStep::Respond(response) = client.step(&ch.data).unwrap() else {
+        panic!("no response")
+    };
+    let step = || pb::StepRequest {
+        exchange_id: ch.exchange_id.clone(),
+        response: response.clone(),
+        session: Some(facts(session)),
+    };
+    let a = result(replicas[first].step(step()).await);
+    let b = result(replicas[second].step(step()).await);
+    (a, b)
+}
+
+fn assert_refused_as_spent(r: pb::step_response::Result) {
+    match r {
+        pb::step_response::Result::Failure(f) => {
+            assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
+        }
+        other => panic!("a finished exchange was stepped again: {other:?}"),
+    }
 }
 
 /// Between steps the exchange travels sealed in the exchange id: any
@@ -827,7 +883,9 @@ fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
                 other => panic!("{what} sealed state was resumed: {other:?}"),
             }
         }
-        // The genuine one still works, on the other replica, once.
+        // The genuine one still works, on the other replica, once: the
+        // replica that took it refuses it after (across replicas too with
+        // shared claims: `with_shared_claims_a_step_is_taken_once_across_replicas`).
         let genuine = || pb::StepRequest {
             exchange_id: ch.exchange_id.clone(),
             response: response.clone(),
@@ -837,7 +895,7 @@ fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
             result(replicas[1].step(genuine()).await),
             pb::step_response::Result::Success(_)
         ));
-        match result(replicas[0].step(genuine()).await) {
+        match result(replicas[1].step(genuine()).await) {
             pb::step_response::Result::Failure(f) => {
                 assert_eq!(f.kind, pb::failure::Kind::ExchangeExpired as i32, "{f:?}")
             }
@@ -848,6 +906,7 @@ fn sealed_exchange_state_moves_between_replicas_and_forgeries_are_refused() {
     for why in [
         "altered, or sealed for another session",
         "not a sealed exchange",
+        "replayed (its step was already taken)",
     ] {
         assert!(
             log.contains(&format!("sealed SASL exchange refused: {why}")),

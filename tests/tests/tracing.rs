@@ -121,7 +121,11 @@ fn each_auth_is_one_trace_across_frontend_sasl_auth_credential_store_and_redis()
         &redis,
         StackOptions {
             env,
-            extra_toml: "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n".into(),
+            // Every AUTH reads its brute-force counters (none trusts a zero
+            // read a moment ago), so every trace has the Redis hop to show.
+            extra_toml: "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+                         [sasl.limits]\nclean_ttl = \"0s\"\n"
+                .into(),
             ..Default::default()
         },
     );

@@ -45,7 +45,7 @@ pub use frontend::{
     AccessAction, AccessRule, AdmissionConfig, FrontendConfig, Listener, ListenerRole,
     PrivacyConfig, TimeoutConfig, TlsConfig,
 };
-pub use sasl::{BruteForceLimits, ExternalConfig, SaslConfig};
+pub use sasl::{BruteForceLimits, ExchangeClaims, ExternalConfig, SaslConfig};
 pub use token_source::{ClientAuthMethod, OAuthGrant, TokenSourceConfig};
 
 /// Environment variables with this prefix override file keys; `__` separates

@@ -9,6 +9,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::{OAuthConfig, WordList};
 
+/// Where the step that answers a challenge (CRAM-MD5, DIGEST-MD5, SCRAM)
+/// records that its sealed state is spent, so that the answer is taken once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeClaims {
+    /// In the memory of the replica that takes the step: no Redis round
+    /// trip. A second taking of the same step is refused by that replica;
+    /// another replica would accept it, but only a frontend ever holds a
+    /// sealed state, bound to its own SMTP session (SECURITY.md).
+    Replica,
+    /// In Redis, in the pipeline of the step's failure counts: no two
+    /// replicas accept the same step, for a round trip on every challenge
+    /// mechanism's AUTH.
+    Shared,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SaslConfig {
@@ -25,6 +41,9 @@ pub struct SaslConfig {
     /// carries is refused after this long.
     #[serde(with = "humantime_serde")]
     pub exchange_ttl: Duration,
+    /// Where a sealed exchange's single use is recorded (see
+    /// [`ExchangeClaims`]).
+    pub exchange_claims: ExchangeClaims,
     /// File with the key (64 hex digits) that seals exchange state between
     /// SASL steps; every sasl-auth replica needs the same one. Unset in
     /// `authrelay serve`: a random key per process. A separate sasl-auth
@@ -77,6 +96,7 @@ impl Default for SaslConfig {
             allow_plaintext_without_tls: false,
             realms: WordList::default(),
             exchange_ttl: Duration::from_secs(60),
+            exchange_claims: ExchangeClaims::Replica,
             exchange_key_file: None,
             exchange_previous_key_file: None,
             secret_cache_size: 10_000,

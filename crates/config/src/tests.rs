@@ -418,3 +418,13 @@ fn brute_force_counters_read_as_zero_are_trusted_a_second_by_default() {
     let cfg = load_str("[sasl.limits]\nclean_ttl = \"0s\"\n", &[]).unwrap();
     assert!(cfg.sasl.limits.clean_ttl.is_zero());
 }
+
+#[test]
+fn sealed_exchanges_are_claimed_in_the_replica_unless_shared_is_asked_for() {
+    let cfg = load_str("", &[]).unwrap();
+    assert_eq!(cfg.sasl.exchange_claims, crate::ExchangeClaims::Replica);
+    let cfg = load_str("[sasl]\nexchange_claims = \"shared\"\n", &[]).unwrap();
+    assert_eq!(cfg.sasl.exchange_claims, crate::ExchangeClaims::Shared);
+    let err = load_str("[sasl]\nexchange_claims = \"cluster\"\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("exchange_claims"), "{err}");
+}

@@ -288,6 +288,18 @@ fn config_check(cfg: &Config) {
             oauth.jwks_min_refresh.as_secs()
         );
     }
+    println!();
+    println!("# Sealed SASL exchanges");
+    println!(
+        "a challenge's state is good for {}s and one answer, recorded as spent {}",
+        cfg.sasl.exchange_ttl.as_secs(),
+        match cfg.sasl.exchange_claims {
+            authrelay_config::ExchangeClaims::Replica => {
+                "in the memory of the sasl-auth replica that takes it"
+            }
+            authrelay_config::ExchangeClaims::Shared => "in Redis, for every replica",
+        }
+    );
     let l = &cfg.sasl.limits;
     println!();
     println!("# Brute-force limits");

@@ -7,8 +7,9 @@
 //! ([`secrets`]) that credential-store's change announcements keep honest,
 //! so a login costs a credential-store call only on a miss. Brute-force
 //! counters live in the shared store and so are shared by every replica
-//! and frontend; a step that verifies a credential reads them, and claims
-//! its sealed exchange once, in one round trip. Unknown users are verified
+//! and frontend; a step that verifies a credential reads them (or trusts a
+//! zero it read a moment ago), and a step that answers a challenge spends
+//! its sealed state once ([`spent`]). Unknown users are verified
 //! against a dummy secret: same reply, same log shape, about the same time
 //! as a wrong password.
 
@@ -19,12 +20,13 @@ mod limits;
 mod policy;
 pub mod sealed;
 pub mod secrets;
+mod spent;
 mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use authrelay_config::Config;
+use authrelay_config::{Config, ExchangeClaims};
 use authrelay_grpc_tls::api::CredentialStoreApi;
 use authrelay_proto::credentials::v1 as cpb;
 use authrelay_proto::credentials::v1::credential_store_client::CredentialStoreClient;
@@ -67,6 +69,8 @@ pub struct SaslCore {
     secrets: Arc<SecretCache>,
     /// The brute-force limits' failure counters.
     counters: limits::Counters,
+    /// Sealed states already answered here (`sasl.exchange_claims = "replica"`).
+    spent: spent::Spent,
     /// Argon2id needs ~19 MiB and tens of ms per verification: bound how many
     /// run at once so a login storm cannot exhaust memory or starve the runtime.
     hashing: Arc<Semaphore>,
@@ -122,6 +126,7 @@ impl SaslService {
         tokio::spawn(follow_changes(state.clone(), secrets.clone()));
         let counters = limits::Counters::new(state, &cfg);
         Ok(SaslService(Arc::new(SaslCore {
+            spent: spent::Spent::new(cfg.sasl.exchange_ttl),
             cfg: Arc::new(cfg),
             counters,
             creds,
@@ -260,7 +265,8 @@ impl SaslService {
 
     /// Drive the exchange until it needs the client again (a challenge,
     /// sealed) or is over. `claim`: the single-use key of the sealed state
-    /// this step came from, taken with the first limits check.
+    /// this step came from, taken in Redis with the first limits check
+    /// (`sasl.exchange_claims = "shared"`; else already spent in memory).
     async fn drive(
         &self,
         mut exchange: ServerExchange,
@@ -417,9 +423,9 @@ impl SaslService {
             }
         };
         let authcid = format!("{name}@{realm}");
-        // RFC 2831 §2.1's one authentication per nonce holds across
-        // replicas through the single-use claim of the sealed state that
-        // carried the nonce (see `drive`).
+        // RFC 2831 §2.1's one authentication per nonce holds through the
+        // single use of the sealed state that carried the nonce
+        // (`step_inner`).
         let authzid = policy::authorize(
             &self.cfg,
             &authcid,
@@ -511,9 +517,18 @@ impl SaslService {
             })?;
         // A state holding a server nonce or challenge (CRAM-MD5, DIGEST-MD5,
         // SCRAM) is good for one answer; PLAIN/LOGIN prompts hold only what
-        // the client sent and need no claim.
-        let claim = (!state.exchange.awaits_client_credentials())
-            .then(|| format!("sasl:used:{}", state.id));
+        // the client sent and need no claim. Claimed here, in memory, or in
+        // Redis with the first limits check (`drive`).
+        let mut claim = None;
+        if !state.exchange.awaits_client_credentials() {
+            match self.cfg.sasl.exchange_claims {
+                ExchangeClaims::Replica if !self.spent.take(&state.id) => {
+                    return Err(limits::replayed(state.exchange.mechanism()));
+                }
+                ExchangeClaims::Replica => {}
+                ExchangeClaims::Shared => claim = Some(format!("sasl:used:{}", state.id)),
+            }
+        }
         let scfg = self.server_config(&session);
         let mut exchange = state.exchange;
         let step = exchange.step(&scfg, &r.response);

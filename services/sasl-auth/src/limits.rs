@@ -160,9 +160,7 @@ impl Counters {
             .count_events_and_claim(&keys, lim.window, claim)
             .await?;
         if !claimed {
-            authrelay_telemetry::metrics::sealed_refusal("replayed");
-            tracing::warn!(target: "auth", mech = mech.name(), "sealed SASL exchange refused: replayed (its step was already taken)");
-            return Err(AuthError::ExchangeExpired);
+            return Err(replayed(mech));
         }
         if let Some(clean) = &self.clean {
             for (key, n) in keys.iter().zip(&counts) {
@@ -270,6 +268,14 @@ async fn log_block_once(state: &SharedState, cfg: &Config, key: &str, what: &str
     {
         tracing::warn!(target: "auth", "AUTH blocked: too many failures for {what} {who} within {}s", cfg.sasl.limits.window.as_secs());
     }
+}
+
+/// A step from a sealed state that was already answered: counted, logged,
+/// and refused like an expired one (535).
+pub fn replayed(mech: Mechanism) -> AuthError {
+    authrelay_telemetry::metrics::sealed_refusal("replayed");
+    tracing::warn!(target: "auth", mech = mech.name(), "sealed SASL exchange refused: replayed (its step was already taken)");
+    AuthError::ExchangeExpired
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@
 //!   another session does not open.
 //! - The expiry is inside the sealed text: an old token is refused even by a
 //!   replica that never saw it.
-//! - A random token id rides along; the step that verifies a credential
-//!   claims it once in Redis (in the same pipeline as the failure counts),
-//!   so a captured challenge state cannot be answered twice.
+//! - A random token id rides along; the step that answers the challenge
+//!   records it as spent, in the replica's memory ([`crate::spent`]) or,
+//!   with `sasl.exchange_claims = "shared"`, in Redis in the pipeline of the
+//!   failure counts, so a captured challenge state cannot be answered twice.
 //! - Keys rotate without failing exchanges in flight: the previous key
 //!   still opens (never seals).
 //!
