@@ -16,6 +16,11 @@ const BLOCK_DELAY: Duration = Duration::from_secs(2);
 /// Plain-text AUTH is allowed without TLS here so the attempts are short
 /// raw exchanges; what is under test is the counting, not TLS.
 fn stack(name: &str, limits: &str) -> (std::path::PathBuf, Redis, Stack) {
+    stack_with(name, "", limits)
+}
+
+/// As [`stack`], with more keys of `[sasl]`.
+fn stack_with(name: &str, sasl: &str, limits: &str) -> (std::path::PathBuf, Redis, Stack) {
     let dir = scratch(name);
     let redis = Redis::start(&dir);
     let stack = Stack::start(
@@ -23,7 +28,7 @@ fn stack(name: &str, limits: &str) -> (std::path::PathBuf, Redis, Stack) {
         &redis,
         StackOptions {
             extra_toml: format!(
-                "[sasl]\nallow_plaintext_without_tls = true\n\n[sasl.limits]\n{limits}\n"
+                "[sasl]\nallow_plaintext_without_tls = true\n{sasl}\n\n[sasl.limits]\n{limits}\n"
             ),
             ..Default::default()
         },
@@ -177,20 +182,11 @@ fn a_challenge_login_with_trusted_counters_makes_no_redis_round_trip_unless_clai
     // ZCARDs a login makes: none, or the address's and the user's counts
     // read with the claim.
     for (claims, per_login) in [("replica", 0), ("shared", 2)] {
-        let dir = scratch(&format!("bf-claims-{claims}"));
-        let redis = Redis::start(&dir);
-        let stack = Stack::start(
-            &dir,
-            &redis,
-            StackOptions {
-                extra_toml: format!(
-                    "[sasl]\nexchange_claims = \"{claims}\"\n\n[sasl.limits]\n\
-                     max_failures_per_ip = 5\nmax_failures_per_user = 5\nclean_ttl = \"1h\"\n"
-                ),
-                ..Default::default()
-            },
+        let (_dir, redis, stack) = stack_with(
+            &format!("bf-claims-{claims}"),
+            &format!("exchange_claims = \"{claims}\""),
+            "max_failures_per_ip = 5\nmax_failures_per_user = 5\nclean_ttl = \"1h\"",
         );
-        stack.add_user("test", "mailserver.foo.com", PASSWORD);
         let round_trips = || redis.calls("zcard");
         let login = |mech| {
             let (mut c, code, text) =
