@@ -44,8 +44,8 @@ const MAX_TOKEN: usize = 72 * 1024;
 pub struct ExchangeState {
     /// Seconds since the Unix epoch after which the token is refused.
     pub expires: u64,
-    /// Random, hex: claimed once when a step from this state verifies a
-    /// credential (see module note).
+    /// Random, hex: spent once, by the step that answers this state's
+    /// challenge (see module note).
     pub id: String,
     /// The per-address failure count was already read for this AUTH.
     pub ip_checked: bool,
